@@ -1,0 +1,204 @@
+"""Hugging Face T5 checkpoints -> our Flax parameters; vocabulary growth for the added tokens.
+
+A checkpoint directory holds `config.json` and `model.safetensors` (read with `safetensors`, no
+torch) or `pytorch_model.bin` (needs torch). `params_from_hf_state_dict` is the pure converter that
+the parity tests use on a randomly initialised `transformers.T5ForConditionalGeneration`.
+
+HF layout -> ours (Linear weights are stored [out, in] in HF):
+  shared.weight [V, D]                                   -> token_embedder [V, D]
+  lm_head.weight [V, D] (v1.1)                           -> lm_head [D, V]
+  {enc,dec}oder.block.0.layer.0.SelfAttention.relative_attention_bias.weight [buckets, H]
+                                                         -> {enc,dec}oder/relative_attention_bias
+  *.{q,k,v}.weight [H*d_kv, D]                           -> [D, H, d_kv];  *.o.weight [D, H*d_kv] -> [H, d_kv, D]
+  *.DenseReluDense.{wi, wi_0, wi_1}.weight [F, D] -> [D, F];  wo [D, F] -> [F, D]
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import jax
+import numpy as np
+
+from gensar_jax.io_utils import DataError
+from gensar_jax.model.t5 import T5Config
+
+logger = logging.getLogger(__name__)
+
+# Variance scale of HF's mean-resizing: new rows ~ N(mean, 1e-9 * covariance) of the old rows.
+MEAN_RESIZING_EPSILON = 1e-9
+
+
+def t5_config_from_hf(hf_config: Mapping, **overrides) -> T5Config:
+  """Our `T5Config` from a HF `config.json` dict (v1.0 and v1.1 names)."""
+  feed_forward = hf_config.get("feed_forward_proj", "relu")
+  if feed_forward not in ("relu", "gated-gelu"):
+    raise DataError(f"config.json: feed_forward_proj {feed_forward!r} is not supported (expected 'relu' or "
+                    "'gated-gelu')")
+  # transformers>=5 always ties the head to `shared` and records the v1.0 output scaling separately.
+  scaled = hf_config.get("scale_decoder_outputs", hf_config.get("tie_word_embeddings", True))
+  try:
+    fields = dict(
+        vocab_size=int(hf_config["vocab_size"]), d_model=int(hf_config["d_model"]),
+        num_heads=int(hf_config["num_heads"]), d_kv=int(hf_config["d_kv"]), d_ff=int(hf_config["d_ff"]),
+        num_encoder_layers=int(hf_config["num_layers"]),
+        num_decoder_layers=int(hf_config.get("num_decoder_layers") or hf_config["num_layers"]),
+        relative_attention_num_buckets=int(hf_config.get("relative_attention_num_buckets", 32)),
+        relative_attention_max_distance=int(hf_config.get("relative_attention_max_distance", 128)),
+        dropout_rate=float(hf_config.get("dropout_rate", 0.1)),
+        layer_norm_epsilon=float(hf_config.get("layer_norm_epsilon", 1e-6)),
+        feed_forward=feed_forward, tie_word_embeddings=bool(scaled),
+        pad_id=int(hf_config.get("pad_token_id", 0) or 0), eos_id=int(hf_config.get("eos_token_id", 1) or 1),
+        decoder_start_id=int(hf_config.get("decoder_start_token_id", 0) or 0))
+  except KeyError as e:
+    raise DataError(f"config.json: missing field {e.args[0]!r} (expected a T5 config)") from None
+  fields.update(overrides)
+  return T5Config(**fields)
+
+
+def _linear_in_out(weight: np.ndarray) -> np.ndarray:
+  return np.ascontiguousarray(weight.T)
+
+
+def params_from_hf_state_dict(state_dict: Mapping[str, np.ndarray], cfg: T5Config) -> dict:
+  """HF `T5ForConditionalGeneration` state dict (numpy arrays) -> our float32 params pytree."""
+  sd = {k: np.asarray(v, np.float32) for k, v in state_dict.items()}
+  d, h, dk = cfg.d_model, cfg.num_heads, cfg.d_kv
+
+  def take(key: str, shape: tuple) -> np.ndarray:
+    if key not in sd:
+      raise DataError(f"HF state dict: missing {key!r} (expected a T5ForConditionalGeneration checkpoint "
+                      f"matching {cfg})")
+    value = sd[key]
+    if value.shape != shape:
+      raise DataError(f"HF state dict: {key!r} has shape {value.shape}, expected {shape} for {cfg}")
+    return value
+
+  def attention(prefix: str) -> dict:
+    out = {name: _linear_in_out(take(f"{prefix}.{name}.weight", (h * dk, d))).reshape(d, h, dk)
+           for name in ("q", "k", "v")}
+    out["o"] = _linear_in_out(take(f"{prefix}.o.weight", (d, h * dk))).reshape(h, dk, d)
+    return out
+
+  def mlp(prefix: str) -> dict:
+    names = ("wi",) if cfg.feed_forward == "relu" else ("wi_0", "wi_1")
+    out = {n: _linear_in_out(take(f"{prefix}.DenseReluDense.{n}.weight", (cfg.d_ff, d))) for n in names}
+    out["wo"] = _linear_in_out(take(f"{prefix}.DenseReluDense.wo.weight", (d, cfg.d_ff)))
+    return out
+
+  def norm(key: str) -> dict:
+    return {"scale": take(key, (d,))}
+
+  buckets = (cfg.relative_attention_num_buckets, h)
+  encoder = {"relative_attention_bias": take(
+      "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", buckets),
+             "final_layer_norm": norm("encoder.final_layer_norm.weight")}
+  for i in range(cfg.num_encoder_layers):
+    p = f"encoder.block.{i}.layer"
+    encoder[f"layers_{i}"] = {
+        "pre_attention_layer_norm": norm(f"{p}.0.layer_norm.weight"),
+        "attention": attention(f"{p}.0.SelfAttention"),
+        "pre_mlp_layer_norm": norm(f"{p}.1.layer_norm.weight"),
+        "mlp": mlp(f"{p}.1")}
+  decoder = {"relative_attention_bias": take(
+      "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", buckets),
+             "final_layer_norm": norm("decoder.final_layer_norm.weight")}
+  for i in range(cfg.num_decoder_layers):
+    p = f"decoder.block.{i}.layer"
+    decoder[f"layers_{i}"] = {
+        "pre_self_attention_layer_norm": norm(f"{p}.0.layer_norm.weight"),
+        "self_attention": attention(f"{p}.0.SelfAttention"),
+        "pre_cross_attention_layer_norm": norm(f"{p}.1.layer_norm.weight"),
+        "encoder_decoder_attention": attention(f"{p}.1.EncDecAttention"),
+        "pre_mlp_layer_norm": norm(f"{p}.2.layer_norm.weight"),
+        "mlp": mlp(f"{p}.2")}
+  shared = take("shared.weight", (cfg.vocab_size, d))
+  params = {"token_embedder": shared, "encoder": encoder, "decoder": decoder}
+  if not cfg.tie_word_embeddings:
+    head = sd.get("lm_head.weight", shared)  # transformers>=5 ties lm_head to `shared` and may omit it.
+    if head.shape != (cfg.vocab_size, d):
+      raise DataError(f"HF state dict: 'lm_head.weight' has shape {head.shape}, expected {(cfg.vocab_size, d)}")
+    params["lm_head"] = _linear_in_out(head)
+  return params
+
+
+def load_hf_state_dict(checkpoint_dir: str | Path) -> dict[str, np.ndarray]:
+  """Reads `model.safetensors` (preferred) or `pytorch_model.bin` from a HF checkpoint directory."""
+  checkpoint_dir = Path(checkpoint_dir)
+  safetensors_path = checkpoint_dir / "model.safetensors"
+  bin_path = checkpoint_dir / "pytorch_model.bin"
+  if safetensors_path.exists():
+    from safetensors.numpy import load_file
+    return dict(load_file(str(safetensors_path)))
+  if bin_path.exists():
+    try:
+      import torch
+    except ImportError:
+      raise DataError(f"{bin_path}: reading pytorch_model.bin needs torch (pip install torch), or convert the "
+                      "checkpoint to model.safetensors") from None
+    state = torch.load(str(bin_path), map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() for k, v in state.items()}
+  present = sorted(p.name for p in checkpoint_dir.iterdir()) if checkpoint_dir.is_dir() else "directory missing"
+  raise DataError(f"{checkpoint_dir}: no T5 weights found (expected model.safetensors or pytorch_model.bin; "
+                  f"found: {present}). Sharded checkpoints (*.index.json) are not supported.")
+
+
+def load_hf_checkpoint(checkpoint_dir: str | Path, **config_overrides) -> tuple[T5Config, dict]:
+  """A HF T5 checkpoint directory -> (T5Config, params). `config_overrides` e.g. dropout_rate, dtype."""
+  checkpoint_dir = Path(checkpoint_dir)
+  config_path = checkpoint_dir / "config.json"
+  if not config_path.exists():
+    raise DataError(f"{checkpoint_dir}: config.json not found (expected a Hugging Face T5 checkpoint directory)")
+  try:
+    hf_config = json.loads(config_path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise DataError(f"{config_path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+  cfg = t5_config_from_hf(hf_config, **config_overrides)
+  params = params_from_hf_state_dict(load_hf_state_dict(checkpoint_dir), cfg)
+  logger.info("loaded HF T5 from %s: vocab %d, d_model %d, %d+%d layers", checkpoint_dir, cfg.vocab_size,
+              cfg.d_model, cfg.num_encoder_layers, cfg.num_decoder_layers)
+  return cfg, params
+
+
+def _mean_resized_rows(old_rows: np.ndarray, num_new: int, rng: jax.Array) -> np.ndarray:
+  """`num_new` rows ~ N(mean(old), 1e-9 * cov(old)) (cov normalised by n); the mean itself when the
+  covariance is not positive definite, as HF's `resize_token_embeddings(mean_resizing=True)`."""
+  old = np.asarray(old_rows, np.float64)
+  mean = old.mean(axis=0)
+  centered = old - mean
+  covariance = centered.T @ centered / old.shape[0]
+  try:
+    cholesky = np.linalg.cholesky(MEAN_RESIZING_EPSILON * covariance)
+  except np.linalg.LinAlgError:
+    return np.repeat(mean[None].astype(np.float32), num_new, axis=0)
+  noise = np.asarray(jax.random.normal(rng, (num_new, old.shape[1]), np.float32), np.float64)
+  return (mean + noise @ cholesky.T).astype(np.float32)
+
+
+def resize_vocab(params: dict, new_vocab_size: int, rng: jax.Array) -> dict:
+  """Grows (or truncates) `token_embedder` [V, D] (and an untied `lm_head` [D, V]) to `new_vocab_size`.
+
+  Existing rows are kept; added rows follow transformers' default `resize_token_embeddings`
+  (`mean_resizing=True`): a multivariate normal with the old rows' mean and 1e-9 times their
+  covariance. Remember to build the model with `cfg.replace(vocab_size=new_vocab_size)`.
+  """
+  params = dict(params)
+  embed = np.asarray(params["token_embedder"], np.float32)
+  old_vocab = embed.shape[0]
+  if new_vocab_size <= 0:
+    raise ValueError(f"resize_vocab: new_vocab_size must be positive, got {new_vocab_size}")
+  embed_rng, head_rng = jax.random.split(rng)
+  if new_vocab_size <= old_vocab:
+    params["token_embedder"] = embed[:new_vocab_size]
+    if "lm_head" in params:
+      params["lm_head"] = np.asarray(params["lm_head"], np.float32)[:, :new_vocab_size]
+    return params
+  added = new_vocab_size - old_vocab
+  params["token_embedder"] = np.concatenate([embed, _mean_resized_rows(embed, added, embed_rng)], axis=0)
+  if "lm_head" in params:
+    head_rows = np.asarray(params["lm_head"], np.float32).T
+    params["lm_head"] = np.concatenate([head_rows, _mean_resized_rows(head_rows, added, head_rng)], axis=0).T
+  logger.info("resized vocabulary %d -> %d (%d new rows, mean-resizing init)", old_vocab, new_vocab_size, added)
+  return params
