@@ -7,6 +7,7 @@ scikit-learn, so every returned centre sits on data.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -32,30 +33,31 @@ def _full_mask(points: jax.Array, row_mask: jax.Array | None) -> jax.Array:
   return jnp.ones(points.shape[0], bool) if row_mask is None else row_mask.astype(bool)
 
 
-@functools.partial(jax.jit, static_argnames=("num_clusters",))
+@functools.partial(jax.jit, static_argnames=("num_clusters", "num_trials"))
 def kmeans_plus_plus(key: jax.Array, points: jax.Array, num_clusters: int,
-                     row_mask: jax.Array | None = None) -> jax.Array:
-  """k-means++ seeding: each new centre is a valid point drawn with probability proportional to
-  its squared distance to the nearest centre chosen so far.
+                     row_mask: jax.Array | None = None, num_trials: int | None = None) -> jax.Array:
+  """Greedy k-means++ seeding (as scikit-learn): the first centre is a uniform valid point; each next
+  one is the best, by resulting inertia, of `num_trials` candidates (default 2 + floor(ln k)) drawn
+  with probability proportional to the squared distance to the nearest centre chosen so far.
 
   points: f32[n, d] -> centers: f32[num_clusters, d]. Needs at least `num_clusters` valid rows.
   """
   mask = _full_mask(points, row_mask)
+  trials = num_trials or 2 + int(math.log(num_clusters))
   first_key, loop_key = jax.random.split(key)
   first = jax.random.categorical(first_key, jnp.where(mask, 0.0, -jnp.inf))
   centers = jnp.zeros((num_clusters, points.shape[1]), points.dtype).at[0].set(points[first])
-  nearest = jnp.sum((points - points[first]) ** 2, axis=1)
+  nearest = jnp.where(mask, jnp.sum((points - points[first]) ** 2, axis=1), 0.0)
 
   def add_center(i, carry):
     centers, nearest = carry
-    weights = jnp.where(mask, nearest, 0.0)
-    # A point already chosen has weight 0; if every remaining weight is 0 (duplicates), fall back
-    # to a uniform draw over valid points.
-    logits = jnp.where(jnp.sum(weights) > 0, jnp.log(weights), jnp.where(mask, 0.0, -jnp.inf))
-    chosen = jax.random.categorical(jax.random.fold_in(loop_key, i), logits)
-    centers = centers.at[i].set(points[chosen])
-    nearest = jnp.minimum(nearest, jnp.sum((points - points[chosen]) ** 2, axis=1))
-    return centers, nearest
+    # If every remaining weight is 0 (duplicate points), draw uniformly over valid points.
+    logits = jnp.where(jnp.sum(nearest) > 0, jnp.log(nearest), jnp.where(mask, 0.0, -jnp.inf))
+    candidates = jax.random.categorical(jax.random.fold_in(loop_key, i), logits, shape=(trials,))
+    candidate_nearest = jnp.minimum(nearest[None, :], squared_distances(points, points[candidates]).T)
+    candidate_nearest = jnp.where(mask[None, :], candidate_nearest, 0.0)
+    best = jnp.argmin(jnp.sum(candidate_nearest, axis=1))
+    return centers.at[i].set(points[candidates[best]]), candidate_nearest[best]
 
   centers, _ = jax.lax.fori_loop(1, num_clusters, add_center, (centers, nearest))
   return centers

@@ -24,8 +24,9 @@ from gensar_jax.identifiers import rqvae
 logger = logging.getLogger(__name__)
 
 
-def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
-  """Clip -> AdamW/Adam with the reference's warm-up + linear-decay (or constant) learning rate."""
+def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+  """Learning rate per optimizer step: linear warm-up from 0 over `warmup_epochs`, then linear decay to
+  0 at the last step ("linear") or constant ("constant"); as the reference's HF schedulers."""
   warmup_steps = config.warmup_epochs * steps_per_epoch
   total_steps = config.epochs * steps_per_epoch
   if config.lr_schedule == "linear":
@@ -34,10 +35,16 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> o
     after = optax.constant_schedule(config.learning_rate)
   else:
     raise ValueError(f"identifiers.lr_schedule={config.lr_schedule!r}: expected 'linear' or 'constant'")
-  schedule = after
-  if warmup_steps > 0:
-    warmup = optax.linear_schedule(0.0, config.learning_rate, warmup_steps)
-    schedule = optax.join_schedules([warmup, after], [warmup_steps])
+  if warmup_steps == 0:
+    return after
+  warmup = optax.linear_schedule(0.0, config.learning_rate, warmup_steps)
+  return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW (decoupled decay) or Adam (L2 added to the gradient, as torch's
+  Adam(weight_decay)) on `make_schedule`."""
+  schedule = make_schedule(config, steps_per_epoch)
   if config.optimizer == "adamw":
     optimizer = optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay)
   elif config.optimizer == "adam":
