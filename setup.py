@@ -9,6 +9,7 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.0,<2",
     "grain>=0.2.12,<0.3",
     "tensorflow-datasets>=4.9.9,<5",
+    "importlib_resources>=6",  # needed by tfds builders defined in a package
     "array-record>=0.8,<0.9",
     "sentencepiece>=0.2,<0.3",
     "numpy>=1.26,<3",

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -78,10 +79,13 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def save_arrays(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-  """Writes an uncompressed .npz atomically (byte-identical for identical arrays)."""
+  """Writes an uncompressed .npz atomically; byte-identical for identical arrays (fixed zip timestamps)."""
   with atomic_path(path) as tmp:
-    with open(tmp, "wb") as f:
-      np.savez(f, **arrays)
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+      for name in sorted(arrays):
+        info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+        with zf.open(info, "w", force_zip64=True) as f:
+          np.lib.format.write_array(f, np.asarray(arrays[name]), allow_pickle=False)
 
 
 def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -1,0 +1,50 @@
+"""Shared config sections. Each configs/<name>.py starts from `base_config()` and overrides what differs."""
+import ml_collections
+
+
+def data_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      source="synthetic",        # synthetic | lcrec | amazon2014 | amazon2018
+      raw_dir="",                # directory of the raw files (the TFDS manual_dir role)
+      name="",                   # lcrec file prefix, or the Amazon category (e.g. Electronics)
+      category_dialect="auto",   # lcrec: 2014 (", " joined, root dropped) | 2018 ("," joined) | auto
+      category_root="",          # lcrec 2014: root level to restore (e.g. "Office Products")
+      query_dir="",              # Ai et al. query files (query_text.txt.gz + *.qrels.gz); empty = generate
+      search_fraction=1.0,       # share of query-bearing purchases that become search sessions
+      history_len=5,             # last N rec items and last N search sessions
+      min_events=3,              # per task, users need >= this many kept events
+      split="leave_one_out",     # leave_one_out | chronological (8:1:1)
+      num_negatives=99,
+      rec_negatives="uniform",   # uniform | popularity
+      vocab_size=8000,           # SentencePiece vocabulary
+      synthetic=ml_collections.ConfigDict(dict(
+          num_items=3000, num_users=6000, mean_sequence_length=12.0, min_sequence_length=5,
+          max_sequence_length=60, tree=(6, 4, 4), num_communities=48, alignment=0.5,
+          communities_per_user=2, stay_in_community=0.8, follow_complement=0.5, complements_per_item=3,
+          words_per_category=12, num_brands=200, query_title_words=1, query_noise=0.2)),
+  ))
+
+
+def tasks_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      # Rows per task per epoch: -1 = every row once. Reference: all rec rows, 100k search, ~1k others.
+      sizes=ml_collections.ConfigDict(dict(nrip=-1, nsip=100_000, nsqp=1000, desc2id=1000, id2desc=1000,
+                                           adhoc=1000)),
+      max_input_len=256,
+      max_target_len=64,
+      max_text_tokens=96,        # item text tokens in desc2id / id2desc
+      behaviour_tokens=True,
+      num_levels_shared=2,       # L_m
+      num_levels_specific=2,     # L_n
+      codebook_size=256,
+      disambiguation=False,      # append a level that makes every identifier unique
+  ))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.name = ""
+  config.seed = 2024
+  config.data = data_config()
+  config.tasks = tasks_config()
+  return config

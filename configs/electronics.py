@@ -1,0 +1,26 @@
+"""The paper's setup: Amazon Electronics 5-core (2014 release), raw files downloaded by the user.
+
+  gensar run --config configs/electronics.py --set data.raw_dir=/path/to/amazon2014 \
+      [--set data.query_dir=/path/to/Amazon-Product-Search-Datasets/Electronics]
+
+raw_dir must hold reviews_Electronics_5.json.gz and meta_Electronics.json.gz. With query_dir (Ai et
+al.'s query_text.txt.gz and train/test qrels) the real queries are used, else they are generated from
+the category paths the same way.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import base_config  # noqa: E402
+
+
+def get_config():
+  config = base_config()
+  config.name = "electronics"
+  d = config.data
+  d.source = "amazon2014"
+  d.name = "Electronics"
+  d.vocab_size = 32000
+  t = config.tasks
+  t.max_input_len, t.max_target_len = 512, 64
+  return config

@@ -1,0 +1,25 @@
+"""Real data: Amazon Office Products 2014 5-core (LC-Rec JSON in ../shared/data/amazon_office_2014),
+search sessions from Ai et al. style queries on the category paths (the paper's Amazon recipe)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import base_config  # noqa: E402
+
+SHARED_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+
+
+def get_config():
+  config = base_config()
+  config.name = "office"
+  d = config.data
+  d.source = "lcrec"
+  d.raw_dir = os.path.normpath(os.path.join(SHARED_DATA, "amazon_office_2014"))
+  d.name = "Office"
+  d.category_dialect = "2014"
+  d.category_root = "Office Products"   # the 2014 export dropped the root level
+  d.vocab_size = 4000
+  t = config.tasks
+  t.sizes.update(dict(nrip=-1, nsip=30_000, nsqp=1000, desc2id=1000, id2desc=1000, adhoc=1000))
+  t.max_input_len, t.max_target_len, t.max_text_tokens = 192, 64, 64
+  return config

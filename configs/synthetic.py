@@ -1,0 +1,19 @@
+"""The default main job: a synthetic world whose collaborative structure only partly follows text
+semantics, sized to run end to end on a 2-core CPU."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import base_config  # noqa: E402
+
+
+def get_config():
+  config = base_config()
+  config.name = "synthetic"
+  d = config.data
+  d.search_fraction = 0.5
+  d.vocab_size = 2000
+  t = config.tasks
+  t.sizes.update(dict(nrip=-1, nsip=20_000, nsqp=1000, desc2id=1000, id2desc=1000, adhoc=1000))
+  t.max_input_len, t.max_target_len, t.max_text_tokens = 160, 40, 40
+  return config

@@ -1,0 +1,22 @@
+"""Tiny synthetic world for unit tests: prepares in a few seconds."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import base_config  # noqa: E402
+
+
+def get_config():
+  config = base_config()
+  config.name = "tiny"
+  d = config.data
+  d.vocab_size = 600
+  d.num_negatives = 19
+  d.synthetic.update(dict(num_items=200, num_users=150, mean_sequence_length=9.0, max_sequence_length=20,
+                          tree=(3, 2, 2), num_communities=6, num_brands=20, words_per_category=6))
+  d.search_fraction = 0.7
+  t = config.tasks
+  t.sizes.update(dict(nrip=-1, nsip=300, nsqp=50, desc2id=50, id2desc=50, adhoc=50))
+  t.max_input_len, t.max_target_len, t.max_text_tokens = 96, 24, 24
+  t.codebook_size = 16
+  return config

@@ -1,0 +1,158 @@
+"""The `prepare` stage: raw data -> SAR dataset (events, samples with histories and splits, negatives,
+tokenizer), written under `<workdir>/prepare/` in one atomic rename.
+
+Outputs: catalog.json, queries.json, users.json, events.npz, samples_{rec,search}.npz,
+negatives.npz, spm.model, tfds/ (ArrayRecord samples), stats.json, config.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from gensar_jax.data import events, loaders, negatives, splits, synthetic
+from gensar_jax.data.prompts import template_texts
+from gensar_jax.data.schema import Catalog, SARDataset
+from gensar_jax.data.storage import write_samples
+from gensar_jax.data.tokenizer import train_sentencepiece
+from gensar_jax.io_utils import DataError, atomic_path, load_arrays, read_json, save_arrays, write_json
+
+log = logging.getLogger(__name__)
+TASK_SOURCES = ("rec", "search")
+
+
+def load_dataset(cfg: ml_collections.ConfigDict, seed: int) -> SARDataset:
+  """Loads the configured source and pairs purchases with queries."""
+  source = cfg.source
+  if source == "synthetic":
+    spec = synthetic.WorldSpec(**{**cfg.synthetic.to_dict(), "seed": seed})
+    raw, purchase_queries = synthetic.generate_world(spec)
+    return events.sar_from_purchase_queries(raw, "synthetic", purchase_queries,
+                                            search_fraction=cfg.search_fraction, seed=seed)
+  if not cfg.raw_dir:
+    raise DataError(f"data.raw_dir is empty: source {source!r} needs the directory with the raw files")
+  if source == "lcrec":
+    raw = loaders.load_lcrec(cfg.raw_dir, cfg.name, cfg.category_dialect, cfg.category_root or None)
+  elif source == "amazon2014":
+    raw = loaders.load_amazon2014(cfg.raw_dir, cfg.name)
+  elif source == "amazon2018":
+    raw = loaders.load_amazon2018(cfg.raw_dir, cfg.name)
+  else:
+    raise ValueError(f"data.source {source!r}: expected synthetic, lcrec, amazon2014 or amazon2018")
+  user_item_queries = loaders.load_ai_queries(cfg.query_dir) if cfg.query_dir else None
+  return events.build_sar_dataset(raw, cfg.name, search_fraction=cfg.search_fraction, seed=seed,
+                                  user_item_queries=user_item_queries)
+
+
+def build_negatives(data: SARDataset, samples: dict[str, splits.TaskSamples], cfg, seed: int
+                    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+  """Negatives for validation and test rows, keyed `{task}_{split}`, rows in split order."""
+  rng = np.random.default_rng([seed, 7])
+  interacted = np.unique(data.rec_user.astype(np.int64) * data.num_items + data.rec_item)
+  popularity = None
+  if cfg.rec_negatives == "popularity":
+    popularity = np.bincount(data.rec_item, minlength=data.num_items).astype(np.float64)
+  elif cfg.rec_negatives != "uniform":
+    raise ValueError(f"data.rec_negatives {cfg.rec_negatives!r}: expected 'uniform' or 'popularity'")
+  index = negatives.BM25Index([data.catalog.text(i) for i in range(data.num_items)])
+  out, topup = {}, {}
+  for split in (splits.VALID, splits.TEST):
+    name = splits.SPLIT_NAMES[split]
+    rec = samples["rec"].take(samples["rec"].split_rows(split))
+    out[f"rec_{name}"] = negatives.sample_rec_negatives(rec.user, interacted, data.num_items, cfg.num_negatives,
+                                                       rng, popularity)
+    src = samples["search"].take(samples["search"].split_rows(split))
+    out[f"search_{name}"], topup[name] = negatives.search_negatives(
+        src.query, src.item, data.queries, index, cfg.num_negatives, rng)
+  return out, topup
+
+
+def dataset_stats(data: SARDataset, samples: dict[str, splits.TaskSamples], negs: dict[str, np.ndarray]) -> dict:
+  """Paper-style dataset statistics."""
+  stats = {"users": data.num_users, "items": data.num_items, "queries": len(data.queries),
+           "rec_interactions": int(len(data.rec_user)), "search_interactions": int(len(data.search_user))}
+  for task, s in samples.items():
+    for split, name in enumerate(splits.SPLIT_NAMES):
+      rows = s.split == split
+      stats[f"{task}_{name}"] = int(rows.sum())
+    stats[f"{task}_users"] = int(len(np.unique(s.user)))
+    stats[f"{task}_avg_rec_history"] = float((s.hist_kind == splits.REC).sum(1).mean()) if len(s) else 0.0
+    stats[f"{task}_avg_search_history"] = float((s.hist_kind == splits.SEARCH).sum(1).mean()) if len(s) else 0.0
+  stats["negatives_per_event"] = sorted({int(v.shape[1]) for v in negs.values()})
+  return stats
+
+
+def prepare(config: ml_collections.ConfigDict, out_dir: Path) -> dict:
+  """Runs the stage; writes everything into a temp dir renamed onto `out_dir`. Returns stats."""
+  cfg, seed = config.data, int(config.seed)
+  t0 = time.time()
+  data = load_dataset(cfg, seed)
+  log.info("prepare: %d users, %d items, %d queries, %d rec and %d search events",
+           data.num_users, data.num_items, len(data.queries), len(data.rec_user), len(data.search_user))
+  rec, search = splits.build_task_samples(data, history_len=cfg.history_len, min_events=cfg.min_events,
+                                          split_method=cfg.split)
+  samples = {"rec": rec, "search": search}
+  for task, s in samples.items():
+    for split in range(3):
+      if not (s.split == split).any():
+        raise DataError(f"{data.name}: no {task} {splits.SPLIT_NAMES[split]} samples left after filtering "
+                        f"(need events with earlier rec and search events, users with >= {cfg.min_events} of them)")
+  log.info("prepare: %d rec and %d search samples after filtering", len(rec), len(search))
+  negs, topup = build_negatives(data, samples, cfg, seed)
+  log.info("prepare: %d negatives per event; random top-up share of search negatives %.3f",
+           cfg.num_negatives, topup["test"])
+  texts = [data.catalog.text(i) for i in range(data.num_items)] + data.queries + template_texts()
+  sp_model = train_sentencepiece(texts, cfg.vocab_size)
+  stats = dataset_stats(data, samples, negs)
+  stats["search_negative_topup_share"] = topup
+  stats["seconds"] = round(time.time() - t0, 2)
+  with atomic_path(out_dir) as tmp:
+    tmp.mkdir(parents=True)
+    write_json(tmp / "catalog.json", dataclasses.asdict(data.catalog))
+    write_json(tmp / "queries.json", data.queries)
+    write_json(tmp / "users.json", data.user_ids)
+    save_arrays(tmp / "events.npz", **{f.name: getattr(data, f.name) for f in dataclasses.fields(data)
+                                       if isinstance(getattr(data, f.name), np.ndarray)})
+    for task, s in samples.items():
+      save_arrays(tmp / f"samples_{task}.npz", **dataclasses.asdict(s))
+    save_arrays(tmp / "negatives.npz", **negs)
+    (tmp / "spm.model").write_bytes(sp_model)
+    write_samples(tmp / "tfds", samples, negs, history_size=2 * cfg.history_len)
+    write_json(tmp / "stats.json", stats)
+    write_json(tmp / "config.json", config.to_dict())
+  log.info("prepare: wrote %s in %.1fs", out_dir, time.time() - t0)
+  return stats
+
+
+@dataclasses.dataclass
+class Prepared:
+  """A prepared dataset read back from `<workdir>/prepare/`."""
+  directory: Path
+  dataset: SARDataset
+  samples: dict[str, splits.TaskSamples]
+  negatives: dict[str, np.ndarray]
+  sp_model: bytes
+  stats: dict
+
+  @property
+  def tfds_dir(self) -> Path:
+    return self.directory / "tfds" / "gensar_samples" / "1.0.0"
+
+
+def load_prepared(directory: str | Path) -> Prepared:
+  directory = Path(directory)
+  if not (directory / "stats.json").exists():
+    raise DataError(f"{directory}: no prepared dataset (run `gensar prepare` first)")
+  cat = read_json(directory / "catalog.json")
+  catalog = Catalog(**{k: (v if k != "categories" else [tuple(c) for c in v]) for k, v in cat.items()})
+  arrays = load_arrays(directory / "events.npz")
+  dataset = SARDataset(name=read_json(directory / "config.json")["data"]["name"], catalog=catalog,
+                       user_ids=read_json(directory / "users.json"), queries=read_json(directory / "queries.json"),
+                       **arrays)
+  samples = {t: splits.TaskSamples(**load_arrays(directory / f"samples_{t}.npz")) for t in TASK_SOURCES}
+  return Prepared(directory, dataset, samples, load_arrays(directory / "negatives.npz"),
+                  (directory / "spm.model").read_bytes(), read_json(directory / "stats.json"))

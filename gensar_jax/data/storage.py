@@ -1,0 +1,78 @@
+"""Samples at rest: a TFDS builder writing ArrayRecord files, read back with `tfds` data sources
+(random access, no TensorFlow).
+
+Splits: `{rec,search}_{train,validation,test}`. Each record: user, item, query, time, the merged history
+(hist_kind, hist_item, hist_query: int32[2 * history_len]) and negatives (int32[num_negatives] for
+validation/test; empty for train).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from gensar_jax.data.splits import SPLIT_NAMES, TaskSamples
+
+DATASET_NAME = "gensar_samples"
+
+
+class GensarSamples(tfds.core.GeneratorBasedBuilder):
+  """Prepared GenSAR samples. Built from arrays computed by `gensar prepare` (raw files are read by the
+  loaders from the config's raw-data directory, the TFDS `manual_dir` role)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  name = DATASET_NAME
+
+  def __init__(self, *, samples: dict[str, TaskSamples] | None = None,
+               negatives: dict[str, np.ndarray] | None = None, history_size: int = 10, **kwargs):
+    self._samples = samples or {}
+    self._negatives = negatives or {}
+    self._history_size = history_size
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    h = self._history_size
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="GenSAR search and recommendation samples with histories and evaluation negatives.",
+        features=tfds.features.FeaturesDict({
+            "row": np.int64, "user": np.int32, "item": np.int32, "query": np.int32, "time": np.int64,
+            "hist_kind": tfds.features.Tensor(shape=(h,), dtype=np.int32),
+            "hist_item": tfds.features.Tensor(shape=(h,), dtype=np.int32),
+            "hist_query": tfds.features.Tensor(shape=(h,), dtype=np.int32),
+            "negatives": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+        }))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {f"{task}_{split}": self._generate_examples(task, s, split)
+            for task in self._samples for s, split in enumerate(SPLIT_NAMES)}
+
+  def _generate_examples(self, task: str, split: int, split_name: str):
+    samples = self._samples[task]
+    rows = samples.split_rows(split)
+    negatives = self._negatives.get(f"{task}_{split_name}")
+    for n, r in enumerate(rows):
+      yield int(r), {
+          "row": int(r), "user": int(samples.user[r]), "item": int(samples.item[r]),
+          "query": int(samples.query[r]), "time": int(samples.time[r]),
+          "hist_kind": samples.hist_kind[r].astype(np.int32), "hist_item": samples.hist_item[r],
+          "hist_query": samples.hist_query[r],
+          "negatives": negatives[n] if negatives is not None else np.zeros(0, np.int32)}
+
+
+def write_samples(data_dir: Path, samples: dict[str, TaskSamples], negatives: dict[str, np.ndarray],
+                  history_size: int) -> Path:
+  """Writes ArrayRecord files under data_dir; returns the dataset version directory."""
+  builder = GensarSamples(samples=samples, negatives=negatives, history_size=history_size,
+                          data_dir=str(data_dir), file_format="array_record")
+  tfds.disable_progress_bar()
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
+  return Path(builder.data_dir)
+
+
+def open_samples(version_dir: str | Path) -> dict:
+  """Random-access sources per split: {"rec_train": source, ...}; `source[i]` is a dict of numpy values."""
+  builder = tfds.builder_from_directory(str(version_dir))
+  return builder.as_data_source()

@@ -1,0 +1,132 @@
+"""Tokenizer: SentencePiece on the dataset's own text, then behaviour and identifier tokens as one
+contiguous id block after it.
+
+Layout: [0, sp_vocab) SentencePiece (pad=0, eos=1, unk=2, as T5); then `<rec_item>`, `<src_query>`,
+`<src_item>`; then one block of `codebook_size` ids per identifier level (level-major), so the token of
+(level l, code c) is `id_offset + l * codebook_size + c` and a level's codes are a slice of the vocabulary.
+"""
+from __future__ import annotations
+
+import io
+import re
+import string
+from typing import Iterable, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+BEHAVIOUR_TOKENS = ("<rec_item>", "<src_query>", "<src_item>")
+_SPECIAL = re.compile(r"(<rec_item>|<src_query>|<src_item>|<[a-z]+_[a-z]_\d+>)")
+
+
+def identifier_levels(num_shared: int = 2, num_specific: int = 2, disambiguation: bool = False
+                      ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+  """Level names of the whole vocabulary and of each view.
+
+  Returns (all levels, semantic-view levels, collaborative-view levels), e.g. for 2+2:
+  (shared_a, shared_b, semantic_a, semantic_b, collab_a, collab_b), (shared_a, shared_b, semantic_a,
+  semantic_b), (shared_a, shared_b, collab_a, collab_b). A disambiguation level is one more specific level.
+  """
+  letters = string.ascii_lowercase
+  shared = tuple(f"shared_{letters[i]}" for i in range(num_shared))
+  n = num_specific + int(disambiguation)
+  semantic = tuple(f"semantic_{letters[i]}" for i in range(n))
+  collab = tuple(f"collab_{letters[i]}" for i in range(n))
+  return shared + semantic + collab, shared + semantic, shared + collab
+
+
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, seed_text_limit: int = 2_000_000) -> bytes:
+  """Trains a unigram SentencePiece model (deterministic: one thread, no input shuffling; unknown
+  characters fall back to bytes)."""
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter([t for t in texts if t.strip()]), model_writer=model, vocab_size=vocab_size,
+      model_type="unigram", pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1, character_coverage=1.0,
+      hard_vocab_limit=False, byte_fallback=True, num_threads=1, shuffle_input_sentence=False, input_sentence_size=seed_text_limit,
+      minloglevel=2)
+  return model.getvalue()
+
+
+class GenSARTokenizer:
+  """Text <-> ids with the behaviour and identifier tokens of `levels` (see module docstring)."""
+
+  def __init__(self, sp_model: bytes, levels: Sequence[str], codebook_size: int):
+    self.sp = spm.SentencePieceProcessor(model_proto=sp_model)
+    self.sp_vocab_size = self.sp.get_piece_size()
+    self.levels = tuple(levels)
+    self.codebook_size = codebook_size
+    self.behaviour_ids = {tok: self.sp_vocab_size + i for i, tok in enumerate(BEHAVIOUR_TOKENS)}
+    self.id_offset = self.sp_vocab_size + len(BEHAVIOUR_TOKENS)
+    self.vocab_size = self.id_offset + len(self.levels) * codebook_size
+
+  @property
+  def rec_item_id(self) -> int:
+    return self.behaviour_ids["<rec_item>"]
+
+  @property
+  def src_query_id(self) -> int:
+    return self.behaviour_ids["<src_query>"]
+
+  @property
+  def src_item_id(self) -> int:
+    return self.behaviour_ids["<src_item>"]
+
+  def level_offsets(self, view_levels: Sequence[str]) -> np.ndarray:
+    """int32[L]: first vocabulary id of each level of a view."""
+    return np.asarray([self.id_offset + self.levels.index(l) * self.codebook_size for l in view_levels], np.int32)
+
+  def identifier_tokens(self, codes: np.ndarray, view_levels: Sequence[str]) -> np.ndarray:
+    """codes int[..., L] -> vocabulary ids int32[..., L]."""
+    return (np.asarray(codes) + self.level_offsets(view_levels)).astype(np.int32)
+
+  def encode_text(self, text: str) -> list[int]:
+    """SentencePiece ids of plain text (no special tokens, no EOS)."""
+    return self.sp.encode(text) if text else []
+
+  def encode(self, text: str) -> list[int]:
+    """Ids of text that may contain `<rec_item>`-style and `<level_code>` tokens (no EOS)."""
+    ids: list[int] = []
+    for piece in _SPECIAL.split(text):
+      if not piece:
+        continue
+      if piece in self.behaviour_ids:
+        ids.append(self.behaviour_ids[piece])
+      elif _SPECIAL.fullmatch(piece):
+        level, _, code = piece[1:-1].rpartition("_")
+        if level not in self.levels or not 0 <= int(code) < self.codebook_size:
+          raise ValueError(f"unknown identifier token {piece!r}")
+        ids.append(self.id_offset + self.levels.index(level) * self.codebook_size + int(code))
+      else:
+        ids.extend(self.encode_text(piece.strip()))
+    return ids
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Inverse of `encode` (stops at EOS, skips padding); special tokens are separated by spaces."""
+    parts: list[str] = []
+    text_run: list[int] = []
+
+    def flush():
+      if text_run:
+        parts.append(self.sp.decode(text_run))
+        text_run.clear()
+
+    for i in ids:
+      i = int(i)
+      if i == EOS_ID:
+        break
+      if i == PAD_ID:
+        continue
+      if i < self.sp_vocab_size:
+        text_run.append(i)
+        continue
+      flush()
+      if i < self.id_offset:
+        parts.append(BEHAVIOUR_TOKENS[i - self.sp_vocab_size])
+      elif i < self.vocab_size:
+        level, code = divmod(i - self.id_offset, self.codebook_size)
+        parts.append(f"<{self.levels[level]}_{code}>")
+      else:
+        raise ValueError(f"token id {i} outside the vocabulary of {self.vocab_size}")
+    flush()
+    return " ".join(p for p in parts if p)

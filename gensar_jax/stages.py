@@ -1,0 +1,73 @@
+"""Pipeline stages: each reads its inputs from `<workdir>/<dep>/`, writes `<workdir>/<stage>/` atomically
+with `stats.json` and `config.json`, and is skipped by `run` when its fingerprint (a hash of the config
+sections it reads and of its inputs' fingerprints) has not changed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Callable
+
+import ml_collections
+
+from gensar_jax.io_utils import fingerprint, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str
+  config_keys: tuple[str, ...]            # top-level config sections (or fields) the stage reads
+  deps: tuple[str, ...]
+  run: Callable[[ml_collections.ConfigDict, Path], dict] | None  # (config, out_dir) -> stats; None = not built yet
+  summary: str
+
+
+def _prepare(config, out_dir):
+  from gensar_jax.data.prepare import prepare
+  return prepare(config, out_dir)
+
+
+# Order matters: `run` executes stages in this order.
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("prepare", ("seed", "data"), (), _prepare,
+          "raw data -> events, histories, splits, negatives, tokenizer, ArrayRecord samples"),
+    Stage("embed", ("seed", "data", "embed"), ("prepare",), None,
+          "semantic (text encoder) and collaborative (SASRec) item embeddings"),
+    Stage("index", ("seed", "rqvae"), ("embed",), None, "RQ-VAE dual identifiers with collision resolution"),
+    Stage("doc2query", ("seed", "doc2query"), ("prepare",), None, "pseudo-queries for ad-hoc search"),
+    Stage("train", ("seed", "tasks", "model", "train"), ("prepare", "index", "doc2query"), None,
+          "multi-task T5 training"),
+    Stage("eval", ("seed", "eval"), ("train",), None, "constrained beam search evaluation"),
+]}
+
+
+def stage_fingerprint(stage: Stage, config: ml_collections.ConfigDict, workdir: Path) -> str:
+  parts = [stage.name]
+  for key in stage.config_keys:
+    value = config.get(key)
+    parts.append(value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value)
+  for dep in stage.deps:
+    parts.append(read_json(workdir / dep / "fingerprint.json")["fingerprint"])
+  return fingerprint(*parts)
+
+
+def is_fresh(stage: Stage, config, workdir: Path) -> bool:
+  path = workdir / stage.name / "fingerprint.json"
+  if not path.exists() or any(not (workdir / d / "fingerprint.json").exists() for d in stage.deps):
+    return False
+  return read_json(path)["fingerprint"] == stage_fingerprint(stage, config, workdir)
+
+
+def run_stage(stage: Stage, config, workdir: Path) -> dict:
+  if stage.run is None:
+    raise NotImplementedError(f"stage {stage.name!r} ({stage.summary}) is not available in this version")
+  for dep in stage.deps:
+    if not (workdir / dep / "fingerprint.json").exists():
+      raise FileNotFoundError(f"stage {stage.name!r} needs {workdir / dep}: run `gensar {dep}` first")
+  out_dir = workdir / stage.name
+  stats = stage.run(config, out_dir)
+  write_json(out_dir / "fingerprint.json", {"fingerprint": stage_fingerprint(stage, config, workdir)})
+  return stats
