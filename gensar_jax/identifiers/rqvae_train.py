@@ -8,6 +8,7 @@ and masked so every step has one shape), 500 epochs; every 10 epochs the collisi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from typing import Any
@@ -27,34 +28,45 @@ logger = logging.getLogger(__name__)
 def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
   """Learning rate per optimizer step: linear warm-up from 0 over `warmup_epochs`, then linear decay to
   0 at the last step ("linear") or constant ("constant"); as the reference's HF schedulers."""
-  warmup_steps = config.warmup_epochs * steps_per_epoch
-  total_steps = config.epochs * steps_per_epoch
-  if config.lr_schedule == "linear":
-    after = optax.linear_schedule(config.learning_rate, 0.0, max(total_steps - warmup_steps, 1))
-  elif config.lr_schedule == "constant":
-    after = optax.constant_schedule(config.learning_rate)
+  return _schedule(config.lr_schedule, float(config.learning_rate), int(config.warmup_epochs) * steps_per_epoch,
+                   int(config.epochs) * steps_per_epoch)
+
+
+def _schedule(kind: str, learning_rate: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+  if kind == "linear":
+    after = optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup_steps, 1))
+  elif kind == "constant":
+    after = optax.constant_schedule(learning_rate)
   else:
-    raise ValueError(f"identifiers.lr_schedule={config.lr_schedule!r}: expected 'linear' or 'constant'")
+    raise ValueError(f"identifiers.lr_schedule={kind!r}: expected 'linear' or 'constant'")
   if warmup_steps == 0:
     return after
-  warmup = optax.linear_schedule(0.0, config.learning_rate, warmup_steps)
+  warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
   return optax.join_schedules([warmup, after], [warmup_steps])
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
   """Global-norm clipping, then AdamW (decoupled decay) or Adam (L2 added to the gradient, as torch's
-  Adam(weight_decay)) on `make_schedule`."""
-  schedule = make_schedule(config, steps_per_epoch)
-  if config.optimizer == "adamw":
-    optimizer = optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay)
-  elif config.optimizer == "adam":
-    optimizer = optax.chain(optax.add_decayed_weights(config.weight_decay),
-                            optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
+  Adam(weight_decay)) on `make_schedule`. Equal settings return the same object, so jitted epochs that
+  close over it are reused instead of recompiled."""
+  return _optimizer(config.optimizer, config.lr_schedule, float(config.learning_rate), float(config.weight_decay),
+                    int(config.warmup_epochs) * steps_per_epoch, int(config.epochs) * steps_per_epoch,
+                    float(config.grad_clip_norm or 0.0))
+
+
+@functools.lru_cache(maxsize=16)
+def _optimizer(name: str, schedule_kind: str, learning_rate: float, weight_decay: float, warmup_steps: int,
+               total_steps: int, grad_clip_norm: float) -> optax.GradientTransformation:
+  schedule = _schedule(schedule_kind, learning_rate, warmup_steps, total_steps)
+  if name == "adamw":
+    optimizer = optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay)
+  elif name == "adam":
+    optimizer = optax.chain(optax.add_decayed_weights(weight_decay), optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
                             optax.scale_by_learning_rate(schedule))
   else:
-    raise ValueError(f"identifiers.optimizer={config.optimizer!r}: expected 'adamw' or 'adam'")
-  if config.grad_clip_norm and config.grad_clip_norm > 0:
-    optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
+    raise ValueError(f"identifiers.optimizer={name!r}: expected 'adamw' or 'adam'")
+  if grad_clip_norm > 0:
+    optimizer = optax.chain(optax.clip_by_global_norm(grad_clip_norm), optimizer)
   return optimizer
 
 
@@ -67,6 +79,7 @@ def epoch_batches(key: jax.Array, num_items: int, batch_size: int) -> tuple[jax.
   return padded.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size)
 
 
+@functools.lru_cache(maxsize=16)
 def make_train_epoch(spec: rqvae.RQVAESpec, optimizer: optax.GradientTransformation, batch_size: int):
   """Returns jitted `train_epoch(params, opt_state, inputs, key) -> (params, opt_state, losses f32[3])`
   running every batch of one shuffled epoch in a `lax.scan`; losses are the batch means of
@@ -92,6 +105,7 @@ def make_train_epoch(spec: rqvae.RQVAESpec, optimizer: optax.GradientTransformat
   return train_epoch
 
 
+@functools.lru_cache(maxsize=16)
 def make_encoder(spec: rqvae.RQVAESpec):
   """Returns jitted `encode(params, chunk_inputs, mask) -> (codes, last_residuals)` per view with
   argmin assignment on every level (the reference's evaluation path)."""
