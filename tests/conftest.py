@@ -21,3 +21,14 @@ def shared_data() -> Path:
   if not SHARED_DATA.exists():
     pytest.fail(f"real data expected at {SHARED_DATA} (../shared/data beside the project)")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory):
+  """The `tiny` config's prepared dataset (built once per test session)."""
+  from gensar_jax.config import load_config
+  from gensar_jax.data.prepare import load_prepared, prepare
+
+  out = tmp_path_factory.mktemp("tiny") / "prepare"
+  prepare(load_config("tiny"), out)
+  return load_prepared(out)

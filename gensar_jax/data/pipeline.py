@@ -82,6 +82,7 @@ class MixtureSource:
     inputs, targets = self.builder.build(task, record, template=template, view=row % 2)
     features = self.builder.to_features(inputs, targets)
     features["task"] = np.int32(TASKS.index(task))
+    features["example_index"] = np.int64(index)
     return features
 
   def __repr__(self) -> str:

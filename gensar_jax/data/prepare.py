@@ -109,7 +109,6 @@ def prepare(config: ml_collections.ConfigDict, out_dir: Path) -> dict:
   sp_model = train_sentencepiece(texts, cfg.vocab_size)
   stats = dataset_stats(data, samples, negs)
   stats["search_negative_topup_share"] = topup
-  stats["seconds"] = round(time.time() - t0, 2)
   with atomic_path(out_dir) as tmp:
     tmp.mkdir(parents=True)
     write_json(tmp / "catalog.json", dataclasses.asdict(data.catalog))

@@ -7,10 +7,13 @@ validation/test; empty for train).
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
+from tensorflow_datasets.core import example_serializer, split_builder
 
 from gensar_jax.data.splits import SPLIT_NAMES, TaskSamples
 
@@ -62,13 +65,33 @@ class GensarSamples(tfds.core.GeneratorBasedBuilder):
           "negatives": negatives[n] if negatives is not None else np.zeros(0, np.int32)}
 
 
+class _DeterministicExampleSerializer(example_serializer.ExampleSerializer):
+  """tf.train.Example serialization with sorted map keys (protobuf's default order varies per process)."""
+
+  def serialize_example(self, example):
+    return self.get_tf_example(example).SerializeToString(deterministic=True)
+
+
+@contextlib.contextmanager
+def _deterministic_serialization():
+  """TFDS builds its serializer inside split_builder; swap in the deterministic one while writing."""
+  original = split_builder.example_serializer.ExampleSerializer
+  split_builder.example_serializer.ExampleSerializer = _DeterministicExampleSerializer
+  try:
+    yield
+  finally:
+    split_builder.example_serializer.ExampleSerializer = original
+
+
 def write_samples(data_dir: Path, samples: dict[str, TaskSamples], negatives: dict[str, np.ndarray],
                   history_size: int) -> Path:
   """Writes ArrayRecord files under data_dir; returns the dataset version directory."""
   builder = GensarSamples(samples=samples, negatives=negatives, history_size=history_size,
                           data_dir=str(data_dir), file_format="array_record")
   tfds.disable_progress_bar()
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  with _deterministic_serialization():
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
   return Path(builder.data_dir)
 
 

@@ -40,11 +40,18 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, seed_text_limit: 
   """Trains a unigram SentencePiece model (deterministic: one thread, no input shuffling; unknown
   characters fall back to bytes)."""
   model = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter([t for t in texts if t.strip()]), model_writer=model, vocab_size=vocab_size,
-      model_type="unigram", pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1, character_coverage=1.0,
-      hard_vocab_limit=False, byte_fallback=True, num_threads=1, shuffle_input_sentence=False, input_sentence_size=seed_text_limit,
-      minloglevel=2)
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([t for t in texts if t.strip()]), model_writer=model, vocab_size=vocab_size,
+        model_type="unigram", pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1, character_coverage=1.0,
+        hard_vocab_limit=False, byte_fallback=True, num_threads=1, shuffle_input_sentence=False,
+        input_sentence_size=seed_text_limit, minloglevel=2)
+  except RuntimeError as e:
+    needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
+    if needed:
+      raise ValueError(f"data.vocab_size={vocab_size} is too small: SentencePiece needs at least "
+                       f"{needed.group(1)} pieces here (256 byte-fallback pieces + the characters)") from None
+    raise
   return model.getvalue()
 
 

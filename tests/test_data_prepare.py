@@ -1,0 +1,100 @@
+"""The prepare stage end to end: outputs, determinism, bad input, and the CLI."""
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from gensar_jax import cli
+from gensar_jax.config import apply_overrides, load_config
+from gensar_jax.data.prepare import prepare
+from gensar_jax.io_utils import DataError
+
+
+def _digest(directory: Path) -> dict:
+  return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_prepare_tiny_is_byte_identical_across_runs(tmp_path, tiny_prepared):
+  prepare(load_config("tiny"), tmp_path / "a")
+  assert _digest(tmp_path / "a") == _digest(tiny_prepared.directory)
+  stats = json.loads((tmp_path / "a" / "stats.json").read_text())
+  assert stats["negatives_per_event"] == [19]
+  assert stats["rec_validation"] == stats["rec_test"] == stats["rec_users"]
+
+
+def test_prepared_negatives_exclude_targets_and_history(tiny_prepared):
+  data, rec = tiny_prepared.dataset, tiny_prepared.samples["rec"]
+  test_rows = rec.split_rows(2)
+  negs = tiny_prepared.negatives["rec_test"]
+  assert negs.shape == (len(test_rows), 19)
+  for n, r in enumerate(test_rows):
+    bought = set(data.rec_item[data.rec_user == rec.user[r]].tolist())
+    assert not bought & set(negs[n].tolist())
+  src = tiny_prepared.samples["search"]
+  snegs = tiny_prepared.negatives["search_test"]
+  assert (snegs != src.item[src.split_rows(2)][:, None]).all()
+
+
+def _write_office_like(tmp_path, inter):
+  items = {str(i): {"title": f"item {i}", "description": "", "categories": "Office Electronics, Phones"}
+           for i in range(30)}
+  with gzip.open(tmp_path / "Toy.item.json.gz", "wt") as f:
+    json.dump(items, f)
+  (tmp_path / "Toy.inter.json").write_text(json.dumps(inter))
+
+
+def _lcrec_config(tmp_path):
+  return apply_overrides(load_config("tiny"), [f"data.source=lcrec", f"data.raw_dir={tmp_path}", "data.name=Toy",
+                                                "data.num_negatives=5", "data.vocab_size=400"])
+
+
+def test_empty_after_filtering_is_a_clear_error_and_writes_nothing(tmp_path):
+  _write_office_like(tmp_path, {"u": [0, 1, 2]})          # one user with 3 purchases: nothing survives
+  out = tmp_path / "work" / "prepare"
+  with pytest.raises(DataError, match="no rec train samples left after filtering"):
+    prepare(_lcrec_config(tmp_path), out)
+  assert not out.exists() and not any(p.name.startswith(".prepare") for p in out.parent.glob(".*"))
+
+
+def test_prepare_failure_keeps_previous_output(tmp_path):
+  _write_office_like(tmp_path, {f"u{u}": list(range(u, u + 8)) for u in range(12)})
+  out = tmp_path / "work" / "prepare"
+  prepare(_lcrec_config(tmp_path), out)
+  before = _digest(out)
+  (tmp_path / "Toy.inter.json").write_text('{"u0": [0, 1,')
+  with pytest.raises(DataError, match=r"Toy.inter.json:1: invalid JSON"):
+    prepare(_lcrec_config(tmp_path), out)
+  assert _digest(out) == before
+
+
+def test_cli_prepare_stats_and_run(tmp_path, capsys):
+  workdir = tmp_path / "w"
+  assert cli.main(["prepare", "--config", "tiny", "--workdir", str(workdir), "--set", "data.num_negatives=9"]) == 0
+  assert "Negatives per val/test event | 9" in capsys.readouterr().out
+  assert cli.main(["stats", "--config", "tiny", "--workdir", str(workdir)]) == 0
+  assert "| Users | 150 |" in capsys.readouterr().out
+  # `run` skips the fresh prepare stage (same overrides) and stops at the first stage not built yet.
+  before = (workdir / "prepare" / "stats.json").stat().st_mtime_ns
+  assert cli.main(["run", "--config", "tiny", "--workdir", str(workdir), "--set", "data.num_negatives=9"]) == 0
+  assert (workdir / "prepare" / "stats.json").stat().st_mtime_ns == before
+
+
+def test_cli_reports_bad_overrides_and_configs(tmp_path):
+  assert cli.main(["prepare", "--config", "tiny", "--workdir", str(tmp_path), "--set", "data.num_negativs=9"]) == 2
+  assert cli.main(["prepare", "--config", "nope", "--workdir", str(tmp_path)]) == 2
+  assert cli.main(["prepare", "--config", "tiny", "--workdir", str(tmp_path), "--set", "data.source=csv"]) == 2
+  with pytest.raises(KeyError, match="no config field 'data.nope'"):
+    apply_overrides(load_config("tiny"), ["data.nope=1"])
+  with pytest.raises(ValueError, match="expected KEY=VALUE"):
+    apply_overrides(load_config("tiny"), ["data.num_negatives"])
+
+
+@pytest.mark.slow
+def test_office_prepare_real_data(tmp_path, shared_data):
+  stats = prepare(load_config("office"), tmp_path / "prepare")
+  assert stats["users"] == 4905 and 2400 <= stats["items"] <= 2420
+  assert stats["rec_test"] == stats["rec_validation"] == 4905
+  assert stats["search_test"] > 4000 and stats["negatives_per_event"] == [99]

@@ -1,0 +1,105 @@
+"""Histories, filters and splits against a direct per-event reimplementation of the reference rules."""
+import numpy as np
+import pytest
+
+from gensar_jax.data.events import sar_from_purchase_queries
+from gensar_jax.data.loaders import RawData
+from gensar_jax.data.schema import Catalog, Purchases
+from gensar_jax.data.splits import PAD, REC, SEARCH, TEST, TRAIN, VALID, build_task_samples
+
+
+def _random_dataset(seed, num_users=40, num_items=30, max_len=14, time_range=6):
+  rng = np.random.default_rng(seed)
+  rows = []
+  for u in range(num_users):
+    n = rng.integers(1, max_len)
+    times = np.sort(rng.integers(0, time_range, n))     # many equal timestamps
+    rows += [(u, int(rng.integers(num_items)), int(t)) for t in times]
+  arr = np.asarray(rows)
+  catalog = Catalog([str(i) for i in range(num_items)], [f"t{i}" for i in range(num_items)], [""] * num_items,
+                    [""] * num_items, [()] * num_items)
+  raw = RawData(catalog, [str(u) for u in range(num_users)],
+                Purchases(arr[:, 0].astype(np.int32), arr[:, 1].astype(np.int32), arr[:, 2]), [[]] * num_items)
+  queries = [[f"q{int(i) % 7}"] if rng.random() < 0.6 else [] for i in arr[:, 1]]
+  return sar_from_purchase_queries(raw, "rand", queries, seed=seed)
+
+
+def _reference(data, history_len, min_events):
+  """Per-event loops straight from the written rules."""
+  out = {}
+  n_rec, n_src = len(data.rec_user), len(data.search_user)
+  for task in ("rec", "search"):
+    kept = []
+    n = n_rec if task == "rec" else n_src
+    for e in range(n):
+      if task == "rec":
+        u, t = data.rec_user[e], data.rec_time[e]
+        recs = [r for r in range(n_rec) if data.rec_user[r] == u and r < e]
+        srcs = [s for s in range(n_src) if data.search_user[s] == u and data.search_time[s] < t]
+        item, query = data.rec_item[e], -1
+      else:
+        u, t = data.search_user[e], data.search_time[e]
+        recs = [r for r in range(n_rec) if data.rec_user[r] == u and data.rec_time[r] <= t
+                and r != data.search_purchase[e]]
+        srcs = [s for s in range(n_src) if data.search_user[s] == u and s < e]
+        item, query = data.search_item[e], data.search_query[e]
+      if not recs or not srcs:
+        continue
+      hist = [(data.rec_time[r], REC, data.rec_item[r], -1) for r in recs[-history_len:]]
+      hist += [(data.search_time[s], SEARCH, data.search_item[s], data.search_query[s]) for s in srcs[-history_len:]]
+      hist.sort(key=lambda h: (h[0], h[1]))
+      kept.append((u, e, item, query, [h[1:] for h in hist]))
+    counts = {}
+    for k in kept:
+      counts[k[0]] = counts.get(k[0], 0) + 1
+    kept = [k for k in kept if counts[k[0]] >= min_events]
+    splits = []
+    for i, k in enumerate(kept):
+      later = sum(1 for j in kept[i + 1:] if j[0] == k[0])
+      splits.append(TEST if later == 0 else VALID if later == 1 else TRAIN)
+    out[task] = (kept, splits)
+  return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_histories_and_splits_match_reference(seed):
+  data = _random_dataset(seed)
+  rec, search = build_task_samples(data, history_len=3, min_events=3)
+  ref = _reference(data, 3, 3)
+  for task, got in (("rec", rec), ("search", search)):
+    kept, split = ref[task]
+    assert len(got) == len(kept) > 0
+    np.testing.assert_array_equal(got.event, [k[1] for k in kept])
+    np.testing.assert_array_equal(got.user, [k[0] for k in kept])
+    np.testing.assert_array_equal(got.item, [k[2] for k in kept])
+    np.testing.assert_array_equal(got.query, [k[3] for k in kept])
+    np.testing.assert_array_equal(got.split, split)
+    for row, k in enumerate(kept):
+      hist = k[4]
+      n = len(hist)
+      assert got.hist_kind[row, :n].tolist() == [h[0] for h in hist]
+      assert got.hist_item[row, :n].tolist() == [h[1] for h in hist]
+      assert got.hist_query[row, :n].tolist() == [h[2] for h in hist]
+      assert (got.hist_kind[row, n:] == PAD).all() and (got.hist_item[row, n:] == -1).all()
+
+
+def test_search_session_never_sees_its_own_purchase():
+  data = _random_dataset(3)
+  _, search = build_task_samples(data, history_len=5, min_events=1)
+  own_item = data.search_item[search.event]
+  purchase_time = data.rec_time[data.search_purchase[search.event]]
+  # An own purchase can only appear in the rec history if the same item was bought again earlier.
+  for row in range(len(search)):
+    recs = search.hist_item[row][search.hist_kind[row] == REC]
+    if own_item[row] in recs:
+      u = search.user[row]
+      same = (data.rec_user == u) & (data.rec_item == own_item[row]) & (data.rec_time <= purchase_time[row])
+      assert same.sum() >= 2
+
+
+def test_chronological_split_is_8_1_1():
+  data = _random_dataset(4, num_users=80)
+  rec, _ = build_task_samples(data, history_len=5, min_events=1, split_method="chronological")
+  counts = np.bincount(rec.split, minlength=3) / len(rec)
+  np.testing.assert_allclose(counts, [0.8, 0.1, 0.1], atol=0.02)
+  assert rec.time[rec.split == TRAIN].max() <= rec.time[rec.split == TEST].min()

@@ -1,0 +1,163 @@
+"""Tokenizer round trip, task examples and history serialization, and the grain pipeline."""
+import numpy as np
+import pytest
+
+from gensar_jax.config import load_config
+from gensar_jax.data import pipeline
+from gensar_jax.data.prompts import TEMPLATES
+from gensar_jax.data.splits import REC, SEARCH
+from gensar_jax.data.storage import open_samples
+from gensar_jax.data.tasks import TASKS, ExampleBuilder
+from gensar_jax.data.tokenizer import EOS_ID, PAD_ID, GenSARTokenizer, identifier_levels
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_prepared):
+  cfg = load_config("tiny").tasks
+  levels, sem, col = identifier_levels(2, 2)
+  tok = GenSARTokenizer(tiny_prepared.sp_model, levels, cfg.codebook_size)
+  n = tiny_prepared.dataset.num_items
+  rng = np.random.default_rng(0)
+  sem_codes = rng.integers(0, cfg.codebook_size, (n, 4)).astype(np.int32)
+  col_codes = np.concatenate([sem_codes[:, :2], rng.integers(0, cfg.codebook_size, (n, 2))], 1).astype(np.int32)
+  data = tiny_prepared.dataset
+  builder = ExampleBuilder(tok, [data.catalog.text(i) for i in range(n)], data.queries, sem_codes, col_codes, sem,
+                           col, max_input_len=cfg.max_input_len, max_target_len=cfg.max_target_len,
+                           max_text_tokens=cfg.max_text_tokens)
+  return tok, builder, sem_codes, col_codes, tiny_prepared
+
+
+def test_tokenizer_layout_and_round_trip(setup):
+  tok, *_ = setup
+  assert tok.levels == ("shared_a", "shared_b", "semantic_a", "semantic_b", "collab_a", "collab_b")
+  assert tok.rec_item_id == tok.sp_vocab_size and tok.id_offset == tok.sp_vocab_size + 3
+  assert tok.vocab_size == tok.id_offset + 6 * tok.codebook_size
+  np.testing.assert_array_equal(tok.level_offsets(["semantic_a", "collab_b"]),
+                                [tok.id_offset + 2 * 16, tok.id_offset + 5 * 16])
+  text = "<src_query> office chair ; <src_item> <shared_a_3> <shared_b_0> <semantic_a_15> <semantic_b_7>"
+  ids = tok.encode(text)
+  assert ids[0] == tok.src_query_id and ids[-4:] == [tok.id_offset + 3, tok.id_offset + 16, tok.id_offset + 47,
+                                                     tok.id_offset + 55]
+  assert tok.encode(tok.decode(ids)) == ids
+  assert tok.decode(ids + [EOS_ID, 5, 6]) == tok.decode(ids)
+  with pytest.raises(ValueError, match="unknown identifier token"):
+    tok.encode("<collab_a_99>")
+
+
+def test_history_serialization_exact(setup):
+  tok, builder, sem, col, prepared = setup
+  hist_kind = np.asarray([REC, SEARCH, REC, -1], np.int8)
+  hist_item = np.asarray([3, 5, 7, -1], np.int32)
+  hist_query = np.asarray([-1, 2, -1, -1], np.int32)
+  record = {"item": 9, "query": 1, "hist_kind": hist_kind, "hist_item": hist_item, "hist_query": hist_query}
+  inputs, target = builder.build("nrip", record, template=0)
+  q = prepared.dataset.queries
+
+  def ident(view, item):
+    codes = (sem if view == "semantic" else col)[item]
+    names = (["shared_a", "shared_b", "semantic_a", "semantic_b"] if view == "semantic"
+             else ["shared_a", "shared_b", "collab_a", "collab_b"])
+    return " ".join(f"<{n}_{c}>" for n, c in zip(names, codes))
+
+  history = (f"<rec_item> {ident('collab', 3)} ; <src_query> {q[2]} ; <src_item> {ident('semantic', 5)} ; "
+             f"<rec_item> {ident('collab', 7)}")
+  expected = TEMPLATES["nrip"][0].format(history=history)
+  assert tok.decode(inputs).split() == tok.decode(tok.encode(expected)).split()
+  assert tok.decode(target) == f"<rec_item> {ident('collab', 9)}"
+  _, target = builder.build("nsip", record)
+  assert tok.decode(target) == f"<src_item> {ident('semantic', 9)}"
+  _, target = builder.build("nsqp", record)
+  assert tok.decode(target).split() == f"<src_query> {q[1]}".split()
+  _, target = builder.build("desc2id", {"item": 4}, view=1)
+  assert tok.decode(target) == ident("collab", 4)                       # no behaviour token
+  inputs, target = builder.build("id2desc", {"item": 4}, view=0)
+  assert ident("semantic", 4) in tok.decode(inputs)
+
+
+def test_long_inputs_drop_oldest_history_first(setup):
+  tok, builder, *_ = setup
+  k = 10
+  record = {"item": 1, "query": 0, "hist_kind": np.zeros(k, np.int8), "hist_item": np.arange(k, dtype=np.int32),
+            "hist_query": np.full(k, -1, np.int32)}
+  full, _ = builder.build("nrip", record)
+  small = ExampleBuilder.__new__(ExampleBuilder)
+  small.__dict__.update(builder.__dict__)
+  small.max_input_len = len(full) - 3
+  cut, _ = small.build("nrip", record)
+  assert len(cut) <= small.max_input_len
+  assert builder.col_ids[0].tolist() not in [cut[i:i + 4].tolist() for i in range(len(cut) - 3)]
+  assert builder.col_ids[9].tolist() in [cut[i:i + 4].tolist() for i in range(len(cut) - 3)]
+
+
+def test_features_are_shifted_and_padded(setup):
+  _, builder, *_ = setup
+  f = builder.to_features(np.asarray([5, 6, 7], np.int32), np.asarray([8, 9], np.int32))
+  assert f["encoder_input_tokens"].shape == (builder.max_input_len,)
+  assert f["decoder_target_tokens"][:4].tolist() == [8, 9, EOS_ID, PAD_ID]
+  assert f["decoder_input_tokens"][:4].tolist() == [PAD_ID, 8, 9, EOS_ID]
+  assert f["decoder_loss_weights"][:4].tolist() == [1, 1, 1, 0]
+
+
+def _source(setup, seed=0, epochs=2):
+  _, builder, _, _, prepared = setup
+  sources = open_samples(prepared.tfds_dir)
+  sizes = load_config("tiny").tasks.sizes.to_dict()
+  available = {"nrip": len(sources["rec_train"]), "nsip": len(sources["search_train"]),
+               "nsqp": len(sources["search_train"]), "desc2id": prepared.dataset.num_items,
+               "id2desc": prepared.dataset.num_items, "adhoc": prepared.dataset.num_items}
+  pseudo = [[np.asarray([10 + i % 5, 11], np.int32)] for i in range(prepared.dataset.num_items)]
+  return pipeline.MixtureSource(builder, pipeline.default_fetchers(sources), available, sizes, epochs, seed, pseudo)
+
+
+def test_epoch_mixture_sizes(setup):
+  src = _source(setup)
+  tasks, rows = pipeline.sample_epoch(src.available, src.sizes, 0, 0)
+  counts = np.bincount(tasks, minlength=len(TASKS))
+  assert counts[TASKS.index("nrip")] == src.available["nrip"]          # every rec row once
+  assert counts[TASKS.index("nsip")] == 300 and counts[TASKS.index("adhoc")] == 50
+  nrip_rows = rows[tasks == TASKS.index("nrip")]
+  assert sorted(nrip_rows.tolist()) == list(range(src.available["nrip"]))
+
+
+def _batches(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def test_pipeline_deterministic_and_restorable(setup):
+  src = _source(setup)
+  a = _batches(pipeline.make_train_iterator(src, 8), 6)
+  b = _batches(pipeline.make_train_iterator(_source(setup), 8), 6)
+  for x, y in zip(a, b):
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+  assert a[0]["encoder_input_tokens"].shape == (8, setup[1].max_input_len)
+  assert a[0]["encoder_input_tokens"].dtype == np.int32
+  c = _batches(pipeline.make_train_iterator(_source(setup, seed=1), 8), 1)
+  assert not np.array_equal(c[0]["encoder_input_tokens"], a[0]["encoder_input_tokens"])
+  it = pipeline.make_train_iterator(src, 8)
+  _batches(it, 3)
+  state = it.get_state()
+  restored = pipeline.make_train_iterator(_source(setup), 8)
+  restored.set_state(state)
+  for x, y in zip(_batches(restored, 3), a[3:]):
+    np.testing.assert_array_equal(x["decoder_target_tokens"], y["decoder_target_tokens"])
+
+
+def test_two_hosts_see_disjoint_shards_covering_the_data(setup):
+  src = _source(setup, epochs=1)
+
+  def indices(host, hosts):
+    return np.concatenate([b["example_index"] for b in pipeline.make_train_iterator(src, 8, host, hosts)])
+
+  host0, host1 = indices(0, 2), indices(1, 2)
+  assert not set(host0.tolist()) & set(host1.tolist())
+  assert (host0 % 2 == 0).all() and (host1 % 2 == 1).all()
+  covered = np.sort(np.concatenate([host0, host1]))
+  assert len(covered) >= len(src) - 8                  # only each host's last partial batch is dropped
+  np.testing.assert_array_equal(covered, np.arange(len(covered)))
+
+
+def test_too_small_vocabulary_is_a_clear_error():
+  from gensar_jax.data.tokenizer import train_sentencepiece
+  with pytest.raises(ValueError, match=r"data.vocab_size=100 is too small: SentencePiece needs at least \d+"):
+    train_sentencepiece(["some text for the tokenizer"] * 10, 100)
