@@ -13,6 +13,7 @@ import bm25s
 import numpy as np
 
 log = logging.getLogger(__name__)
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
