@@ -67,23 +67,23 @@ def test_candidate_tries_with_padding_repeats_and_empty_rows():
   tables = trie_lib.build_candidate_tries(candidates, codes, 5, (0, 4, 8, 12), 4)
   item_lists = [sorted(set(int(c) for c in row if c >= 0)) for row in candidates]
   assert walk_tables(tables) == brute_force_children(item_lists, codes)
-  # Shapes are rounded up to powers of two so that batches share compiled programs.
-  for table in tables.child_codes:
-    assert all(s & (s - 1) == 0 for s in table.shape[1:])
+  # Shapes are the bounds for 9 candidates over 4 codes, whatever the batch holds.
+  assert [t.shape for t in tables.child_codes] == [(6, 1, 4), (6, 4, 4), (6, 9, 4), (6, 9, 4)]
+  assert tables.leaf_items.shape == (6, 9) and tables.leaf_item_ptr.shape == (6, 10)
 
 
 @hypothesis.settings(max_examples=40, deadline=None)
 @hypothesis.given(
     seed=st.integers(0, 2**31 - 1), num_levels=st.integers(1, 4), codebook_size=st.integers(1, 5),
     num_items=st.integers(1, 30), num_examples=st.integers(1, 4), num_candidates=st.integers(1, 8),
-    round_shapes=st.booleans())
+    fixed_shapes=st.booleans())
 def test_candidate_tries_property(seed, num_levels, codebook_size, num_items, num_examples, num_candidates,
-                                  round_shapes):
+                                  fixed_shapes):
   rng = np.random.default_rng(seed)
   codes = rng.integers(0, codebook_size, size=(num_items, num_levels))
   candidates = rng.integers(-1, num_items, size=(num_examples, num_candidates))
   offsets = tuple(range(0, num_levels * codebook_size, codebook_size))
-  tables = trie_lib.build_candidate_tries(candidates, codes, 0, offsets, codebook_size, round_shapes)
+  tables = trie_lib.build_candidate_tries(candidates, codes, 0, offsets, codebook_size, fixed_shapes)
   item_lists = [sorted(set(int(c) for c in row if c >= 0)) for row in candidates]
   assert walk_tables(tables) == brute_force_children(item_lists, codes)
 

@@ -84,10 +84,6 @@ class TrieTables:
     return out
 
 
-def _round_up_pow2(x: int) -> int:
-  return 1 if x <= 1 else 1 << int(x - 1).bit_length()
-
-
 def _validate_codes(codes: np.ndarray, codebook_size: int, token_offsets: Sequence[int]) -> np.ndarray:
   codes = np.asarray(codes)
   if codes.ndim != 2 or codes.shape[1] == 0:
@@ -103,10 +99,20 @@ def _validate_codes(codes: np.ndarray, codebook_size: int, token_offsets: Sequen
 
 
 def _build(group: np.ndarray, codes: np.ndarray, items: np.ndarray, num_tries: int, behaviour_token: int,
-           token_offsets: Sequence[int], codebook_size: int, round_shapes: bool) -> TrieTables:
-  """Tables for rows (group[r], codes[r], items[r]); rows need not be sorted or unique."""
+           token_offsets: Sequence[int], codebook_size: int, max_rows_per_trie: int | None) -> TrieTables:
+  """Tables for rows (group[r], codes[r], items[r]); rows need not be sorted or unique.
+
+  With `max_rows_per_trie` = R, shapes are the bounds for any R items (N_d <= min(R, codebook^d),
+  F_d <= min(R, codebook), R leaves), so every batch compiles to the same program; else tight.
+  """
   num_levels = codes.shape[1]
-  pad = _round_up_pow2 if round_shapes else (lambda x: max(int(x), 1))
+  if max_rows_per_trie is None:
+    pad_nodes = pad_fanout = pad_rows = lambda depth, x: max(int(x), 1)
+  else:
+    bound = max(int(max_rows_per_trie), 1)
+    pad_nodes = lambda depth, x: min(bound, codebook_size ** depth)
+    pad_fanout = lambda depth, x: min(bound, codebook_size)
+    pad_rows = lambda depth, x: bound
   # Drop repeated (trie, item) rows, then sort rows by (trie, code_0, ..., code_{L-1}, item).
   order = np.lexsort((items, *codes.T[::-1], group))
   group, codes, items = group[order], codes[order], items[order]
@@ -140,8 +146,8 @@ def _build(group: np.ndarray, codes: np.ndarray, items: np.ndarray, num_tries: i
     fanout = np.bincount(parent, minlength=num_parents)
     start_global = np.searchsorted(parent, np.arange(num_parents), side="left")
     column = np.arange(len(parent)) - start_global[parent]
-    n_pad = pad(nodes_per_trie[d].max())
-    f_pad = pad(fanout.max() if fanout.size else 0)
+    n_pad = pad_nodes(d, nodes_per_trie[d].max())
+    f_pad = pad_fanout(d, fanout.max() if fanout.size else 0)
     table = np.full((num_tries, n_pad, f_pad), -1, np.int32)
     table[node_group[d + 1], local[d][parent], column] = code
     starts = np.zeros((num_tries, n_pad), np.int32)
@@ -154,12 +160,12 @@ def _build(group: np.ndarray, codes: np.ndarray, items: np.ndarray, num_tries: i
   # Leaves -> items, CSR per trie, offsets local to the trie's rows.
   rows_per_trie = np.bincount(group, minlength=num_tries)
   first_row_of_trie = np.concatenate([[0], np.cumsum(rows_per_trie)[:-1]])
-  leaf_pad = pad(nodes_per_trie[num_levels].max())
+  leaf_pad = pad_rows(num_levels, nodes_per_trie[num_levels].max())
   leaf_item_ptr = np.zeros((num_tries, leaf_pad + 1), np.int32)
   leaf_item_ptr[:] = rows_per_trie[:, None]                     # padding leaves are empty
   leaf_first = first_row[num_levels]
   leaf_item_ptr[node_group[num_levels], local[num_levels]] = leaf_first - first_row_of_trie[group[leaf_first]]
-  leaf_items = np.full((num_tries, pad(rows_per_trie.max())), -1, np.int32)
+  leaf_items = np.full((num_tries, pad_rows(num_levels, rows_per_trie.max())), -1, np.int32)
   leaf_items[group, np.arange(num_rows) - first_row_of_trie[group]] = items
   leaf_sizes = np.diff(np.r_[leaf_first, num_rows]) if num_rows else np.zeros(1, np.int64)
   return TrieTables(
@@ -181,7 +187,7 @@ def build_catalogue_trie(codes: np.ndarray, behaviour_token: int, token_offsets:
   codes = _validate_codes(codes, codebook_size, token_offsets)
   num_items = codes.shape[0]
   tables = _build(np.zeros(num_items, np.int64), codes, np.arange(num_items), 1, behaviour_token,
-                  token_offsets, codebook_size, round_shapes=False)
+                  token_offsets, codebook_size, max_rows_per_trie=None)
   logger.info("catalogue trie: %d items, %d leaves, fan-outs %s, %.1f MB", num_items,
               int((np.diff(tables.leaf_item_ptr[0]) > 0).sum()),
               [int(t.shape[2]) for t in tables.child_codes], tables.nbytes / 2**20)
@@ -190,13 +196,14 @@ def build_catalogue_trie(codes: np.ndarray, behaviour_token: int, token_offsets:
 
 def build_candidate_tries(candidates: np.ndarray, codes: np.ndarray, behaviour_token: int,
                           token_offsets: Sequence[int], codebook_size: int,
-                          round_shapes: bool = True) -> TrieTables:
+                          fixed_shapes: bool = True) -> TrieTables:
   """One small trie per example over its candidate items, stacked with padding (T = n).
 
   Args:
     candidates: int[n, C] item ids (rows into `codes`), -1 = no candidate; repeats are merged.
     codes: int[num_items, num_levels] identifier table.
-    round_shapes: round table sizes up to powers of two, so batches reuse a few compiled shapes.
+    fixed_shapes: size the tables by their bounds for C candidates (not by this batch's
+      content), so every batch of C candidates runs the same compiled search.
   """
   codes = _validate_codes(codes, codebook_size, token_offsets)
   candidates = np.asarray(candidates)
@@ -209,4 +216,4 @@ def build_candidate_tries(candidates: np.ndarray, codes: np.ndarray, behaviour_t
   example, column = np.nonzero(candidates >= 0)
   items = candidates[example, column].astype(np.int64)
   return _build(example.astype(np.int64), codes[items], items, candidates.shape[0], behaviour_token,
-                token_offsets, codebook_size, round_shapes)
+                token_offsets, codebook_size, candidates.shape[1] if fixed_shapes else None)

@@ -1,0 +1,172 @@
+"""Trie-constrained beam search over item identifiers, one `jax.jit` program per table shape.
+
+Decoding is a fixed number of steps: position 0 forces the behaviour token, positions 1..L pick one
+code per identifier level. Scores follow the reference decoder (HF `generate` with
+`prefix_allowed_tokens_fn`): log-softmax over the full vocabulary, disallowed tokens `-inf` after
+it (allowed scores are not renormalized), a hypothesis' score is the sum of its token log-probs
+(behaviour token included). Per step only the children of each beam's trie node enter the top-k,
+never the whole vocabulary.
+
+Work per query: the encoder and the cross-attention keys/values run once and are shared by the
+beams; the decoder self-attention uses a KV cache; the first two positions (start -> behaviour
+token -> first code) run with a single hypothesis and the cache is tiled to the beams afterwards.
+Where a level has fewer valid prefixes than beams, the extra beams hold `-inf` and are reported as
+padding (item -1), so the search is exact whenever `num_beams` >= the number of identifiers.
+"""
+from __future__ import annotations
+
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from gensar_jax.decode.trie import TrieTables
+from gensar_jax.model.t5 import T5, T5Config, init_decoder_cache
+
+DATA_AXIS = "data"
+
+
+@flax.struct.dataclass
+class BeamSearchOutput:
+  """Ranked results per query (best first); padding is item -1 / token -1 / score -inf.
+
+  items: int32[B, num_beams * max_items_per_leaf], items of the beams' identifiers in beam order
+    (items sharing an identifier are adjacent, ascending, and get the identifier's score).
+  item_scores: float32[B, num_beams * max_items_per_leaf].
+  sequences: int32[B, num_beams, 1 + L], decoded tokens (behaviour token, then one per level).
+  sequence_scores: float32[B, num_beams], sum of the tokens' log-probs.
+  """
+  items: jax.Array
+  item_scores: jax.Array
+  sequences: jax.Array
+  sequence_scores: jax.Array
+
+
+def _rows(table: jax.Array, index: jax.Array) -> jax.Array:
+  """table: [T, N, ...] with T = 1 (shared) or T = B; index: int[B, ...] -> table[t(b), index[b, ...]]."""
+  if table.shape[0] == 1:
+    return table[0][index]
+  batch = jnp.arange(index.shape[0]).reshape((-1,) + (1,) * (index.ndim - 1))
+  return table[batch, index]
+
+
+def _expand(logits: jax.Array, beam_scores: jax.Array, nodes: jax.Array, child_codes: jax.Array,
+            child_starts: jax.Array, token_offset: int, num_beams: int):
+  """One trie level: the best `num_beams` (beam, child) pairs.
+
+  logits: float32[B, K_in, V]; beam_scores: float32[B, K_in]; nodes: int32[B, K_in] (depth-d nodes).
+  Returns scores [B, K], parent beam [B, K], code [B, K] (-1 for empty beams), child node [B, K].
+  """
+  batch, k_in, _ = logits.shape
+  log_normalizer = jax.nn.logsumexp(logits, axis=-1)                       # [B, K_in]
+  codes = _rows(child_codes, nodes)                                         # [B, K_in, F]
+  fanout = codes.shape[-1]
+  token_logits = jnp.take_along_axis(logits, token_offset + jnp.maximum(codes, 0), axis=-1)
+  candidate = beam_scores[..., None] + (token_logits - log_normalizer[..., None])
+  candidate = jnp.where(codes >= 0, candidate, -jnp.inf).reshape(batch, k_in * fanout)
+  if k_in * fanout < num_beams:
+    candidate = jnp.pad(candidate, ((0, 0), (0, num_beams - k_in * fanout)), constant_values=-jnp.inf)
+  scores, flat = jax.lax.top_k(candidate, num_beams)
+  real = jnp.isfinite(scores)
+  flat = jnp.where(real, flat, 0)
+  parent, column = flat // fanout, flat % fanout
+  code = jnp.where(real, jnp.take_along_axis(codes.reshape(batch, -1), flat, axis=1), -1)
+  child = jnp.where(real, jnp.take_along_axis(_rows(child_starts, nodes), parent, axis=1) + column, 0)
+  return scores, parent, code, child
+
+
+def _gather_beams(tree, parent: jax.Array):
+  """Reorders axis 1 (hypotheses) of every leaf [B, K, ...] by parent: int32[B, K]."""
+  def gather(x):
+    index = parent.reshape(parent.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, index, axis=1)
+  return jax.tree.map(gather, tree)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_beams"))
+def _search(params, encoder_tokens: jax.Array, tables: TrieTables, config: T5Config,
+            num_beams: int) -> BeamSearchOutput:
+  model = T5(config)
+  apply = functools.partial(model.apply, {"params": params})
+  batch = encoder_tokens.shape[0]
+  num_levels = tables.num_levels
+  encoded = apply(encoder_tokens, method=T5.encode)
+  cross_kv = apply(encoded, method=T5.precompute_cross_kv)
+  encoder_mask = encoder_tokens != config.pad_id
+
+  def step(tokens, position, cache):
+    return apply(cross_kv, encoder_mask, tokens, jnp.int32(position), cache, method=T5.decode_step)
+
+  # Positions 0 and 1 with one hypothesis: start -> forced behaviour token -> first code.
+  cache = init_decoder_cache(config, batch, 1, num_levels + 1, dtype=config.compute_dtype)
+  logits, cache = step(jnp.full((batch, 1), config.decoder_start_id, jnp.int32), 0, cache)
+  behaviour_logp = logits[:, :, tables.behaviour_token] - jax.nn.logsumexp(logits, axis=-1)
+  behaviour = jnp.full((batch, 1), tables.behaviour_token, jnp.int32)
+  logits, cache = step(behaviour, 1, cache)
+  scores, _, code, nodes = _expand(logits, behaviour_logp, jnp.zeros((batch, 1), jnp.int32),
+                                   tables.child_codes[0], tables.child_starts[0], tables.token_offsets[0],
+                                   num_beams)
+  cache = jax.tree.map(lambda x: jnp.repeat(x, num_beams, axis=1), cache)
+  tokens = [jnp.full((batch, num_beams), tables.behaviour_token, jnp.int32),
+            jnp.where(code >= 0, code + tables.token_offsets[0], -1)]
+  for level in range(1, num_levels):
+    logits, cache = step(jnp.maximum(tokens[-1], 0), level + 1, cache)
+    scores, parent, code, nodes = _expand(logits, scores, nodes, tables.child_codes[level],
+                                          tables.child_starts[level], tables.token_offsets[level], num_beams)
+    if level + 1 < num_levels:
+      cache = _gather_beams(cache, parent)
+    tokens = [jnp.take_along_axis(t, parent, axis=1) for t in tokens]
+    tokens.append(jnp.where(code >= 0, code + tables.token_offsets[level], -1))
+  sequences = jnp.stack(tokens, axis=-1)
+  real = jnp.isfinite(scores)
+  sequences = jnp.where(real[..., None], sequences, -1)
+
+  # Leaves -> items (several items may share an identifier), compacted to the front in beam order.
+  per_leaf = max(tables.max_items_per_leaf, 1)
+  begin = _rows(tables.leaf_item_ptr, nodes)
+  end = _rows(tables.leaf_item_ptr, nodes + 1)
+  slot = begin[..., None] + jnp.arange(per_leaf)                            # [B, K, M]
+  present = real[..., None] & (slot < end[..., None])
+  items = jnp.where(present, _rows(tables.leaf_items, jnp.where(present, slot, 0)), -1)
+  item_scores = jnp.where(present, scores[..., None], -jnp.inf)
+  order = jnp.argsort(~present.reshape(batch, -1), axis=1, stable=True)
+  return BeamSearchOutput(
+      items=jnp.take_along_axis(items.reshape(batch, -1), order, axis=1),
+      item_scores=jnp.take_along_axis(item_scores.reshape(batch, -1), order, axis=1),
+      sequences=sequences, sequence_scores=scores)
+
+
+def constrained_beam_search(params, config: T5Config, encoder_tokens, tables: TrieTables,
+                            num_beams: int = 30, mesh: jax.sharding.Mesh | None = None) -> BeamSearchOutput:
+  """Top identifiers (and their items) per query under trie constraints.
+
+  Args:
+    params: T5 parameters (`T5(config)`).
+    encoder_tokens: int32[B, S], padded with `config.pad_id`.
+    tables: a catalogue trie (T = 1, shared) or per-example candidate tries (T = B).
+    num_beams: beam width (reference: 30).
+    mesh: when given, queries (and per-example tables) are sharded over its `data` axis; B must
+      be divisible by that axis' size.
+  """
+  encoder_tokens = jnp.asarray(encoder_tokens, jnp.int32)
+  if encoder_tokens.ndim != 2:
+    raise ValueError(f"encoder_tokens: expected int32[batch, length], got shape {encoder_tokens.shape}")
+  batch = encoder_tokens.shape[0]
+  if tables.num_tries not in (1, batch):
+    raise ValueError(f"tables hold {tables.num_tries} tries for a batch of {batch} queries "
+                     "(expected 1 shared trie or one per query)")
+  if num_beams < 1:
+    raise ValueError(f"num_beams must be positive, got {num_beams}")
+  if mesh is not None:
+    data_size = mesh.shape[DATA_AXIS]
+    if batch % data_size:
+      raise ValueError(f"batch {batch} is not divisible by the mesh's '{DATA_AXIS}' axis ({data_size})")
+    by_query = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    encoder_tokens = jax.device_put(encoder_tokens, by_query)
+    table_sharding = by_query if tables.num_tries == batch and batch > 1 else replicated
+    tables = jax.device_put(tables, table_sharding)
+  return _search(params, encoder_tokens, tables, config=config, num_beams=num_beams)
+
