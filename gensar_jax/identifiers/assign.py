@@ -286,8 +286,10 @@ def write_identifiers(out_dir: str | Path, index: IdentifierIndex) -> None:
   for view in VIEWS:
     arrays[f"{view}_codes"] = index.codes[view]
     arrays[f"{view}_argmin_codes"] = index.argmin_codes[view]
-    for key, value in inverse_map(index.codes[view]).items():
-      arrays[f"{view}_{'id_' + key if key != 'ids' else 'ids'}"] = value
+    inverse = inverse_map(index.codes[view])
+    arrays[f"{view}_ids"] = inverse["ids"]
+    arrays[f"{view}_id_offsets"] = inverse["offsets"]
+    arrays[f"{view}_id_items"] = inverse["items"]
   save_arrays(out_dir / "codes.npz", **arrays)
   save_arrays(out_dir / "rqvae_params.npz", **flatten_params(index.params))
   if index.training is not None:
