@@ -1,0 +1,139 @@
+"""Evaluation protocols for generative retrieval: sampled candidates (paper) and the full catalogue.
+
+Sampled (reference protocol): each query has a candidate list (ground truth + 99 negatives); beam
+search (beam 30) is constrained to the identifiers of that list through a per-query trie; the
+ground truth's position among the decoded items is its rank, and a ground truth outside the beams is
+a miss. Full catalogue: the same search constrained by one trie over every item.
+Recommendation decodes collaborative identifiers after `<rec_item>`; search decodes semantic
+identifiers after `<src_item>` (see `task_decoding`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from gensar_jax.decode import trie as trie_lib
+from gensar_jax.decode.beam_search import DATA_AXIS, constrained_beam_search
+from gensar_jax.eval.metrics import ranking_metrics, ranks_from_retrieved
+from gensar_jax.io_utils import DataError
+from gensar_jax.model.t5 import T5Config
+
+logger = logging.getLogger(__name__)
+
+BEHAVIOUR_TOKENS = ("<rec_item>", "<src_query>", "<src_item>")   # at ids sp_vocab_size + 0..2
+TASK_DECODING = {"recommendation": ("<rec_item>", "collaborative"), "search": ("<src_item>", "semantic")}
+
+
+def eval_config() -> ml_collections.ConfigDict:
+  """Defaults of the `eval` config section."""
+  config = ml_collections.ConfigDict()
+  config.num_beams = 30                          # reference beam width; a target outside it is a miss
+  config.batch_size = 32                         # queries per jitted search (multiple of the data axis)
+  config.protocols = ("sampled", "full")         # candidate lists (paper) and the whole catalogue
+  return config
+
+
+def task_decoding(task: str, sp_vocab_size: int, codebook_size: int) -> tuple[int, tuple[int, ...]]:
+  """(behaviour token id, per-level token offsets) decoded for "recommendation" or "search"."""
+  if task not in TASK_DECODING:
+    raise ValueError(f"task must be one of {sorted(TASK_DECODING)}, got {task!r}")
+  behaviour, view = TASK_DECODING[task]
+  id_offset = sp_vocab_size + len(BEHAVIOUR_TOKENS)
+  return (sp_vocab_size + BEHAVIOUR_TOKENS.index(behaviour),
+          trie_lib.view_token_offsets(id_offset, codebook_size, view))
+
+
+def _check_inputs(encoder_tokens, targets, identifier_codes, candidates):
+  encoder_tokens = np.asarray(encoder_tokens)
+  targets = np.asarray(targets)
+  if encoder_tokens.ndim != 2 or not np.issubdtype(encoder_tokens.dtype, np.integer):
+    raise DataError(f"encoder tokens: expected int32[num_queries, length], got {encoder_tokens.dtype} "
+                    f"{encoder_tokens.shape}")
+  num_queries = encoder_tokens.shape[0]
+  if targets.shape != (num_queries,) or not np.issubdtype(targets.dtype, np.integer):
+    raise DataError(f"targets: expected int[{num_queries}] (one ground-truth item per query), got "
+                    f"{targets.dtype} {targets.shape}")
+  num_items = np.asarray(identifier_codes).shape[0]
+  if num_queries and (targets.min() < 0 or targets.max() >= num_items):
+    raise DataError(f"targets: item ids must lie in [0, {num_items}), got range [{targets.min()}, {targets.max()}]")
+  if candidates is not None:
+    candidates = np.asarray(candidates)
+    if candidates.ndim != 2 or candidates.shape[0] != num_queries:
+      raise DataError(f"candidates: expected int[{num_queries}, num_candidates], got shape {candidates.shape}")
+    missing = np.flatnonzero(~(candidates == targets[:, None]).any(axis=1))
+    if missing.size:
+      raise DataError(f"candidates: the ground truth is missing from {missing.size} candidate lists "
+                      f"(first rows {missing[:5].tolist()}); the sampled protocol ranks it among its candidates")
+  return encoder_tokens.astype(np.int32), targets, candidates
+
+
+def evaluate_ranking(params, config: T5Config, encoder_tokens: np.ndarray, targets: np.ndarray,
+                     identifier_codes: np.ndarray, behaviour_token: int, token_offsets: Sequence[int],
+                     codebook_size: int, candidates: np.ndarray | None = None, *, num_beams: int = 30,
+                     batch_size: int = 32, mesh: jax.sharding.Mesh | None = None,
+                     catalogue_tables: trie_lib.TrieTables | None = None,
+                     name: str = "eval") -> tuple[dict[str, float], np.ndarray]:
+  """HR/NDCG of constrained beam search: sampled protocol with `candidates`, full catalogue without.
+
+  Args:
+    encoder_tokens: int32[n, S] prompts (padded with `config.pad_id`).
+    targets: int[n] ground-truth item ids.
+    identifier_codes: int[num_items, L] the view's identifiers (collaborative for recommendation,
+      semantic for search).
+    behaviour_token, token_offsets: from `task_decoding`.
+    candidates: int[n, C] item ids, the ground truth among them (column 0 in the paper), or None
+      for the full catalogue.
+    batch_size: queries per search; the last batch is padded. With a mesh, a multiple of its
+      `data` axis.
+    catalogue_tables: a prebuilt catalogue trie (full protocol), else built here.
+  Returns:
+    (metrics {"HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10"}, ranks int64[n], 0-based, -1 = miss).
+  """
+  encoder_tokens, targets, candidates = _check_inputs(encoder_tokens, targets, identifier_codes, candidates)
+  if mesh is not None and batch_size % mesh.shape[DATA_AXIS]:
+    raise ValueError(f"batch_size {batch_size} is not divisible by the mesh's '{DATA_AXIS}' axis "
+                     f"({mesh.shape[DATA_AXIS]})")
+  num_queries = len(targets)
+  if num_queries == 0:
+    raise DataError(f"{name}: no queries to evaluate")
+  protocol = "full" if candidates is None else "sampled"
+  if candidates is None and catalogue_tables is None:
+    catalogue_tables = trie_lib.build_catalogue_trie(identifier_codes, behaviour_token, token_offsets,
+                                                     codebook_size)
+  start_time = time.perf_counter()
+
+  def dispatch(begin: int):
+    """Starts the search for queries [begin, begin + batch_size) (padded); returns without waiting."""
+    end = min(begin + batch_size, num_queries)
+    tokens = np.full((batch_size, encoder_tokens.shape[1]), config.pad_id, np.int32)
+    tokens[:end - begin] = encoder_tokens[begin:end]
+    if candidates is None:
+      tables = catalogue_tables
+    else:
+      batch_candidates = np.full((batch_size, candidates.shape[1]), -1, candidates.dtype)
+      batch_candidates[:end - begin] = candidates[begin:end]
+      tables = trie_lib.build_candidate_tries(batch_candidates, identifier_codes, behaviour_token, token_offsets,
+                                              codebook_size)
+    return begin, end, constrained_beam_search(params, config, tokens, tables, num_beams, mesh)
+
+  ranks = np.empty(num_queries, np.int64)
+  starts = range(0, num_queries, batch_size)
+  pending = dispatch(0)
+  for next_begin in tqdm([*starts[1:], None], desc=f"{name} ({protocol})", unit="batch"):
+    # Build the next batch's tables on the host while the device decodes the current one.
+    following = dispatch(next_begin) if next_begin is not None else None
+    begin, end, output = pending
+    retrieved = np.asarray(output.items)[:end - begin]
+    ranks[begin:end] = ranks_from_retrieved(retrieved, targets[begin:end])
+    pending = following
+  metrics = ranking_metrics(ranks)
+  elapsed = time.perf_counter() - start_time
+  logger.info("%s (%s protocol, beam %d): %d queries in %.1fs, HR@10 %.4f NDCG@10 %.4f", name, protocol,
+              num_beams, num_queries, elapsed, metrics["HR@10"], metrics["NDCG@10"])
+  return metrics, ranks
