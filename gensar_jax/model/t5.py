@@ -379,7 +379,10 @@ class T5(nn.Module):
     self.decoder = Decoder(cfg)
 
   def _embed(self, tokens: Array) -> Array:
-    return jnp.take(self.token_embedder, tokens, axis=0).astype(self.config.compute_dtype)
+    # Gather the (vocab/fsdp-sharded) table once, then look up: a sharded-operand gather would
+    # otherwise be resolved by replicating its output.
+    table = _constrain(self.token_embedder, (None, None))
+    return jnp.take(table, tokens, axis=0).astype(self.config.compute_dtype)
 
   def _logits(self, hidden: Array) -> Array:
     cfg = self.config

@@ -1,0 +1,164 @@
+"""Device meshes, logical-axis rules, shardings and multi-host initialisation.
+
+Parameters and activations carry logical axis names ("batch", "embed", "mlp", ...); the rules map
+them onto mesh axes ("data", "fsdp", "model"). A logical axis whose mesh axes are already used by an
+earlier dimension of the same array stays unsharded (Flax's rule resolution), so "batch" -> (data,
+fsdp) and "embed" -> fsdp coexist: parameters are sharded over fsdp, activations over the batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from typing import Any, Iterator, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+logger = logging.getLogger(__name__)
+
+MESH_AXES = ("data", "fsdp", "model")
+
+DEFAULT_LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("vocab", "model"),
+    ("relpos_buckets", None),
+)
+
+_distributed_initialized = False
+
+
+def parallel_config() -> ml_collections.ConfigDict:
+  """Defaults of the `parallel` config section."""
+  config = ml_collections.ConfigDict()
+  # -1 takes the remaining devices; the product must equal the number of devices.
+  config.mesh_shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
+  config.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
+  return config
+
+
+def maybe_initialize_distributed() -> bool:
+  """Starts `jax.distributed` when the environment describes several processes; True if it did.
+
+  Sources, in order: JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID, optional
+  JAX_LOCAL_DEVICE_IDS), a SLURM job step with more than one task, a multi-host Cloud TPU slice
+  (TPU_WORKER_HOSTNAMES with several hosts). Single-process runs are a no-op. Call it before any other
+  JAX call that touches devices.
+  """
+  global _distributed_initialized
+  if _distributed_initialized:
+    return True
+  env = os.environ
+  kwargs: dict[str, Any] | None = None
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if not env.get(k)]
+    if missing:
+      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {missing} are not (set all three for multi-process)")
+    kwargs = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"], num_processes=int(env["JAX_NUM_PROCESSES"]),
+                  process_id=int(env["JAX_PROCESS_ID"]))
+    if env.get("JAX_LOCAL_DEVICE_IDS"):
+      kwargs["local_device_ids"] = [int(x) for x in env["JAX_LOCAL_DEVICE_IDS"].split(",")]
+  elif int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in env:
+    kwargs = {}  # jax detects the coordinator, process count and id from SLURM variables
+  elif len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+    kwargs = {}  # Cloud TPU pod slice: auto-detected from the TPU metadata
+  if kwargs is None:
+    return False
+  jax.distributed.initialize(**kwargs)
+  _distributed_initialized = True
+  logger.info("jax.distributed initialised: process %d of %d, %d local / %d global devices", jax.process_index(),
+              jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True
+
+
+def resolve_mesh_shape(mesh_shape: Mapping[str, int], num_devices: int) -> dict[str, int]:
+  """Replaces one -1 entry by the remaining device count; checks the product."""
+  shape = {str(k): int(v) for k, v in dict(mesh_shape).items()}
+  free = [k for k, v in shape.items() if v == -1]
+  if len(free) > 1:
+    raise ValueError(f"mesh_shape {shape}: at most one axis may be -1")
+  if any(v == 0 or v < -1 for v in shape.values()):
+    raise ValueError(f"mesh_shape {shape}: sizes must be positive or -1")
+  fixed = math.prod(v for v in shape.values() if v != -1)
+  if free:
+    if num_devices % fixed:
+      raise ValueError(f"mesh_shape {shape}: {num_devices} devices are not divisible by the fixed axes ({fixed})")
+    shape[free[0]] = num_devices // fixed
+  if math.prod(shape.values()) != num_devices:
+    raise ValueError(f"mesh_shape {shape}: product {math.prod(shape.values())} != {num_devices} devices")
+  return shape
+
+
+def make_mesh(mesh_shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh with explicit `AxisType.Auto` axes, e.g. make_mesh({"data": -1, "fsdp": 1, "model": 1}).
+
+  Standard axes (data, fsdp, model) that `mesh_shape` leaves out get size 1, so the default rules apply.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  given = dict(mesh_shape)
+  full = {axis: given.pop(axis, 1) for axis in MESH_AXES}
+  full.update(given)
+  shape = resolve_mesh_shape(full, len(devices))
+  names = tuple(shape)
+  axis_types = (AxisType.Auto,) * len(names)
+  if len(devices) == jax.device_count():
+    return jax.make_mesh(tuple(shape.values()), names, axis_types=axis_types, devices=devices)
+  return Mesh(np.asarray(devices).reshape(tuple(shape.values())), names, axis_types=axis_types)
+
+
+def rules_tuple(rules) -> tuple:
+  """Config rules (tuples or lists from JSON/overrides) -> the tuple-of-pairs Flax expects."""
+  out = []
+  for pair in rules:
+    if len(pair) != 2:
+      raise ValueError(f"logical_axis_rules entry {pair!r}: expected (logical_name, mesh_axes)")
+    name, target = pair
+    out.append((str(name), tuple(target) if isinstance(target, (list, tuple)) else target))
+  return tuple(out)
+
+
+def logical_to_shardings(logical_specs, mesh: Mesh, rules) -> Any:
+  """Pytree of logical `PartitionSpec`s -> pytree of `NamedSharding`s on `mesh`."""
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, rules_tuple(rules))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh, rules, ndim: int = 2) -> NamedSharding:
+  """Leading axis over the mesh axes of logical "batch", the rest replicated."""
+  spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), rules_tuple(rules))
+  return NamedSharding(mesh, spec)
+
+
+def host_local_batch_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh, rules=DEFAULT_LOGICAL_AXIS_RULES
+                               ) -> dict[str, jax.Array]:
+  """This process's rows of a batch -> global arrays sharded over "batch" (non-numeric entries are dropped).
+
+  Every process passes the same number of rows; the global batch is their concatenation in process order.
+  """
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    if value.dtype.kind not in "biuf" or value.ndim == 0:
+      continue
+    sharding = batch_sharding(mesh, rules, value.ndim)
+    out[key] = jax.make_array_from_process_local_data(sharding, value)
+  return out
+
+
+@contextlib.contextmanager
+def mesh_and_rules(mesh: Mesh, rules) -> Iterator[None]:
+  """Context in which Flax's logical constraints resolve to `mesh` with `rules` (needed while tracing)."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules_tuple(rules)):
+    yield

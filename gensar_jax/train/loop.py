@@ -1,0 +1,216 @@
+"""Generic training loop: sharded steps, periodic evaluation, Orbax checkpoints, exact resume.
+
+Works with any iterator of host-local batches (dicts of numpy arrays, see `train/step.py`); a grain
+`DatasetIterator`/`DataLoaderIterator` additionally has its position checkpointed, so a resumed run
+sees exactly the batches an uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from gensar_jax import parallel
+from gensar_jax.model.t5 import T5Config, init_params
+from gensar_jax.train import checkpoint as checkpoint_lib
+from gensar_jax.train import state as state_lib
+from gensar_jax.train import step as step_lib
+
+logger = logging.getLogger(__name__)
+
+EvalFn = Callable[[Any, int], Mapping[str, float]]  # (params, step) -> metrics, e.g. {"val/ndcg5_mean": ...}
+
+
+class TrainingDivergedError(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: state_lib.TrainState
+  train_metrics: dict  # last logged training metrics
+  eval_metrics: dict  # last evaluation metrics (empty without eval_fn)
+  best_step: int | None
+  checkpoint_dir: Path
+
+
+def _sections(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+  """(train section, parallel section) of a full config, or a bare train section with default parallelism."""
+  train_cfg = config.train if "train" in config else config
+  parallel_cfg = config.parallel if "parallel" in config else parallel.parallel_config()
+  return train_cfg, parallel_cfg
+
+
+class _ScalarWriter:
+  """TensorBoard scalars through tensorboardX, written by process 0 only."""
+
+  def __init__(self, logdir: Path):
+    self.writer = None
+    if jax.process_index() == 0:
+      from tensorboardX import SummaryWriter
+      self.writer = SummaryWriter(str(logdir))
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if self.writer is not None:
+      for name, value in scalars.items():
+        self.writer.add_scalar(name, float(value), step)
+      self.writer.flush()
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+
+
+def train(config: ml_collections.ConfigDict, model_cfg: T5Config, train_iter: Iterator[Mapping[str, np.ndarray]],
+          num_steps: int | None, workdir: str | Path, eval_fn: EvalFn | None = None, eval_every: int | None = None,
+          initial_params: Any = None, mesh: jax.sharding.Mesh | None = None) -> TrainResult:
+  """Trains `model_cfg` on batches from `train_iter` until step `num_steps` (default train.num_steps).
+
+  Resumes from the latest checkpoint in `<workdir>/checkpoints` (state and iterator position) when
+  there is one; otherwise starts from `initial_params` (e.g. an imported HF checkpoint) or a fresh
+  initialisation. The learning-rate schedule always spans `train.num_steps`, so stopping early and
+  resuming later continues the same run. Checkpoints every `train.checkpoint_every` steps, at every
+  evaluation and at the end; keeps the latest `train.keep_checkpoints` plus the best `train.keep_best` by
+  `train.best_metric`. A NaN/inf loss raises `TrainingDivergedError`; nothing is saved after it.
+  """
+  train_cfg, parallel_cfg = _sections(config)
+  workdir = Path(workdir)
+  stop_step = int(train_cfg.num_steps if num_steps is None else num_steps)
+  eval_every = int(train_cfg.eval_every if eval_every is None else eval_every)
+  model_cfg = state_lib.model_config_for_training(model_cfg, train_cfg)
+  rules = parallel.rules_tuple(parallel_cfg.logical_axis_rules)
+  mesh = mesh if mesh is not None else parallel.make_mesh(parallel_cfg.mesh_shape)
+  optimizer = state_lib.make_optimizer(train_cfg)
+  shardings = state_lib.state_shardings(model_cfg, optimizer, mesh, rules)
+  checkpointer = checkpoint_lib.Checkpointer(
+      workdir / "checkpoints", keep=int(train_cfg.keep_checkpoints), keep_best=int(train_cfg.keep_best),
+      best_metric=train_cfg.best_metric if eval_fn is not None else None, best_mode=train_cfg.best_mode,
+      async_save=bool(train_cfg.async_checkpointing))
+  saved_config = {"config": config.to_dict(), "model": dataclasses.asdict(model_cfg)}
+
+  resume_step = checkpointer.latest_step()
+  if resume_step is not None:
+    abstract = jax.eval_shape(lambda: state_lib.TrainState(
+        step=np.int32(0), params=init_params(model_cfg, jax.random.key(0)),
+        opt_state=optimizer.init(init_params(model_cfg, jax.random.key(0)))))
+    restore_iter = train_iter if checkpoint_lib.is_checkpointable_iterator(train_iter) else None
+    state, _ = checkpointer.restore(checkpoint_lib.abstract_like(shardings, abstract), resume_step, restore_iter)
+    if restore_iter is None:
+      logger.warning("resumed at step %d but the data iterator has no state: batches will not match an "
+                     "uninterrupted run", resume_step)
+  else:
+    state, _ = state_lib.create_train_state(model_cfg, optimizer, mesh, rules,
+                                            jax.random.key(int(train_cfg.seed)), initial_params)
+  start_step = int(jax.device_get(state.step))
+  logger.info("training %s from step %d to %d on mesh %s (%d processes, %d devices)",
+              "resumes" if resume_step is not None else "starts", start_step, stop_step, dict(mesh.shape),
+              jax.process_count(), jax.device_count())
+
+  train_step = step_lib.make_train_step(model_cfg, train_cfg, optimizer, mesh, rules, shardings)
+  writer = _ScalarWriter(workdir / "tensorboard")
+  progress = tqdm(total=stop_step, initial=start_step, desc="train", unit="step",
+                  disable=jax.process_index() != 0, dynamic_ncols=True)
+  last_good_step = resume_step
+  train_metrics: dict = {}
+  eval_metrics: dict = {}
+  pending: tuple[int, dict] | None = None  # metrics of the last dispatched step, checked one step later
+  log_every = max(int(train_cfg.log_every), 1)
+  window_start, window_steps = time.perf_counter(), 0
+
+  def check(step: int, metrics: dict) -> dict:
+    host = step_lib.metrics_to_host(metrics)
+    if not math.isfinite(host["loss"]):
+      checkpointer.wait()
+      writer.close()
+      progress.close()
+      raise TrainingDivergedError(
+          f"training loss is {host['loss']} at step {step} (grad norm {host['grad_norm']}); stopped. Last good "
+          f"checkpoint: {'step ' + str(last_good_step) if last_good_step is not None else 'none'} in "
+          f"{checkpointer.directory}. Lower train.learning_rate or check the data.")
+    return host
+
+  try:
+    for step in range(start_step + 1, stop_step + 1):
+      try:
+        batch = next(train_iter)
+      except StopIteration:
+        raise ValueError(f"the training iterator ran out of batches before step {step} (of {stop_step}); "
+                         "repeat the dataset or lower num_steps") from None
+      if pending is not None:
+        check(*pending)
+      step_lib.check_batch(batch)
+      global_batch = parallel.host_local_batch_to_global({k: batch[k] for k in step_lib.BATCH_KEYS}, mesh, rules)
+      state, metrics = train_step(state, global_batch)
+      pending = (step, metrics)
+      progress.update(1)
+      window_steps += 1
+
+      is_eval = eval_fn is not None and eval_every > 0 and (step % eval_every == 0 or step == stop_step)
+      is_save = step % int(train_cfg.checkpoint_every) == 0 or step == stop_step or is_eval
+      if step % log_every == 0 or step == stop_step or is_save:
+        train_metrics = check(*pending)
+        pending = None
+        elapsed = time.perf_counter() - window_start
+        train_metrics["steps_per_second"] = window_steps / max(elapsed, 1e-9)
+        window_start, window_steps = time.perf_counter(), 0
+        writer.write(step, {f"train/{k}": v for k, v in train_metrics.items()})
+        progress.set_postfix(loss=f"{train_metrics['loss']:.4f}", lr=f"{train_metrics['learning_rate']:.2e}")
+      if is_eval:
+        eval_metrics = {k: float(v) for k, v in eval_fn(state.params, step).items()}
+        writer.write(step, eval_metrics)
+        logger.info("step %d: eval %s", step, ", ".join(f"{k}={v:.4f}" for k, v in sorted(eval_metrics.items())))
+      if is_save:
+        checkpointer.save(step, state, train_iter, saved_config, metrics=eval_metrics if is_eval else None,
+                          force=True)
+        last_good_step = step
+    if pending is not None:
+      train_metrics = check(*pending)
+  finally:
+    checkpointer.wait()
+  progress.close()
+  writer.close()
+  best = checkpointer.best_step()
+  checkpointer.close()
+  if train_metrics:
+    logger.info("training done at step %d: loss %.4f, token accuracy %.4f", stop_step, train_metrics["loss"],
+                train_metrics["accuracy"])
+  return TrainResult(state=state, train_metrics=train_metrics, eval_metrics=eval_metrics, best_step=best,
+                     checkpoint_dir=checkpointer.directory)
+
+
+def toy_copy_dataset(vocab_size: int, batch_size: int, encoder_length: int = 12, decoder_length: int = 5,
+                     num_examples: int = 64, seed: int = 0, process_index: int = 0, process_count: int = 1):
+  """A synthetic copy task (target = first encoder tokens, then eos) as a repeating grain `MapDataset` of
+  batches in the training format; for smoke tests, benchmarks and multi-process checks.
+
+  `batch_size` is the global batch; process `process_index` of `process_count` gets its contiguous block
+  of `batch_size // process_count` rows, so the processes' blocks in order form the global batch.
+  """
+  import grain
+
+  if batch_size % process_count:
+    raise ValueError(f"batch_size {batch_size} is not divisible by process_count {process_count}")
+  rng = np.random.default_rng(seed)
+  encoder = rng.integers(3, vocab_size, size=(num_examples, encoder_length)).astype(np.int32)
+  lengths = rng.integers(decoder_length, encoder_length + 1, size=num_examples)
+  encoder[np.arange(encoder_length)[None, :] >= lengths[:, None]] = 0
+  targets = np.concatenate([encoder[:, :decoder_length - 1], np.ones((num_examples, 1), np.int32)], axis=1)
+  decoder_inputs = np.concatenate([np.zeros((num_examples, 1), np.int32), targets[:, :-1]], axis=1)
+  weights = np.ones_like(targets, np.float32)
+
+  def example(i):
+    return {"encoder_input_tokens": encoder[i], "decoder_input_tokens": decoder_inputs[i],
+            "decoder_target_tokens": targets[i], "decoder_loss_weights": weights[i], "example_id": np.int32(i)}
+
+  rows = batch_size // process_count
+  dataset = (grain.MapDataset.range(num_examples).shuffle(seed=seed).repeat().map(example)
+             .batch(batch_size, drop_remainder=True))
+  return dataset.map(lambda b: {k: v[process_index * rows:(process_index + 1) * rows] for k, v in b.items()})

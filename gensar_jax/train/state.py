@@ -1,0 +1,124 @@
+"""Training configuration, optimizer and the (sharded) train state."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from gensar_jax import parallel
+from gensar_jax.model.t5 import T5Config, init_params, param_logical_axes
+
+
+def train_config() -> ml_collections.ConfigDict:
+  """Defaults of the `train` config section (reference code of GenSAR: HF Trainer settings)."""
+  config = ml_collections.ConfigDict()
+  config.num_steps = 1000
+  config.seed = 2024
+  config.learning_rate = 1e-3
+  config.schedule = "cosine"  # "cosine" (linear warm-up, cosine to 0), "linear" or "constant" (after warm-up)
+  config.warmup_fraction = 0.01  # warm-up steps = ceil(fraction * num_steps), as HF's warmup_ratio
+  config.weight_decay = 1e-7  # AdamW, decoupled; not applied to layer-norm scales (as HF Trainer)
+  config.adam_b1 = 0.9
+  config.adam_b2 = 0.999
+  config.adam_eps = 1e-8
+  config.max_grad_norm = 1.0
+  config.label_smoothing = 0.0
+  config.bf16 = False  # bfloat16 compute (params and optimizer state stay float32)
+  config.grad_accum_steps = 1  # micro-batches per step (the global batch is split row-strided)
+  config.log_every = 50
+  config.eval_every = 1000
+  config.checkpoint_every = 1000
+  config.keep_checkpoints = 3  # latest N kept ...
+  config.keep_best = 1  # ... plus the best N by `best_metric` (when an eval_fn reports it)
+  config.best_metric = "val/ndcg5_mean"
+  config.best_mode = "max"
+  config.async_checkpointing = True
+  return config
+
+
+@flax.struct.dataclass
+class TrainState:
+  """step: int32[]; params: model params; opt_state: optax state (mirrors params)."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def warmup_steps(train_cfg: ml_collections.ConfigDict) -> int:
+  return int(math.ceil(train_cfg.warmup_fraction * train_cfg.num_steps))
+
+
+def learning_rate_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warm-up from 0 to `learning_rate`, then cosine/linear decay to 0 at `num_steps` (or constant)."""
+  total = int(train_cfg.num_steps)
+  warm = min(warmup_steps(train_cfg), total)
+  peak = float(train_cfg.learning_rate)
+  if train_cfg.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warm, max(total, warm + 1), 0.0)
+  if train_cfg.schedule == "linear":
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, max(warm, 1)),
+                                 optax.linear_schedule(peak, 0.0, max(total - warm, 1))], [warm])
+  if train_cfg.schedule == "constant":
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, max(warm, 1)), optax.constant_schedule(peak)],
+                                [warm])
+  raise ValueError(f"train.schedule: expected 'cosine', 'linear' or 'constant', got {train_cfg.schedule!r}")
+
+
+def _decay_mask(params) -> Any:
+  """True for every parameter except layer-norm scales."""
+  flat = flax.traverse_util.flatten_dict(params)
+  return flax.traverse_util.unflatten_dict({k: k[-1] != "scale" for k in flat})
+
+
+def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Global-norm clipping then AdamW with the warm-up schedule."""
+  return optax.chain(
+      optax.clip_by_global_norm(train_cfg.max_grad_norm) if train_cfg.max_grad_norm else optax.identity(),
+      optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.adam_b1, b2=train_cfg.adam_b2,
+                  eps=train_cfg.adam_eps, weight_decay=train_cfg.weight_decay, mask=_decay_mask))
+
+
+def model_config_for_training(model_cfg: T5Config, train_cfg: ml_collections.ConfigDict) -> T5Config:
+  return model_cfg.replace(dtype="bfloat16" if train_cfg.bf16 else model_cfg.dtype)
+
+
+def state_shardings(model_cfg: T5Config, optimizer: optax.GradientTransformation, mesh: Mesh, rules) -> TrainState:
+  """`NamedSharding` for every leaf of the train state: params by their logical axes, optimizer moments
+  like their params, counters replicated."""
+  param_specs = param_logical_axes(model_cfg)
+  param_shardings = parallel.logical_to_shardings(param_specs, mesh, rules)
+  abstract_params = jax.eval_shape(lambda: init_params(model_cfg, jax.random.key(0)))
+  abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+  replicated = parallel.replicated(mesh)
+  opt_shardings = optax.tree_map_params(optimizer, lambda _, sharding: sharding, abstract_opt, param_shardings,
+                                        transform_non_params=lambda _: replicated)
+  return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
+
+
+def create_train_state(model_cfg: T5Config, optimizer: optax.GradientTransformation, mesh: Mesh, rules,
+                       rng: jax.Array, params: Any = None) -> tuple[TrainState, TrainState]:
+  """A fresh (or given-params) train state laid out on `mesh`; returns (state, its shardings).
+
+  Fresh parameters are initialised directly in their sharded layout (no full copy on one device).
+  """
+  shardings = state_shardings(model_cfg, optimizer, mesh, rules)
+
+  def build(rng, params):
+    if params is None:
+      params = init_params(model_cfg, rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+  with parallel.mesh_and_rules(mesh, rules):
+    if params is None:
+      state = jax.jit(lambda r: build(r, None), out_shardings=shardings)(rng)
+    else:
+      params = jax.device_put(jax.tree_util.tree_map(jnp.asarray, nn.meta.unbox(params)), shardings.params)
+      state = jax.jit(lambda p: build(None, p), in_shardings=(shardings.params,), out_shardings=shardings)(params)
+  return state, shardings
