@@ -16,6 +16,7 @@ from typing import Sequence
 import jax
 import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from gensar_jax.decode import trie as trie_lib
@@ -103,9 +104,13 @@ def evaluate_ranking(params, config: T5Config, encoder_tokens: np.ndarray, targe
   if num_queries == 0:
     raise DataError(f"{name}: no queries to evaluate")
   protocol = "full" if candidates is None else "sampled"
-  if candidates is None and catalogue_tables is None:
-    catalogue_tables = trie_lib.build_catalogue_trie(identifier_codes, behaviour_token, token_offsets,
-                                                     codebook_size)
+  if candidates is None:
+    if catalogue_tables is None:
+      catalogue_tables = trie_lib.build_catalogue_trie(identifier_codes, behaviour_token, token_offsets,
+                                                       codebook_size)
+    # Placed once (replicated over a mesh), not copied to the device with every batch.
+    catalogue_tables = jax.device_put(
+        catalogue_tables, None if mesh is None else NamedSharding(mesh, PartitionSpec()))
   start_time = time.perf_counter()
 
   def dispatch(begin: int):
