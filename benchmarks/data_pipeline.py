@@ -54,10 +54,11 @@ def main():
     prepared = load_prepared(Path(tmp) / "synthetic")
     cfg = load_config("synthetic").tasks
     levels, sem, col = identifier_levels(2, 2)
-    tok = GenSARTokenizer(prepared.sp_model, levels, cfg.codebook_size)
+    size = load_config("synthetic").identifiers.codebook_size
+    tok = GenSARTokenizer(prepared.sp_model, levels, size)
     n = prepared.dataset.num_items
     rng = np.random.default_rng(0)
-    codes = rng.integers(0, cfg.codebook_size, (n, 4)).astype(np.int32)
+    codes = rng.integers(0, size, (n, 4)).astype(np.int32)
     builder = ExampleBuilder(tok, [prepared.dataset.catalog.text(i) for i in range(n)], prepared.dataset.queries,
                              codes, codes, sem, col, max_input_len=cfg.max_input_len,
                              max_target_len=cfg.max_target_len)

@@ -1,6 +1,8 @@
 """Shared config sections. Each configs/<name>.py starts from `base_config()` and overrides what differs."""
 import ml_collections
 
+from gensar_jax.identifiers.rqvae import identifiers_config
+
 
 def data_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
@@ -34,10 +36,6 @@ def tasks_config() -> ml_collections.ConfigDict:
       max_target_len=64,
       max_text_tokens=96,        # item text tokens in desc2id / id2desc
       behaviour_tokens=True,
-      num_levels_shared=2,       # L_m
-      num_levels_specific=2,     # L_n
-      codebook_size=256,
-      disambiguation=False,      # append a level that makes every identifier unique
   ))
 
 
@@ -47,4 +45,5 @@ def base_config() -> ml_collections.ConfigDict:
   config.seed = 2024
   config.data = data_config()
   config.tasks = tasks_config()
+  config.identifiers = identifiers_config()   # RQ-VAE and identifier structure (METHOD.md section 2)
   return config

@@ -15,16 +15,24 @@ from gensar_jax.data.tokenizer import EOS_ID, PAD_ID, GenSARTokenizer, identifie
 def setup(tiny_prepared):
   cfg = load_config("tiny").tasks
   levels, sem, col = identifier_levels(2, 2)
-  tok = GenSARTokenizer(tiny_prepared.sp_model, levels, cfg.codebook_size)
+  size = load_config("tiny").identifiers.codebook_size
+  tok = GenSARTokenizer(tiny_prepared.sp_model, levels, size)
   n = tiny_prepared.dataset.num_items
   rng = np.random.default_rng(0)
-  sem_codes = rng.integers(0, cfg.codebook_size, (n, 4)).astype(np.int32)
-  col_codes = np.concatenate([sem_codes[:, :2], rng.integers(0, cfg.codebook_size, (n, 2))], 1).astype(np.int32)
+  sem_codes = rng.integers(0, size, (n, 4)).astype(np.int32)
+  col_codes = np.concatenate([sem_codes[:, :2], rng.integers(0, size, (n, 2))], 1).astype(np.int32)
   data = tiny_prepared.dataset
   builder = ExampleBuilder(tok, [data.catalog.text(i) for i in range(n)], data.queries, sem_codes, col_codes, sem,
                            col, max_input_len=cfg.max_input_len, max_target_len=cfg.max_target_len,
                            max_text_tokens=cfg.max_text_tokens)
   return tok, builder, sem_codes, col_codes, tiny_prepared
+
+
+def test_identifier_levels_per_mode():
+  assert identifier_levels(1, 1, True) == (("shared_a", "semantic_a", "semantic_b", "collab_a", "collab_b"),
+                                           ("shared_a", "semantic_a", "semantic_b"), ("shared_a", "collab_a", "collab_b"))
+  levels, sem, col = identifier_levels(2, 2, mode="semantic")
+  assert levels == sem == col == ("shared_a", "shared_b", "semantic_a", "semantic_b")
 
 
 def test_tokenizer_layout_and_round_trip(setup):

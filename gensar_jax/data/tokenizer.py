@@ -20,20 +20,33 @@ BEHAVIOUR_TOKENS = ("<rec_item>", "<src_query>", "<src_item>")
 _SPECIAL = re.compile(r"(<rec_item>|<src_query>|<src_item>|<[a-z]+_[a-z]_\d+>)")
 
 
-def identifier_levels(num_shared: int = 2, num_specific: int = 2, disambiguation: bool = False
-                      ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+def identifier_levels(num_shared: int = 2, num_specific: int = 2, disambiguation: bool = False,
+                      mode: str = "dual") -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
   """Level names of the whole vocabulary and of each view.
 
   Returns (all levels, semantic-view levels, collaborative-view levels), e.g. for 2+2:
   (shared_a, shared_b, semantic_a, semantic_b, collab_a, collab_b), (shared_a, shared_b, semantic_a,
-  semantic_b), (shared_a, shared_b, collab_a, collab_b). A disambiguation level is one more specific level.
+  semantic_b), (shared_a, shared_b, collab_a, collab_b). A disambiguation level is one more specific
+  level. Single-view identifiers (mode "semantic" or "collab") use that view's levels for both views.
   """
   letters = string.ascii_lowercase
   shared = tuple(f"shared_{letters[i]}" for i in range(num_shared))
   n = num_specific + int(disambiguation)
-  semantic = tuple(f"semantic_{letters[i]}" for i in range(n))
-  collab = tuple(f"collab_{letters[i]}" for i in range(n))
-  return shared + semantic + collab, shared + semantic, shared + collab
+  semantic = shared + tuple(f"semantic_{letters[i]}" for i in range(n))
+  collab = shared + tuple(f"collab_{letters[i]}" for i in range(n))
+  if mode == "semantic":
+    collab = semantic
+  elif mode == "collab":
+    semantic = collab
+  elif mode != "dual":
+    raise ValueError(f"identifier mode {mode!r}: expected dual, semantic or collab")
+  return shared + semantic[num_shared:] + collab[num_shared:] if mode == "dual" else semantic, semantic, collab
+
+
+def levels_from_config(identifiers) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+  """identifier_levels for an `identifiers` config section."""
+  return identifier_levels(identifiers.num_shared_levels, identifiers.num_specific_levels,
+                           identifiers.disambiguation_level, identifiers.mode)
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, seed_text_limit: int = 2_000_000) -> bytes:
