@@ -233,3 +233,19 @@ def test_parity_with_hugging_face_generate():
   hf_scores = hf.sequences_scores.numpy().reshape(3, num_beams)
   np.testing.assert_array_equal(np.asarray(ours.sequences), hf_sequences)
   np.testing.assert_allclose(np.asarray(ours.sequence_scores), hf_scores, atol=2e-4)
+
+
+@pytest.mark.slow
+def test_bfloat16_compute_decodes_valid_ids_with_close_scores(params):
+  rng = np.random.default_rng(6)
+  codes = rng.integers(0, CODEBOOK, size=(20, 4))
+  candidates = rng.integers(0, 20, size=(2, 8))
+  tables = trie_lib.build_candidate_tries(candidates, codes, BEHAVIOUR, OFFSETS, CODEBOOK)
+  enc = encoder_tokens(2, seed=6)
+  bf16 = constrained_beam_search(params, CONFIG.replace(dtype="bfloat16"), enc, tables, num_beams=8)
+  for b in range(2):
+    found = np.asarray(bf16.items[b])
+    found = found[found >= 0]
+    assert set(found) == set(candidates[b])            # beam 8 >= candidates: all of them
+    expected = reference_scores(params, enc[b:b + 1], identifier_tokens(codes[found]))
+    np.testing.assert_allclose(np.asarray(bf16.item_scores[b])[:len(found)], expected, atol=0.15)

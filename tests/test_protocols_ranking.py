@@ -114,3 +114,18 @@ def test_bad_inputs_are_rejected(setup):
 def test_eval_config_defaults():
   config = protocols.eval_config()
   assert config.num_beams == 30 and config.protocols == ("sampled", "full")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampled", [True, False])
+def test_protocols_sharded_over_data_axis_match_single_device(setup, sampled):
+  params, codes, enc, targets, candidates = setup
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  behaviour, offsets = protocols.task_decoding("search", SP_VOCAB, CODEBOOK)
+  lists = candidates if sampled else None
+  single = protocols.evaluate_ranking(params, CONFIG, enc, targets, codes, behaviour, offsets, CODEBOOK, lists,
+                                      num_beams=4, batch_size=8)
+  sharded = protocols.evaluate_ranking(params, CONFIG, enc, targets, codes, behaviour, offsets, CODEBOOK, lists,
+                                       num_beams=4, batch_size=8, mesh=mesh)
+  np.testing.assert_array_equal(sharded[1], single[1])
+  assert sharded[0] == single[0]

@@ -7,16 +7,21 @@ a `lax.while_loop` stops as soon as every hypothesis has emitted EOS (or at `max
 from __future__ import annotations
 
 import functools
+import logging
+import time
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
 
 from gensar_jax.model.t5 import T5, T5Config, init_decoder_cache
 
 DATA_AXIS = "data"
+logger = logging.getLogger(__name__)
 
 
 def text_generation_config() -> ml_collections.ConfigDict:
@@ -143,3 +148,30 @@ def generate_text(params, config: T5Config, encoder_tokens, max_length: int, *, 
   return _generate(params, encoder_tokens, rng, config=config, max_length=int(max_length),
                    num_samples=int(num_samples), greedy=method == "greedy", temperature=float(temperature),
                    top_k=int(top_k), top_p=float(top_p))
+
+
+def generate_text_batched(params, config: T5Config, encoder_tokens: np.ndarray, max_length: int, *,
+                          batch_size: int = 64, method: str = "greedy", num_samples: int = 1,
+                          temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                          mesh: jax.sharding.Mesh | None = None, name: str = "generate") -> TextOutput:
+  """`generate_text` over many inputs in fixed-size batches (last one padded), with progress.
+
+  encoder_tokens: int32[n, S] -> TextOutput of numpy arrays with leading axis n. Batch i samples with
+  `fold_in(key(seed), i)`, so results do not depend on what else runs.
+  """
+  encoder_tokens = np.asarray(encoder_tokens, np.int32)
+  num_inputs = encoder_tokens.shape[0]
+  outputs = []
+  start_time = time.perf_counter()
+  for index, begin in enumerate(tqdm(range(0, num_inputs, batch_size), desc=name, unit="batch")):
+    batch = np.full((batch_size, encoder_tokens.shape[1]), config.pad_id, np.int32)
+    end = min(begin + batch_size, num_inputs)
+    batch[:end - begin] = encoder_tokens[begin:end]
+    rng = jax.random.fold_in(jax.random.key(seed), index) if method == "sample" else None
+    out = generate_text(params, config, batch, max_length, method=method, num_samples=num_samples,
+                        temperature=temperature, top_k=top_k, top_p=top_p, rng=rng, mesh=mesh)
+    outputs.append(jax.tree.map(lambda x: np.asarray(x)[:end - begin], out))
+  result = jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+  logger.info("%s: %d inputs x %d outputs (%s) in %.1fs, mean length %.1f tokens", name, num_inputs, num_samples,
+              method, time.perf_counter() - start_time, float(result.lengths.mean()))
+  return result
