@@ -93,7 +93,7 @@ def test_tiny_random_bert_matches_torch(tmp_path, pooling):
            "pens " * 40, "office", "zebra unknown words", "papers staplers"]
   encoder = text_encoder.load_sentence_encoder(tmp_path, max_seq_length=256, min_bucket_length=4)
   assert encoder.max_seq_length == 24 and encoder.dim == 24 and encoder.pooling == pooling
-  assert encoder.buckets == (4, 8, 16, 24)
+  assert encoder.buckets == (4, 6, 8, 12, 16, 24)
   ours = encoder.encode(texts, batch_size=4, progress=False)
   reference = _torch_reference(tmp_path, texts, pooling, max_length=24)
   np.testing.assert_allclose(ours, reference, atol=2e-5)
@@ -162,5 +162,6 @@ def test_pooling_and_normalize_match_numpy():
   np.testing.assert_allclose(text_encoder.pool_tokens(hidden, mask, "max"), maxed)
   normalized = text_encoder.l2_normalize(mean)
   np.testing.assert_allclose(normalized, mean / np.linalg.norm(mean, axis=1, keepdims=True), rtol=1e-6)
-  assert text_encoder.length_buckets(256, 16) == (16, 32, 64, 128, 256)
-  assert text_encoder.length_buckets(100, 32) == (32, 64, 100)
+  assert text_encoder.length_buckets(256, 16) == (16, 24, 32, 48, 64, 96, 128, 192, 256)
+  assert text_encoder.length_buckets(100, 32) == (32, 48, 64, 96, 100)
+  assert text_encoder.length_buckets(10, 16) == (10,)
