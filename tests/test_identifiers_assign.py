@@ -33,6 +33,8 @@ def test_disambiguation_level_ranks_items_within_each_id():
   np.testing.assert_array_equal(extended[:, :2], codes)
   assert extended[:, 2].tolist() == [0, 0, 1, 0, 2, 1]
   assert assign.num_collisions(extended) == 0
+  with pytest.raises(ValueError, match="3 items share one identifier, more than the 2 codes"):
+    assign.append_disambiguation_level(codes, num_codes=2)
 
 
 def test_reencoding_equals_one_float64_sinkhorn_per_group():
@@ -152,13 +154,14 @@ def test_stage_dual_ids_share_prefixes_and_outputs_round_trip(tmp_path):
 def test_stage_semantic_only_variant_with_disambiguation_is_unique():
   embeddings = _embeddings()
   del embeddings["collab"]
-  config = _tiny_index_config(mode="semantic", num_shared_levels=1, num_specific_levels=1, codebook_size=4,
+  config = _tiny_index_config(mode="semantic", num_shared_levels=1, num_specific_levels=1, codebook_size=8,
                               disambiguation_level=True)
   index = assign.build_identifiers(embeddings, config, 96, progress=False)
   assert index.codes["semantic"].shape == (96, 3)
   np.testing.assert_array_equal(index.codes["semantic"], index.codes["collab"])
   assert assign.num_collisions(index.codes["semantic"]) == 0
-  assert index.stats["views"]["semantic"]["collision_rate_after"] > 0  # 16 IDs for 96 items must collide
+  assert index.stats["views"]["semantic"]["collision_rate_after"] > 0  # 64 IDs for 96 items must collide
+  assert index.stats["views"]["semantic"]["disambiguation_codes"] == index.codes["semantic"][:, -1].max() + 1 <= 8
   assert set(index.stats["levels"]) == {"shared_a", "semantic_a"}
 
 

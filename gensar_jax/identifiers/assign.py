@@ -135,10 +135,14 @@ def resolve_collisions(codes: np.ndarray, last_residuals: np.ndarray, last_codeb
   return best_codes, counts
 
 
-def append_disambiguation_level(codes: np.ndarray) -> np.ndarray:
+def append_disambiguation_level(codes: np.ndarray, num_codes: int | None = None) -> np.ndarray:
   """Appends each item's rank (0, 1, ...) among the items sharing its ID, in item order:
-  int32[N, L] -> int32[N, L + 1], all rows distinct."""
+  int32[N, L] -> int32[N, L + 1], all rows distinct. The tokenizer gives that level `num_codes`
+  tokens (the codebook size), so more items on one ID than that is an error."""
   _, inverse, counts = id_groups(codes)
+  if num_codes is not None and counts.max(initial=0) > num_codes:
+    raise ValueError(f"{int(counts.max())} items share one identifier, more than the {num_codes} codes of the "
+                     "disambiguation level; use more levels or a larger codebook_size")
   order = np.argsort(inverse, kind="stable")
   starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
   rank = np.empty(codes.shape[0], np.int64)
@@ -210,7 +214,7 @@ def assign_identifiers(params: rqvae.Params, spec: rqvae.RQVAESpec, embeddings: 
   final = {view: rqvae.view_codes(final, view) for view in VIEWS}
   resolved = dict(final)
   if config.disambiguation_level:
-    final = {view: append_disambiguation_level(codes) for view, codes in final.items()}
+    final = {view: append_disambiguation_level(codes, spec.codebook_size) for view, codes in final.items()}
   names = rqvae.level_names(spec)
   stats: dict[str, Any] = {"num_items": int(next(iter(final.values())).shape[0]), "mode": spec.mode,
                            "num_levels": int(final["semantic"].shape[1]), "codebook_size": spec.codebook_size,
