@@ -1,6 +1,7 @@
 """Shared config sections. Each configs/<name>.py starts from `base_config()` and overrides what differs."""
 import ml_collections
 
+from gensar_jax.embed.stage import embed_config
 from gensar_jax.identifiers.rqvae import identifiers_config
 
 
@@ -45,5 +46,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.seed = 2024
   config.data = data_config()
   config.tasks = tasks_config()
+  config.embed = embed_config()               # text encoder + SASRec (collaborative embeddings)
   config.identifiers = identifiers_config()   # RQ-VAE and identifier structure (METHOD.md section 2)
   return config

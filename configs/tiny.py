@@ -18,6 +18,8 @@ def get_config():
   t = config.tasks
   t.sizes.update(dict(nrip=-1, nsip=300, nsqp=50, desc2id=50, id2desc=50, adhoc=50))
   t.max_input_len, t.max_target_len, t.max_text_tokens = 96, 24, 24
+  config.embed.sasrec.update(dict(epochs=4, eval_every=2, hidden_dim=16, max_len=12, batch_size=64))
+  config.embed.text.fallback_dim = 32
   ids = config.identifiers
   ids.codebook_size, ids.hidden_dims, ids.latent_dim = 16, (64, 32), 8
   ids.epochs, ids.warmup_epochs, ids.batch_size, ids.eval_every_epochs = 20, 2, 64, 5

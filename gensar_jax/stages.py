@@ -30,15 +30,25 @@ def _prepare(config, out_dir):
   return prepare(config, out_dir)
 
 
+def _embed(config, out_dir):
+  from gensar_jax.embed.stage import run_embed
+  return run_embed(config, out_dir)
+
+
+def _index(config, out_dir):
+  from gensar_jax.identifiers.stage import run_index
+  return run_index(config, out_dir)
+
+
 # Order matters: `run` executes stages in this order.
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("prepare", ("seed", "data"), (), _prepare,
           "raw data -> events, histories, splits, negatives, tokenizer, ArrayRecord samples"),
-    Stage("embed", ("seed", "data", "embed"), ("prepare",), None,
+    Stage("embed", ("seed", "embed"), ("prepare",), _embed,
           "semantic (text encoder) and collaborative (SASRec) item embeddings"),
-    Stage("index", ("seed", "rqvae"), ("embed",), None, "RQ-VAE dual identifiers with collision resolution"),
+    Stage("index", ("identifiers",), ("embed",), _index, "RQ-VAE dual identifiers with collision resolution"),
     Stage("doc2query", ("seed", "doc2query"), ("prepare",), None, "pseudo-queries for ad-hoc search"),
-    Stage("train", ("seed", "tasks", "model", "train"), ("prepare", "index", "doc2query"), None,
+    Stage("train", ("seed", "tasks", "identifiers", "model", "train"), ("prepare", "index", "doc2query"), None,
           "multi-task T5 training"),
     Stage("eval", ("seed", "eval"), ("train",), None, "constrained beam search evaluation"),
 ]}
