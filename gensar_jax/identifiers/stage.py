@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from gensar_jax.identifiers.assign import build_identifiers, write_identifiers
-from gensar_jax.io_utils import atomic_path, load_arrays, write_json
+from gensar_jax.io_utils import atomic_path, load_arrays, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def run_index(config: ml_collections.ConfigDict, out_dir: Path) -> dict:
   path = out_dir.parent / "embed" / "embeddings.npz"
   embeddings = load_arrays(path)
-  num_items = int(next(iter(embeddings.values())).shape[0])
+  num_items = int(read_json(out_dir.parent / "prepare" / "stats.json")["items"])  # the catalogue's size
   index = build_identifiers(embeddings, config.identifiers, num_items,
                             sources={view: f"{path}[{view}]" for view in embeddings})
   with atomic_path(out_dir) as tmp:
