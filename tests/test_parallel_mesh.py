@@ -76,7 +76,7 @@ def test_param_shardings_follow_logical_rules():
   shardings = state_lib.state_shardings(cfg, optimizer, mesh, RULES)
   assert shardings.params["decoder"]["layers_0"]["mlp"]["wi"].spec == PartitionSpec("fsdp", "model")
   assert shardings.params["token_embedder"].spec == PartitionSpec("model", "fsdp")
-  assert shardings.params["encoder"]["layers_1"]["attention"]["o"].spec == PartitionSpec("model", None, "fsdp")
+  assert shardings.params["encoder"]["layers_0"]["attention"]["o"].spec == PartitionSpec("model", None, "fsdp")
   assert shardings.step.spec == PartitionSpec()
   # Adam moments are laid out like their parameters.
   mu = shardings.opt_state[1][0].mu
@@ -95,6 +95,7 @@ def test_host_local_batch_to_global_single_process():
   assert len(global_batch["encoder_input_tokens"].addressable_shards) == 8
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_one_device():
   model_cfg = _tiny(dropout_rate=0.1)  # dropout masks must not depend on the layout
   train_cfg = _train_cfg()
@@ -110,6 +111,7 @@ def test_sharded_step_equals_one_device():
   assert wi.sharding.spec == PartitionSpec("fsdp", "model") and len(wi.addressable_shards) == 8
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_full_batch():
   model_cfg = _tiny(dropout_rate=0.0)
   batch = _batch(3)

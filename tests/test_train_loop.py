@@ -15,7 +15,7 @@ from gensar_jax.train.loop import TrainingDivergedError, toy_copy_dataset, train
 VOCAB = 24
 
 
-def _full_config(num_steps=6, **train_overrides):
+def _full_config(num_steps=8, **train_overrides):
   train_cfg = state_lib.train_config()
   train_cfg.num_steps = num_steps
   train_cfg.log_every = 1
@@ -38,6 +38,7 @@ def _one_device_mesh():
   return parallel.make_mesh({"data": 1, "fsdp": 1, "model": 1}, jax.devices()[:1])
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_copy_task(tmp_path):
   config = _full_config(num_steps=60, learning_rate=1e-2, checkpoint_every=60, log_every=10)
   batches = iter(toy_copy_dataset(VOCAB, 16, num_examples=16))
@@ -48,8 +49,9 @@ def test_loss_decreases_on_copy_task(tmp_path):
   assert (tmp_path / "tensorboard").is_dir() and any((tmp_path / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path):
-  config = _full_config(num_steps=6)
+  config = _full_config()
   straight_iter = iter(toy_copy_dataset(VOCAB, 8, seed=5))
   straight = train(config, _model(), straight_iter, 6, tmp_path / "straight", mesh=_one_device_mesh())
 
@@ -87,7 +89,7 @@ class _PoisonAfter:
 
 
 def test_nan_loss_stops_with_last_good_checkpoint(tmp_path):
-  config = _full_config(num_steps=8, checkpoint_every=2)
+  config = _full_config(checkpoint_every=2)
   batches = _PoisonAfter(iter(toy_copy_dataset(VOCAB, 8)), bad_step=4)
   with pytest.raises(TrainingDivergedError, match=r"step 4.*Last good checkpoint: step 2"):
     train(config, _model(), batches, 8, tmp_path, mesh=_one_device_mesh())
@@ -96,7 +98,7 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path):
 
 
 def test_keeps_latest_and_best_checkpoints(tmp_path):
-  config = _full_config(num_steps=8, checkpoint_every=100, keep_checkpoints=1, keep_best=1,
+  config = _full_config(checkpoint_every=100, keep_checkpoints=1, keep_best=1,
                         best_metric="val/score", best_mode="max")
   scores = {2: 0.1, 4: 0.9, 6: 0.3, 8: 0.2}
   seen = []
@@ -114,7 +116,7 @@ def test_keeps_latest_and_best_checkpoints(tmp_path):
 
 
 def test_missing_batch_key_is_a_clear_error(tmp_path):
-  config = _full_config(num_steps=2)
+  config = _full_config()
 
   def batches():
     for batch in toy_copy_dataset(VOCAB, 8):

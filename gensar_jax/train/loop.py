@@ -69,6 +69,25 @@ class _ScalarWriter:
       self.writer.close()
 
 
+_STEP_CACHE: dict = {}
+_LOOP_ONLY_FIELDS = frozenset({"log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "keep_best",
+                               "best_metric", "best_mode", "async_checkpointing"})
+
+
+def _step_setup(model_cfg: T5Config, train_cfg: ml_collections.ConfigDict, mesh, rules):
+  """(optimizer, state shardings, jitted train step), reused by later `train` calls in this process with the
+  same model, train section, mesh and rules (saves recompiling when a run is resumed or repeated)."""
+  step_fields = {k: v for k, v in train_cfg.to_dict().items() if k not in _LOOP_ONLY_FIELDS}
+  key = (model_cfg, repr(sorted(step_fields.items())), mesh, rules)
+  if key not in _STEP_CACHE:
+    optimizer = state_lib.make_optimizer(train_cfg)
+    shardings = state_lib.state_shardings(model_cfg, optimizer, mesh, rules)
+    step = step_lib.make_train_step(model_cfg, train_cfg, optimizer, mesh, rules, shardings)
+    _STEP_CACHE.clear()  # keep one compiled step alive at a time
+    _STEP_CACHE[key] = (optimizer, shardings, step)
+  return _STEP_CACHE[key]
+
+
 def train(config: ml_collections.ConfigDict, model_cfg: T5Config, train_iter: Iterator[Mapping[str, np.ndarray]],
           num_steps: int | None, workdir: str | Path, eval_fn: EvalFn | None = None, eval_every: int | None = None,
           initial_params: Any = None, mesh: jax.sharding.Mesh | None = None) -> TrainResult:
@@ -88,8 +107,7 @@ def train(config: ml_collections.ConfigDict, model_cfg: T5Config, train_iter: It
   model_cfg = state_lib.model_config_for_training(model_cfg, train_cfg)
   rules = parallel.rules_tuple(parallel_cfg.logical_axis_rules)
   mesh = mesh if mesh is not None else parallel.make_mesh(parallel_cfg.mesh_shape)
-  optimizer = state_lib.make_optimizer(train_cfg)
-  shardings = state_lib.state_shardings(model_cfg, optimizer, mesh, rules)
+  optimizer, shardings, train_step = _step_setup(model_cfg, train_cfg, mesh, rules)
   checkpointer = checkpoint_lib.Checkpointer(
       workdir / "checkpoints", keep=int(train_cfg.keep_checkpoints), keep_best=int(train_cfg.keep_best),
       best_metric=train_cfg.best_metric if eval_fn is not None else None, best_mode=train_cfg.best_mode,
@@ -114,7 +132,6 @@ def train(config: ml_collections.ConfigDict, model_cfg: T5Config, train_iter: It
               "resumes" if resume_step is not None else "starts", start_step, stop_step, dict(mesh.shape),
               jax.process_count(), jax.device_count())
 
-  train_step = step_lib.make_train_step(model_cfg, train_cfg, optimizer, mesh, rules, shardings)
   writer = _ScalarWriter(workdir / "tensorboard")
   progress = tqdm(total=stop_step, initial=start_step, desc="train", unit="step",
                   disable=jax.process_index() != 0, dynamic_ncols=True)
