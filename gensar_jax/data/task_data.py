@@ -1,0 +1,106 @@
+"""Everything the generative model reads, assembled from a workdir: the prepared dataset, the
+identifier tables of the `index` stage, the tokenizer with their tokens, the example builder, the
+ArrayRecord sample sources, and (when the `doc2query` stage ran) pseudo-queries.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+
+from gensar_jax.data import pipeline
+from gensar_jax.data.prepare import Prepared, load_prepared
+from gensar_jax.data.storage import open_samples
+from gensar_jax.data.tasks import ExampleBuilder
+from gensar_jax.data.tokenizer import GenSARTokenizer, levels_from_config
+from gensar_jax.io_utils import DataError, load_arrays
+
+# Behaviour token and identifier view decoded for each main task.
+MAIN_TASKS = {"rec": ("nrip", "collab"), "search": ("nsip", "semantic")}
+
+
+@dataclasses.dataclass
+class TaskData:
+  prepared: Prepared
+  tokenizer: GenSARTokenizer
+  builder: ExampleBuilder
+  codes: dict[str, np.ndarray]            # {"semantic", "collab"}: int32[num_items, L]
+  view_levels: dict[str, tuple[str, ...]]
+  sources: dict                           # "{rec,search}_{train,validation,test}" -> random-access source
+  pseudo_queries: list[list[np.ndarray]] | None
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tokenizer.vocab_size
+
+  def behaviour_token(self, task: str) -> int:
+    """`<rec_item>` for "rec", `<src_item>` for "search"."""
+    return self.tokenizer.rec_item_id if task == "rec" else self.tokenizer.src_item_id
+
+  def token_offsets(self, view: str) -> np.ndarray:
+    return self.tokenizer.level_offsets(self.view_levels[view])
+
+  def available_rows(self) -> dict[str, int]:
+    n = self.prepared.dataset.num_items
+    return {"nrip": len(self.sources["rec_train"]), "nsip": len(self.sources["search_train"]),
+            "nsqp": len(self.sources["search_train"]), "desc2id": n, "id2desc": n,
+            "adhoc": n if self.pseudo_queries else 0}
+
+  def mixture(self, sizes: dict[str, int], num_epochs: int, seed: int) -> pipeline.MixtureSource:
+    return pipeline.MixtureSource(self.builder, pipeline.default_fetchers(self.sources), self.available_rows(),
+                                  sizes, num_epochs, seed, self.pseudo_queries)
+
+
+def load_pseudo_queries(path: Path) -> list[list[np.ndarray]]:
+  """Pseudo-query token ids per item from the doc2query stage's `pseudo_queries.npz`
+  (`tokens` int32[N, P, T] padded with 0)."""
+  tokens = load_arrays(path)["tokens"]
+  return [[q[q > 0].astype(np.int32) for q in item if (q > 0).any()] or [np.zeros(0, np.int32)] for item in tokens]
+
+
+def load_task_data(workdir: str | Path, config: ml_collections.ConfigDict, codes: dict[str, np.ndarray] | None = None,
+                   with_pseudo_queries: bool = True) -> TaskData:
+  """Assembles TaskData; `codes` overrides the index stage's tables (tests use random tables)."""
+  workdir = Path(workdir)
+  prepared = load_prepared(workdir / "prepare")
+  if codes is None:
+    path = workdir / "index" / "codes.npz"
+    if not path.exists():
+      raise DataError(f"{path}: no identifiers (run `gensar index` first)")
+    arrays = load_arrays(path)
+    codes = {"semantic": arrays["semantic_codes"], "collab": arrays["collab_codes"]}
+  ids = config.identifiers
+  levels, semantic, collab = levels_from_config(ids)
+  for view, names in (("semantic", semantic), ("collab", collab)):
+    if codes[view].shape[1] != len(names):
+      raise DataError(f"{view} identifiers have {codes[view].shape[1]} levels, config.identifiers implies {len(names)}")
+  tokenizer = GenSARTokenizer(prepared.sp_model, levels, int(ids.codebook_size))
+  data, t = prepared.dataset, config.tasks
+  builder = ExampleBuilder(tokenizer, [data.catalog.text(i) for i in range(data.num_items)], data.queries,
+                           codes["semantic"], codes["collab"], semantic, collab, max_input_len=t.max_input_len,
+                           max_target_len=t.max_target_len, max_text_tokens=t.max_text_tokens,
+                           behaviour_tokens=t.behaviour_tokens)
+  pseudo_path = workdir / "doc2query" / "pseudo_queries.npz"
+  pseudo = load_pseudo_queries(pseudo_path) if with_pseudo_queries and pseudo_path.exists() else None
+  return TaskData(prepared, tokenizer, builder, codes, {"semantic": semantic, "collab": collab},
+                  open_samples(prepared.tfds_dir), pseudo)
+
+
+def item_text_pairs(task_data: TaskData, split: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """Doc2query training pairs from search sessions of a split: (item text tokens, query tokens)."""
+  s = task_data.prepared.samples["search"]
+  rows = s.split_rows(split)
+  b = task_data.builder
+  return [b.item_text_ids[i] for i in s.item[rows]], [b.query_ids[q] for q in s.query[rows]]
+
+
+def stack_padded(seqs: Sequence[np.ndarray], length: int) -> np.ndarray:
+  """int32[n, length] right-padded with 0 (pad), truncated."""
+  out = np.zeros((len(seqs), length), np.int32)
+  for i, s in enumerate(seqs):
+    s = np.asarray(s)[:length]
+    out[i, :len(s)] = s
+  return out
