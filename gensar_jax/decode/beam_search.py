@@ -166,7 +166,10 @@ def constrained_beam_search(params, config: T5Config, encoder_tokens, tables: Tr
     by_query = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     replicated = NamedSharding(mesh, PartitionSpec())
     encoder_tokens = jax.device_put(encoder_tokens, by_query)
-    table_sharding = by_query if tables.num_tries == batch and batch > 1 else replicated
-    tables = jax.device_put(tables, table_sharding)
+    per_query = by_query if tables.num_tries == batch and batch > 1 else replicated
+    shardings = tables.replace(
+        child_codes=(per_query,) * tables.num_levels, child_starts=(per_query,) * tables.num_levels,
+        leaf_item_ptr=per_query, leaf_items=per_query, behaviour_token=replicated, token_offsets=replicated)
+    tables = jax.device_put(tables, shardings)
   return _search(params, encoder_tokens, tables, config=config, num_beams=num_beams)
 

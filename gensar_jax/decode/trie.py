@@ -24,6 +24,7 @@ import logging
 from typing import Sequence
 
 import flax.struct
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -55,13 +56,16 @@ class TrieTables:
   child_starts: tuple over depth d of int32[T, N_d], node index (depth d + 1) of column 0's child.
   leaf_item_ptr: int32[T, num_leaves + 1], CSR offsets into leaf_items.
   leaf_items: int32[T, R], item ids grouped by leaf (ascending within a leaf), -1 = padding.
+  behaviour_token: int32[], the forced first token; token_offsets: int32[L], vocabulary id of code 0
+    per level. Both are arrays (not compile-time constants), so recommendation and search tables
+    of the same shapes share one compiled search.
   """
   child_codes: tuple
   child_starts: tuple
   leaf_item_ptr: jnp.ndarray
   leaf_items: jnp.ndarray
-  behaviour_token: int = flax.struct.field(pytree_node=False)
-  token_offsets: tuple = flax.struct.field(pytree_node=False)
+  behaviour_token: jnp.ndarray
+  token_offsets: jnp.ndarray
   codebook_size: int = flax.struct.field(pytree_node=False)
   max_items_per_leaf: int = flax.struct.field(pytree_node=False)
 
@@ -75,8 +79,7 @@ class TrieTables:
 
   @property
   def nbytes(self) -> int:
-    arrays = [*self.child_codes, *self.child_starts, self.leaf_item_ptr, self.leaf_items]
-    return int(sum(np.asarray(a).nbytes for a in arrays))
+    return int(sum(np.asarray(a).nbytes for a in jax.tree.leaves(self)))
 
   def shapes(self) -> dict[str, tuple[int, ...]]:
     out = {f"child_codes[{d}]": tuple(a.shape) for d, a in enumerate(self.child_codes)}
@@ -170,8 +173,8 @@ def _build(group: np.ndarray, codes: np.ndarray, items: np.ndarray, num_tries: i
   leaf_sizes = np.diff(np.r_[leaf_first, num_rows]) if num_rows else np.zeros(1, np.int64)
   return TrieTables(
       child_codes=tuple(child_codes), child_starts=tuple(child_starts),
-      leaf_item_ptr=leaf_item_ptr, leaf_items=leaf_items, behaviour_token=int(behaviour_token),
-      token_offsets=tuple(int(o) for o in token_offsets), codebook_size=int(codebook_size),
+      leaf_item_ptr=leaf_item_ptr, leaf_items=leaf_items, behaviour_token=np.int32(behaviour_token),
+      token_offsets=np.asarray(token_offsets, np.int32), codebook_size=int(codebook_size),
       max_items_per_leaf=int(leaf_sizes.max()))
 
 
