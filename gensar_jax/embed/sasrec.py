@@ -44,10 +44,10 @@ def sasrec_config() -> ml_collections.ConfigDict:
   cfg.num_blocks = 2
   cfg.num_heads = 1
   cfg.max_len = 50
-  cfg.dropout = 0.2
+  cfg.dropout = 0.5  # Office (5k users): 0.5 beat 0.2 on validation NDCG@10 (0.376 vs 0.354)
   cfg.batch_size = 128
-  cfg.epochs = 60
-  cfg.learning_rate = 1e-3
+  cfg.epochs = 40  # the best validation epoch is returned
+  cfg.learning_rate = 3e-3
   cfg.weight_decay = 1e-4
   cfg.grad_clip = 1.0
   cfg.num_negatives = 0  # 0 = full softmax over all items; > 0 = sampled softmax
