@@ -28,7 +28,7 @@ SP_VOCAB = 32128                       # t5-small's vocabulary, then 3 behaviour
 CODEBOOK = 256
 VOCAB = SP_VOCAB + 3 + 6 * CODEBOOK
 BEHAVIOUR = SP_VOCAB + 2               # <src_item>
-OFFSETS = trie_lib.view_token_offsets(SP_VOCAB + 3, CODEBOOK, "semantic")
+OFFSETS = tuple(SP_VOCAB + 3 + level * CODEBOOK for level in (0, 1, 2, 3))   # semantic ID levels
 
 
 def model_config(name: str) -> T5Config:

@@ -16,7 +16,7 @@ BEHAVIOUR = SP_VOCAB + 1              # `<src_query>` position; any behaviour to
 ID_OFFSET = SP_VOCAB + 3
 CODEBOOK = 4
 VOCAB = ID_OFFSET + 6 * CODEBOOK       # 47
-OFFSETS = trie_lib.view_token_offsets(ID_OFFSET, CODEBOOK, "semantic")
+OFFSETS = tuple(ID_OFFSET + level * CODEBOOK for level in (0, 1, 2, 3))   # shared_a, shared_b, semantic_a, semantic_b
 CONFIG = T5Config.tiny(VOCAB, dropout_rate=0.0)
 
 

@@ -89,13 +89,6 @@ def test_candidate_tries_property(seed, num_levels, codebook_size, num_items, nu
   assert walk_tables(tables) == brute_force_children(item_lists, codes)
 
 
-def test_view_token_offsets_follow_vocabulary_layout():
-  assert trie_lib.view_token_offsets(100, 256, "semantic") == (100, 356, 612, 868)
-  assert trie_lib.view_token_offsets(100, 256, "collaborative") == (100, 356, 1124, 1380)
-  with pytest.raises(ValueError, match="view"):
-    trie_lib.view_token_offsets(100, 256, "text")
-
-
 def test_bad_input_is_rejected_with_named_field():
   codes = np.zeros((3, 2), np.int32)
   with pytest.raises(DataError, match=r"identifier codes: values must lie in \[0, 4\)"):

@@ -16,6 +16,11 @@ CODEBOOK = 3
 VOCAB = SP_VOCAB + 3 + 6 * CODEBOOK
 CONFIG = T5Config.tiny(VOCAB, dropout_rate=0.0)
 NUM_ITEMS = 24
+# Tokenizer layout: <rec_item>, <src_query>, <src_item> after SentencePiece, then 6 levels of codes;
+# recommendation decodes collaborative IDs (levels 0, 1, 4, 5), search semantic IDs (levels 0-3).
+ID_OFFSET = SP_VOCAB + 3
+TASKS = {"recommendation": (SP_VOCAB, tuple(ID_OFFSET + l * CODEBOOK for l in (0, 1, 4, 5))),
+         "search": (SP_VOCAB + 2, tuple(ID_OFFSET + l * CODEBOOK for l in (0, 1, 2, 3)))}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,7 @@ def numpy_metrics(ranks):
 @pytest.mark.parametrize("task", ["recommendation", "search"])
 def test_sampled_protocol_with_wide_beam_is_the_exhaustive_ranking(setup, task):
   params, codes, enc, targets, candidates = setup
-  behaviour, offsets = protocols.task_decoding(task, SP_VOCAB, CODEBOOK)
+  behaviour, offsets = TASKS[task]
   metrics, ranks = protocols.evaluate_ranking(params, CONFIG, enc, targets, codes, behaviour, offsets, CODEBOOK,
                                               candidates, num_beams=6, batch_size=3)
   scores = teacher_forced_item_scores(params, enc, codes, behaviour, offsets)
@@ -67,7 +72,7 @@ def test_sampled_protocol_with_wide_beam_is_the_exhaustive_ranking(setup, task):
 
 def test_full_catalogue_protocol_with_wide_beam_is_the_exhaustive_ranking(setup):
   params, codes, enc, targets, _ = setup
-  behaviour, offsets = protocols.task_decoding("search", SP_VOCAB, CODEBOOK)
+  behaviour, offsets = TASKS["search"]
   metrics, ranks = protocols.evaluate_ranking(params, CONFIG, enc, targets, codes, behaviour, offsets, CODEBOOK,
                                               None, num_beams=NUM_ITEMS, batch_size=4)
   scores = teacher_forced_item_scores(params, enc, codes, behaviour, offsets)
@@ -79,7 +84,7 @@ def test_full_catalogue_protocol_with_wide_beam_is_the_exhaustive_ranking(setup)
 
 def test_target_outside_the_beams_is_a_miss(setup):
   params, codes, enc, targets, candidates = setup
-  behaviour, offsets = protocols.task_decoding("recommendation", SP_VOCAB, CODEBOOK)
+  behaviour, offsets = TASKS["recommendation"]
   _, ranks = protocols.evaluate_ranking(params, CONFIG, enc, targets, codes, behaviour, offsets, CODEBOOK,
                                         candidates, num_beams=2, batch_size=4)
   # The same queries decoded directly: rank = position among the two beams' items, else -1.
@@ -90,16 +95,9 @@ def test_target_outside_the_beams_is_a_miss(setup):
   assert (ranks == -1).any() and (ranks >= 0).any() and ranks.max() <= 1
 
 
-def test_task_decoding_follows_the_vocabulary_layout():
-  assert protocols.task_decoding("recommendation", 100, 8) == (100, (103, 111, 135, 143))
-  assert protocols.task_decoding("search", 100, 8) == (102, (103, 111, 119, 127))
-  with pytest.raises(ValueError, match="task must be one of"):
-    protocols.task_decoding("ads", 100, 8)
-
-
 def test_bad_inputs_are_rejected(setup):
   params, codes, enc, targets, candidates = setup
-  behaviour, offsets = protocols.task_decoding("search", SP_VOCAB, CODEBOOK)
+  behaviour, offsets = TASKS["search"]
   shifted = candidates.copy()
   shifted[2] = (shifted[2] + 1) % NUM_ITEMS                       # row 2 loses its ground truth ...
   shifted[2, shifted[2] == targets[2]] = (targets[2] + 2) % NUM_ITEMS  # ... for sure
@@ -121,7 +119,7 @@ def test_eval_config_defaults():
 def test_protocols_sharded_over_data_axis_match_single_device(setup, sampled):
   params, codes, enc, targets, candidates = setup
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  behaviour, offsets = protocols.task_decoding("search", SP_VOCAB, CODEBOOK)
+  behaviour, offsets = TASKS["search"]
   lists = candidates if sampled else None
   single = protocols.evaluate_ranking(params, CONFIG, enc, targets, codes, behaviour, offsets, CODEBOOK, lists,
                                       num_beams=4, batch_size=8)

@@ -32,22 +32,6 @@ from gensar_jax.io_utils import DataError
 
 logger = logging.getLogger(__name__)
 
-# Identifier levels in vocabulary order (see the tokenizer): token of (level l, code c) is
-# id_offset + l * codebook_size + c.
-IDENTIFIER_LEVELS = ("shared_a", "shared_b", "semantic_a", "semantic_b", "collab_a", "collab_b")
-VIEW_LEVELS = {
-    "semantic": ("shared_a", "shared_b", "semantic_a", "semantic_b"),
-    "collaborative": ("shared_a", "shared_b", "collab_a", "collab_b"),
-}
-
-
-def view_token_offsets(id_offset: int, codebook_size: int, view: str) -> tuple[int, ...]:
-  """Vocabulary offset of each level of a semantic or collaborative identifier."""
-  if view not in VIEW_LEVELS:
-    raise ValueError(f"view must be one of {sorted(VIEW_LEVELS)}, got {view!r}")
-  return tuple(id_offset + IDENTIFIER_LEVELS.index(level) * codebook_size for level in VIEW_LEVELS[view])
-
-
 @flax.struct.dataclass
 class TrieTables:
   """Trie tables for T tries (T = 1: one catalogue trie shared by all queries; T = batch: one per query).

@@ -5,7 +5,8 @@ search (beam 30) is constrained to the identifiers of that list through a per-qu
 ground truth's position among the decoded items is its rank, and a ground truth outside the beams is
 a miss. Full catalogue: the same search constrained by one trie over every item.
 Recommendation decodes collaborative identifiers after `<rec_item>`; search decodes semantic
-identifiers after `<src_item>` (see `task_decoding`).
+identifiers after `<src_item>` (`TaskData.behaviour_token(task)` and `TaskData.token_offsets(view)`
+give the token ids).
 """
 from __future__ import annotations
 
@@ -27,8 +28,6 @@ from gensar_jax.model.t5 import T5Config
 
 logger = logging.getLogger(__name__)
 
-BEHAVIOUR_TOKENS = ("<rec_item>", "<src_query>", "<src_item>")   # at ids sp_vocab_size + 0..2
-TASK_DECODING = {"recommendation": ("<rec_item>", "collaborative"), "search": ("<src_item>", "semantic")}
 
 
 def eval_config() -> ml_collections.ConfigDict:
@@ -38,16 +37,6 @@ def eval_config() -> ml_collections.ConfigDict:
   config.batch_size = 32                         # queries per jitted search (multiple of the data axis)
   config.protocols = ("sampled", "full")         # candidate lists (paper) and the whole catalogue
   return config
-
-
-def task_decoding(task: str, sp_vocab_size: int, codebook_size: int) -> tuple[int, tuple[int, ...]]:
-  """(behaviour token id, per-level token offsets) decoded for "recommendation" or "search"."""
-  if task not in TASK_DECODING:
-    raise ValueError(f"task must be one of {sorted(TASK_DECODING)}, got {task!r}")
-  behaviour, view = TASK_DECODING[task]
-  id_offset = sp_vocab_size + len(BEHAVIOUR_TOKENS)
-  return (sp_vocab_size + BEHAVIOUR_TOKENS.index(behaviour),
-          trie_lib.view_token_offsets(id_offset, codebook_size, view))
 
 
 def _check_inputs(encoder_tokens, targets, identifier_codes, candidates):
@@ -87,7 +76,8 @@ def evaluate_ranking(params, config: T5Config, encoder_tokens: np.ndarray, targe
     targets: int[n] ground-truth item ids.
     identifier_codes: int[num_items, L] the view's identifiers (collaborative for recommendation,
       semantic for search).
-    behaviour_token, token_offsets: from `task_decoding`.
+    behaviour_token: the forced first token (`<rec_item>` or `<src_item>` id).
+    token_offsets: int[L], vocabulary id of code 0 of each level of the view.
     candidates: int[n, C] item ids, the ground truth among them (column 0 in the paper), or None
       for the full catalogue.
     batch_size: queries per search; the last batch is padded. With a mesh, a multiple of its
