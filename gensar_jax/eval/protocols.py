@@ -29,7 +29,6 @@ from gensar_jax.model.t5 import T5Config
 logger = logging.getLogger(__name__)
 
 
-
 def eval_config() -> ml_collections.ConfigDict:
   """Defaults of the `eval` config section."""
   config = ml_collections.ConfigDict()
