@@ -50,9 +50,10 @@ def maybe_initialize_distributed() -> bool:
   """Starts `jax.distributed` when the environment describes several processes; True if it did.
 
   Sources, in order: JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID, optional
-  JAX_LOCAL_DEVICE_IDS), a SLURM job step with more than one task, a multi-host Cloud TPU slice
-  (TPU_WORKER_HOSTNAMES with several hosts). Single-process runs are a no-op. Call it before any other
-  JAX call that touches devices.
+  JAX_LOCAL_DEVICE_IDS), GENSAR_DISTRIBUTED=auto (JAX's own cluster detection: Cloud TPU, SLURM,
+  Open MPI, ...; set by launch/tpu_pod.sh), a SLURM job step with more than one task, a multi-host
+  Cloud TPU slice (TPU_WORKER_HOSTNAMES with several hosts). Single-process runs are a no-op. Call it
+  before any other JAX call that touches devices.
   """
   global _distributed_initialized
   if _distributed_initialized:
@@ -67,6 +68,8 @@ def maybe_initialize_distributed() -> bool:
                   process_id=int(env["JAX_PROCESS_ID"]))
     if env.get("JAX_LOCAL_DEVICE_IDS"):
       kwargs["local_device_ids"] = [int(x) for x in env["JAX_LOCAL_DEVICE_IDS"].split(",")]
+  elif env.get("GENSAR_DISTRIBUTED", "").lower() == "auto":
+    kwargs = {}
   elif int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in env:
     kwargs = {}  # jax detects the coordinator, process count and id from SLURM variables
   elif len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:

@@ -154,7 +154,8 @@ def test_restore_onto_a_different_mesh(tmp_path):
 
 
 def test_single_process_initialization_is_a_no_op(monkeypatch):
-  for key in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "SLURM_STEP_ID", "TPU_WORKER_HOSTNAMES"):
+  for key in ("JAX_COORDINATOR_ADDRESS", "GENSAR_DISTRIBUTED", "SLURM_NTASKS", "SLURM_STEP_ID",
+              "TPU_WORKER_HOSTNAMES"):
     monkeypatch.delenv(key, raising=False)
   assert parallel.maybe_initialize_distributed() is False
   monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1234")

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
@@ -30,11 +31,11 @@ def abstract_like(shardings: Any, shapes: Any) -> Any:
 class Checkpointer:
   """Saves and restores {train state, data iterator, config JSON} with Orbax's CheckpointManager."""
 
-  def __init__(self, directory: str | Path, keep: int = 3, keep_best: int = 1, best_metric: str | None = None,
+  def __init__(self, directory: str | Path | epath.Path, keep: int = 3, keep_best: int = 1, best_metric: str | None = None,
                best_mode: str = "max", async_save: bool = True):
     if best_mode not in ("max", "min"):
       raise ValueError(f"checkpoint best_mode: expected 'max' or 'min', got {best_mode!r}")
-    self.directory = Path(directory).absolute()
+    self.directory = epath.Path(directory).absolute()  # local paths or gs://
     self.best_metric = best_metric
     self.best_mode = best_mode
     policies = [preservation_policy.LatestN(n=keep)]

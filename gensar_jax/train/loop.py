@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -39,7 +40,7 @@ class TrainResult:
   train_metrics: dict  # last logged training metrics
   eval_metrics: dict  # last evaluation metrics (empty without eval_fn)
   best_step: int | None
-  checkpoint_dir: Path
+  checkpoint_dir: epath.Path
 
 
 def _sections(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
@@ -52,7 +53,7 @@ def _sections(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigD
 class _ScalarWriter:
   """TensorBoard scalars through tensorboardX, written by process 0 only."""
 
-  def __init__(self, logdir: Path):
+  def __init__(self, logdir: epath.Path):
     self.writer = None
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter
@@ -89,7 +90,7 @@ def _step_setup(model_cfg: T5Config, train_cfg: ml_collections.ConfigDict, mesh,
 
 
 def train(config: ml_collections.ConfigDict, model_cfg: T5Config, train_iter: Iterator[Mapping[str, np.ndarray]],
-          num_steps: int | None, workdir: str | Path, eval_fn: EvalFn | None = None, eval_every: int | None = None,
+          num_steps: int | None, workdir: str | Path | epath.Path, eval_fn: EvalFn | None = None, eval_every: int | None = None,
           initial_params: Any = None, mesh: jax.sharding.Mesh | None = None) -> TrainResult:
   """Trains `model_cfg` on batches from `train_iter` until step `num_steps` (default train.num_steps).
 
@@ -101,7 +102,7 @@ def train(config: ml_collections.ConfigDict, model_cfg: T5Config, train_iter: It
   `train.best_metric`. A NaN/inf loss raises `TrainingDivergedError`; nothing is saved after it.
   """
   train_cfg, parallel_cfg = _sections(config)
-  workdir = Path(workdir)
+  workdir = epath.Path(workdir)  # local path or gs://
   stop_step = int(train_cfg.num_steps if num_steps is None else num_steps)
   eval_every = int(train_cfg.eval_every if eval_every is None else eval_every)
   model_cfg = state_lib.model_config_for_training(model_cfg, train_cfg)

@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""Training-step throughput of our JAX T5 against Hugging Face PyTorch T5, same shapes, same run.
+
+Both sides do one full optimizer step per iteration: forward, token cross-entropy over the decoder
+targets, backward, global-norm clipping (1.0) and AdamW (lr 1e-3, weight decay 1e-7), dropout 0.1.
+Default shapes: t5-small (d_model 512, 6+6 layers, d_ff 2048) with the GenSAR vocabulary
+(32,128 SentencePiece + 3 behaviour + 6 x 256 identifier tokens), batch 32, input 128, target 8.
+Tokens/s counts input + target tokens. Prints the JAX/PyTorch ratio (> 1 means JAX is faster).
+
+  python benchmarks/train_step.py [--batch 32 --input_len 128 --target_len 8 --steps 5 --device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def random_batch(batch: int, input_len: int, target_len: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  encoder = rng.integers(3, vocab, size=(batch, input_len)).astype(np.int32)
+  targets = rng.integers(3, vocab, size=(batch, target_len)).astype(np.int32)
+  targets[:, -1] = 1
+  decoder_inputs = np.concatenate([np.zeros((batch, 1), np.int32), targets[:, :-1]], axis=1)
+  return {"encoder_input_tokens": encoder, "decoder_input_tokens": decoder_inputs,
+          "decoder_target_tokens": targets, "decoder_loss_weights": np.ones_like(targets, np.float32)}
+
+
+def time_steps(step, warmup: int, steps: int) -> float:
+  """Seconds per step (median of `steps` timed steps after `warmup` untimed ones)."""
+  for _ in range(warmup):
+    step()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def jax_step_seconds(args, batch) -> float:
+  import jax
+
+  from gensar_jax import parallel
+  from gensar_jax.model.t5 import T5Config
+  from gensar_jax.train import state as state_lib
+  from gensar_jax.train import step as step_lib
+  model_cfg = T5Config.small(args.vocab, dropout_rate=0.1, dtype="bfloat16" if args.bf16 else "float32")
+  train_cfg = state_lib.train_config()
+  train_cfg.num_steps = 1000
+  train_cfg.warmup_fraction = 0.0
+  rules = parallel.DEFAULT_LOGICAL_AXIS_RULES
+  mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
+  optimizer = state_lib.make_optimizer(train_cfg)
+  holder = {}
+  holder["state"], shardings = state_lib.create_train_state(model_cfg, optimizer, mesh, rules, jax.random.key(0))
+  train_step = step_lib.make_train_step(model_cfg, train_cfg, optimizer, mesh, rules, shardings)
+  global_batch = parallel.host_local_batch_to_global(batch, mesh, rules)
+  start = time.perf_counter()
+  holder["state"], metrics = train_step(holder["state"], global_batch)
+  jax.block_until_ready(metrics)
+  print(f"jax: first step (compile) {time.perf_counter() - start:.1f} s, loss {float(metrics['loss']):.3f}")
+
+  def step():
+    holder["state"], m = train_step(holder["state"], global_batch)
+    jax.block_until_ready(m)
+  return time_steps(step, args.warmup, args.steps)
+
+
+def torch_step_seconds(args, batch) -> float:
+  import torch
+  import transformers
+  torch.manual_seed(0)
+  config = transformers.T5Config(vocab_size=args.vocab, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8,
+                                 dropout_rate=0.1, feed_forward_proj="relu", decoder_start_token_id=0)
+  model = transformers.T5ForConditionalGeneration(config).to(args.device).train()
+  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-7)
+  tensors = {k: torch.tensor(v, dtype=torch.long, device=args.device) for k, v in batch.items()
+             if k != "decoder_loss_weights"}
+  autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16)
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    with autocast:
+      out = model(input_ids=tensors["encoder_input_tokens"],
+                  attention_mask=tensors["encoder_input_tokens"] != 0,
+                  decoder_input_ids=tensors["decoder_input_tokens"], labels=tensors["decoder_target_tokens"])
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    if args.device == "cuda":
+      torch.cuda.synchronize()
+  return time_steps(step, args.warmup + 1, args.steps)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--input_len", type=int, default=128)
+  parser.add_argument("--target_len", type=int, default=8)
+  parser.add_argument("--vocab", type=int, default=32128 + 3 + 6 * 256)
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--warmup", type=int, default=1)
+  parser.add_argument("--bf16", action="store_true")
+  parser.add_argument("--device", default="cpu", help="torch device (cpu or cuda); JAX uses its default backend")
+  parser.add_argument("--skip_torch", action="store_true")
+  args = parser.parse_args()
+
+  import jax
+  batch = random_batch(args.batch, args.input_len, args.target_len, args.vocab)
+  tokens = args.batch * (args.input_len + args.target_len)
+  print(f"t5-small, vocab {args.vocab}, batch {args.batch}, input {args.input_len}, target {args.target_len}, "
+        f"bf16={args.bf16}; {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+        f"jax backend {jax.default_backend()}")
+  jax_s = jax_step_seconds(args, batch)
+  print(f"jax   : {1 / jax_s:7.3f} steps/s {tokens / jax_s:10.0f} tokens/s ({jax_s * 1e3:.0f} ms/step)")
+  if args.skip_torch:
+    return
+  import torch
+  torch_s = torch_step_seconds(args, batch)
+  print(f"torch : {1 / torch_s:7.3f} steps/s {tokens / torch_s:10.0f} tokens/s ({torch_s * 1e3:.0f} ms/step, "
+        f"{torch.get_num_threads()} threads)")
+  print(f"ratio jax/torch (throughput): {torch_s / jax_s:.2f}x")
+
+
+if __name__ == "__main__":
+  main()
