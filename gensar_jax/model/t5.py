@@ -154,18 +154,18 @@ class Attention(nn.Module):
     self.o = _param(self, "o", _normal((h * k) ** -0.5), (h, k, d), ("heads", "kv", "embed"))
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
-  def _project(self, x: Array, kernel: Array) -> Array:
+  def project(self, x: Array, kernel: Array) -> Array:
     dtype = self.config.compute_dtype
     return jnp.einsum("...d,dhk->...hk", x.astype(dtype), kernel.astype(dtype))
 
   def key_value(self, x: Array) -> tuple[Array, Array]:
     """x: [B, S, D] -> (k, v), each [B, S, H, d_kv]."""
-    k = _constrain(self._project(x, self.k), ("batch", "length", "heads", "kv"))
-    v = _constrain(self._project(x, self.v), ("batch", "length", "heads", "kv"))
+    k = _constrain(self.project(x, self.k), ("batch", "length", "heads", "kv"))
+    v = _constrain(self.project(x, self.v), ("batch", "length", "heads", "kv"))
     return k, v
 
   def query(self, x: Array) -> Array:
-    return self._project(x, self.q)
+    return self.project(x, self.q)
 
   def output(self, context: Array) -> Array:
     dtype = self.config.compute_dtype
@@ -267,7 +267,7 @@ class DecoderLayer(nn.Module):
     dtype = self.config.compute_dtype
     h = self.pre_self_attention_layer_norm(x)
     attn = self.self_attention
-    q, k, v = attn.query(h), attn._project(h, attn.k), attn._project(h, attn.v)  # [B, K, H, d_kv]
+    q, k, v = attn.query(h), attn.project(h, attn.k), attn.project(h, attn.v)  # [B, K, H, d_kv]
     cache_k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k[:, :, None].astype(cache["k"].dtype), step, 2)
     cache_v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v[:, :, None].astype(cache["v"].dtype), step, 2)
     max_len = cache_k.shape[2]

@@ -38,7 +38,11 @@ def check_batch(batch: Mapping) -> None:
 def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array,
                            label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
   """logits: float32[B, T, V], targets: int32[B, T], weights: float32[B, T] ->
-  (sum of weighted losses, sum of weights, sum of weighted correct argmax predictions)."""
+  (sum of weighted losses, sum of weights, sum of weighted correct argmax predictions).
+
+  With `label_smoothing` e the target distribution is (1 - e) one-hot + e uniform over the vocabulary
+  (torch's `CrossEntropyLoss(label_smoothing=e)`, HF Trainer's label smoother).
+  """
   logits = logits.astype(jnp.float32)
   log_z = jax.nn.logsumexp(logits, axis=-1)
   target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]

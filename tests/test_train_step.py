@@ -1,0 +1,133 @@
+"""Train step pieces against independent references: numpy cross-entropy, HF's cosine schedule, and
+one full optimizer step of Hugging Face PyTorch T5 + torch AdamW on the same weights."""
+import math
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from gensar_jax import parallel
+from gensar_jax.model.hf_import import params_from_hf_state_dict, t5_config_from_hf
+from gensar_jax.model.t5 import T5, T5Config, init_params, param_logical_axes
+from gensar_jax.train import state as state_lib
+from gensar_jax.train import step as step_lib
+
+
+def _numpy_cross_entropy(logits, targets, weights, smoothing):
+  logits = logits.astype(np.float64)
+  log_probs = logits - logits.max(-1, keepdims=True)
+  log_probs = log_probs - np.log(np.exp(log_probs).sum(-1, keepdims=True))
+  vocab = logits.shape[-1]
+  smoothed = np.full(logits.shape, smoothing / vocab)
+  np.put_along_axis(smoothed, targets[..., None], 1 - smoothing + smoothing / vocab, axis=-1)
+  loss = -(smoothed * log_probs).sum(-1)
+  correct = (logits.argmax(-1) == targets)
+  return (loss * weights).sum(), weights.sum(), (correct * weights).sum()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_weighted_cross_entropy_matches_numpy(smoothing):
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(3, 5, 11)).astype(np.float32) * 3
+  targets = rng.integers(0, 11, size=(3, 5)).astype(np.int32)
+  weights = (rng.random((3, 5)) > 0.3).astype(np.float32)
+  got = step_lib.weighted_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights), smoothing)
+  expected = _numpy_cross_entropy(logits, targets, weights, smoothing)
+  # Label smoothing = cross-entropy against (1 - e) one-hot + e uniform (torch's label_smoothing, HF LabelSmoother).
+  np.testing.assert_allclose([float(x) for x in got], expected, rtol=1e-5)
+
+
+def test_cosine_schedule_matches_hugging_face():
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  cfg = state_lib.train_config()
+  cfg.num_steps = 300
+  schedule = state_lib.learning_rate_schedule(cfg)
+  optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.learning_rate)
+  warmup = math.ceil(cfg.warmup_fraction * cfg.num_steps)
+  assert state_lib.warmup_steps(cfg) == warmup == 3
+  hf = transformers.get_cosine_schedule_with_warmup(optimizer, warmup, cfg.num_steps)
+  expected = []
+  for _ in range(cfg.num_steps):
+    expected.append(optimizer.param_groups[0]["lr"])
+    optimizer.step()
+    hf.step()
+  got = [float(schedule(step)) for step in range(cfg.num_steps)]
+  np.testing.assert_allclose(got, expected, atol=1e-9, rtol=1e-5)
+
+
+def test_train_step_matches_pytorch_adamw_step():
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  torch.manual_seed(0)
+  hf_config = transformers.T5Config(vocab_size=29, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_decoder_layers=1,
+                                    num_heads=2, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                                    dropout_rate=0.0, decoder_start_token_id=0)
+  model = transformers.T5ForConditionalGeneration(hf_config)
+  cfg = t5_config_from_hf(hf_config.to_dict(), dropout_rate=0.0)
+  params = params_from_hf_state_dict({k: v.detach().numpy() for k, v in model.state_dict().items()}, cfg)
+
+  rng = np.random.default_rng(1)
+  encoder = rng.integers(2, 29, size=(4, 7)).astype(np.int32)
+  encoder[2, 4:] = 0
+  targets = rng.integers(2, 29, size=(4, 3)).astype(np.int32)
+  batch = {"encoder_input_tokens": encoder,
+           "decoder_input_tokens": np.concatenate([np.zeros((4, 1), np.int32), targets[:, :-1]], axis=1),
+           "decoder_target_tokens": targets, "decoder_loss_weights": np.ones((4, 3), np.int32)}
+
+  train_cfg = state_lib.train_config()
+  train_cfg.update(num_steps=100, schedule="constant", warmup_fraction=0.0, learning_rate=1e-3,
+                   weight_decay=0.05, max_grad_norm=0.5)
+  mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
+  rules = parallel.DEFAULT_LOGICAL_AXIS_RULES
+  optimizer = state_lib.make_optimizer(train_cfg)
+  state, shardings = state_lib.create_train_state(cfg, optimizer, mesh, rules, jax.random.key(0), params)
+  train_step = step_lib.make_train_step(cfg, train_cfg, optimizer, mesh, rules, shardings)
+  for _ in range(2):
+    state, metrics = train_step(state, batch)
+
+  # Reference: torch AdamW, same clipping; no weight decay on layer-norm weights (as HF Trainer).
+  norms = [p for n, p in model.named_parameters() if "layer_norm" in n]
+  others = [p for n, p in model.named_parameters() if "layer_norm" not in n]
+  torch_opt = torch.optim.AdamW([{"params": others, "weight_decay": 0.05}, {"params": norms, "weight_decay": 0.0}],
+                                lr=1e-3, eps=1e-8)
+  tensors = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+  for _ in range(2):
+    torch_opt.zero_grad()
+    loss = model(input_ids=tensors["encoder_input_tokens"], attention_mask=tensors["encoder_input_tokens"] != 0,
+                 decoder_input_ids=tensors["decoder_input_tokens"], labels=tensors["decoder_target_tokens"]).loss
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+    torch_opt.step()
+  np.testing.assert_allclose(float(metrics["loss"]), loss.item(), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["grad_norm"]), grad_norm.item(), rtol=1e-4)
+  expected = params_from_hf_state_dict({k: v.detach().numpy() for k, v in model.state_dict().items()}, cfg)
+  flat_expected = jax.tree_util.tree_leaves_with_path(expected)
+  flat_got = dict(jax.tree_util.tree_leaves_with_path(jax.device_get(state.params)))
+  for path, value in flat_expected:
+    np.testing.assert_allclose(np.asarray(flat_got[path]), value, atol=2e-6, rtol=1e-4,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def test_eval_loss_fn_is_deterministic_mean_token_loss():
+  cfg = T5Config.tiny(19, num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.5)
+  params = init_params(cfg, jax.random.key(0))
+  mesh = parallel.make_mesh({"data": 2}, jax.devices()[:2])
+  rules = parallel.DEFAULT_LOGICAL_AXIS_RULES
+  rng = np.random.default_rng(2)
+  targets = rng.integers(2, 19, size=(4, 3)).astype(np.int32)
+  batch = {"encoder_input_tokens": rng.integers(2, 19, size=(4, 6)).astype(np.int32),
+           "decoder_input_tokens": np.concatenate([np.zeros((4, 1), np.int32), targets[:, :-1]], axis=1),
+           "decoder_target_tokens": targets, "decoder_loss_weights": np.array([[1, 1, 0]] * 4, np.float32),
+           "ignored_extra_key": np.zeros(4)}
+  param_shardings = parallel.logical_to_shardings(param_logical_axes(cfg), mesh, rules)
+  evaluate = step_lib.make_eval_loss_fn(cfg, mesh, rules, param_shardings)
+  got = evaluate(params, batch)
+  logits = np.asarray(T5(cfg).apply({"params": params}, batch["encoder_input_tokens"],
+                                    batch["decoder_input_tokens"]))
+  loss_sum, weight_sum, correct = _numpy_cross_entropy(logits, targets, batch["decoder_loss_weights"], 0.0)
+  np.testing.assert_allclose(float(got["loss"]), loss_sum / weight_sum, rtol=1e-5)
+  np.testing.assert_allclose(float(got["accuracy"]), correct / weight_sum, rtol=1e-6)
+  assert float(got["tokens"]) == 8.0
