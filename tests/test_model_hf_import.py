@@ -102,3 +102,25 @@ def test_resize_vocab_grows_untied_head():
   np.testing.assert_array_equal(resized["lm_head"][:, :VOCAB], np.asarray(params["lm_head"]))
   head_mean = np.asarray(params["lm_head"]).mean(axis=1)
   assert np.abs(resized["lm_head"][:, VOCAB:] - head_mean[:, None]).max() < 1e-2
+
+
+def test_build_model_from_section(tmp_path):
+  from gensar_jax.model.hf_import import build_model
+  from gensar_jax.model.t5 import model_config
+  section = model_config()
+  section.preset = "tiny"
+  cfg, params = build_model(section, 50, jax.random.key(0))
+  assert cfg == T5Config.tiny(50, dropout_rate=0.1)
+  assert params["token_embedder"].shape == (50, cfg.d_model)
+
+  model = _hf_model()
+  model.save_pretrained(tmp_path)
+  section.pretrained_dir = str(tmp_path)
+  section.dropout_rate = 0.0
+  cfg, params = build_model(section, VOCAB + 5, jax.random.key(0))
+  assert (cfg.vocab_size, cfg.d_model, cfg.num_decoder_layers, cfg.dropout_rate) == (VOCAB + 5, 16, 1, 0.0)
+  np.testing.assert_array_equal(params["token_embedder"][:VOCAB], model.shared.weight.detach().numpy())
+  section.preset = "huge"
+  section.pretrained_dir = ""
+  with pytest.raises(ValueError, match="model.preset"):
+    build_model(section, 50, jax.random.key(0))

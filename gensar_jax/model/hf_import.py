@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Mapping
 
 import jax
+import ml_collections
 import numpy as np
 
 from gensar_jax.io_utils import DataError
-from gensar_jax.model.t5 import T5Config
+from gensar_jax.model.t5 import T5Config, init_params, t5_config_from_section
 
 logger = logging.getLogger(__name__)
 
@@ -202,3 +203,21 @@ def resize_vocab(params: dict, new_vocab_size: int, rng: jax.Array) -> dict:
     params["lm_head"] = np.concatenate([head_rows, _mean_resized_rows(head_rows, added, head_rng)], axis=0).T
   logger.info("resized vocabulary %d -> %d (%d new rows, mean-resizing init)", old_vocab, new_vocab_size, added)
   return params
+
+
+def build_model(section: ml_collections.ConfigDict, vocab_size: int, rng: jax.Array) -> tuple[T5Config, dict]:
+  """(T5Config, params) for a `model` config section (`t5.model_config()`) and vocabulary size.
+
+  With `pretrained_dir`, the checkpoint is imported and its vocabulary grown (or cut) to `vocab_size`
+  with `resize_vocab`; its SentencePiece model must then be the tokenizer's, so that shared ids mean the
+  same pieces. Otherwise parameters are freshly initialised from `rng`.
+  """
+  if not section.pretrained_dir:
+    cfg = t5_config_from_section(section, vocab_size)
+    return cfg, init_params(cfg, rng)
+  cfg, params = load_hf_checkpoint(section.pretrained_dir, dropout_rate=float(section.dropout_rate),
+                                   dtype=section.dtype)
+  if cfg.vocab_size != vocab_size:
+    params = resize_vocab(params, vocab_size, rng)
+    cfg = cfg.replace(vocab_size=vocab_size)
+  return cfg, params

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 Array = jax.Array
@@ -75,6 +76,30 @@ class T5Config:
 
   def replace(self, **changes) -> "T5Config":
     return dataclasses.replace(self, **changes)
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """Defaults of the `model` config section (see `t5_config_from_section`, `hf_import.build_model`)."""
+  config = ml_collections.ConfigDict()
+  config.preset = "small"  # "small" (t5-small shape, the paper's backbone) or "tiny" (tests)
+  config.feed_forward = "relu"  # "relu" (T5 v1.0) or "gated-gelu" (v1.1)
+  config.tie_word_embeddings = True
+  config.dropout_rate = 0.1
+  config.dtype = "float32"  # compute dtype; train.bf16=True switches training to bfloat16
+  # A Hugging Face T5 checkpoint directory (config.json + model.safetensors or pytorch_model.bin) to start
+  # from; "" trains from a random initialisation. Its shape overrides preset/feed_forward/tie_word_embeddings.
+  config.pretrained_dir = ""
+  return config
+
+
+def t5_config_from_section(section: ml_collections.ConfigDict, vocab_size: int) -> T5Config:
+  """`T5Config` for a `model` config section and the tokenizer's vocabulary size."""
+  presets = {"small": T5Config.small, "tiny": T5Config.tiny}
+  if section.preset not in presets:
+    raise ValueError(f"model.preset: expected one of {sorted(presets)}, got {section.preset!r}")
+  return presets[section.preset](vocab_size, feed_forward=section.feed_forward,
+                                 tie_word_embeddings=bool(section.tie_word_embeddings),
+                                 dropout_rate=float(section.dropout_rate), dtype=section.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
