@@ -31,8 +31,8 @@ def abstract_like(shardings: Any, shapes: Any) -> Any:
 class Checkpointer:
   """Saves and restores {train state, data iterator, config JSON} with Orbax's CheckpointManager."""
 
-  def __init__(self, directory: str | Path | epath.Path, keep: int = 3, keep_best: int = 1, best_metric: str | None = None,
-               best_mode: str = "max", async_save: bool = True):
+  def __init__(self, directory: str | Path | epath.Path, keep: int = 3, keep_best: int = 1,
+               best_metric: str | None = None, best_mode: str = "max", async_save: bool = True):
     if best_mode not in ("max", "min"):
       raise ValueError(f"checkpoint best_mode: expected 'max' or 'min', got {best_mode!r}")
     self.directory = epath.Path(directory).absolute()  # local paths or gs://

@@ -90,8 +90,9 @@ def _step_setup(model_cfg: T5Config, train_cfg: ml_collections.ConfigDict, mesh,
 
 
 def train(config: ml_collections.ConfigDict, model_cfg: T5Config, train_iter: Iterator[Mapping[str, np.ndarray]],
-          num_steps: int | None, workdir: str | Path | epath.Path, eval_fn: EvalFn | None = None, eval_every: int | None = None,
-          initial_params: Any = None, mesh: jax.sharding.Mesh | None = None) -> TrainResult:
+          num_steps: int | None, workdir: str | Path | epath.Path, eval_fn: EvalFn | None = None,
+          eval_every: int | None = None, initial_params: Any = None,
+          mesh: jax.sharding.Mesh | None = None) -> TrainResult:
   """Trains `model_cfg` on batches from `train_iter` until step `num_steps` (default train.num_steps).
 
   Resumes from the latest checkpoint in `<workdir>/checkpoints` (state and iterator position) when
