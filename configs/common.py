@@ -2,6 +2,7 @@
 import ml_collections
 
 from gensar_jax.embed.stage import embed_config
+from gensar_jax.eval.baselines import baselines_config
 from gensar_jax.identifiers.rqvae import identifiers_config
 
 
@@ -48,4 +49,5 @@ def base_config() -> ml_collections.ConfigDict:
   config.tasks = tasks_config()
   config.embed = embed_config()               # text encoder + SASRec (collaborative embeddings)
   config.identifiers = identifiers_config()   # RQ-VAE and identifier structure (METHOD.md section 2)
+  config.baselines = baselines_config()       # popularity, BM25, dense retrieval, SASRec
   return config

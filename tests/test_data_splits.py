@@ -58,6 +58,12 @@ def _reference(data, history_len, min_events):
       later = sum(1 for j in kept[i + 1:] if j[0] == k[0])
       splits.append(TEST if later == 0 else VALID if later == 1 else TRAIN)
     out[task] = (kept, splits)
+  # Cross-task leaks: a training row whose purchase is the other task's evaluation target is dropped.
+  rec_eval = {k[1] for k, sp in zip(*out["rec"]) if sp != TRAIN}
+  search_eval = {int(data.search_purchase[k[1]]) for k, sp in zip(*out["search"]) if sp != TRAIN}
+  out["rec"] = tuple(map(list, zip(*[(k, sp) for k, sp in zip(*out["rec"]) if sp != TRAIN or k[1] not in search_eval])))
+  out["search"] = tuple(map(list, zip(*[(k, sp) for k, sp in zip(*out["search"])
+                                        if sp != TRAIN or int(data.search_purchase[k[1]]) not in rec_eval])))
   return out
 
 

@@ -153,4 +153,19 @@ def build_task_samples(data: SARDataset, *, history_len: int = 5, min_events: in
                           rec_keep, rec_hist, min_events, split_method)
   search = _filter_and_split(src_pos, data.search_user, data.search_item, data.search_query, data.search_time,
                              src_keep, src_hist, min_events, split_method)
-  return rec, search
+  return drop_cross_task_leaks(data, rec, search)
+
+
+def drop_cross_task_leaks(data: SARDataset, rec: TaskSamples, search: TaskSamples) -> tuple[TaskSamples, TaskSamples]:
+  """Removes training rows of one task whose purchase is an evaluation target of the other.
+
+  A search session's click is also a purchase, i.e. a rec event. Without this, a rec training row could
+  teach the model the very purchase a search test row asks for (and vice versa). When every purchase
+  is a search session (the reference setting), the held-out events of both tasks coincide and nothing
+  is dropped.
+  """
+  search_held_out = data.search_purchase[search.event[search.split != TRAIN]]
+  rec_held_out = rec.event[rec.split != TRAIN]
+  rec_keep = (rec.split != TRAIN) | ~np.isin(rec.event, search_held_out)
+  search_keep = (search.split != TRAIN) | ~np.isin(data.search_purchase[search.event], rec_held_out)
+  return rec.take(np.flatnonzero(rec_keep)), search.take(np.flatnonzero(search_keep))

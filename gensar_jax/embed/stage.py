@@ -29,10 +29,11 @@ def embed_config() -> ml_collections.ConfigDict:
 
 
 def rec_training_sequences(prepared: Prepared) -> list[np.ndarray]:
-  """Per user, the purchased items in time order without the rec validation/test events."""
-  data, rec = prepared.dataset, prepared.samples["rec"]
+  """Per user, the purchased items in time order without the purchases evaluated by either task."""
+  data, rec, search = prepared.dataset, prepared.samples["rec"], prepared.samples["search"]
   held_out = np.zeros(len(data.rec_user), bool)
   held_out[rec.event[rec.split != TRAIN]] = True
+  held_out[data.search_purchase[search.event[search.split != TRAIN]]] = True
   keep = ~held_out
   users, items = data.rec_user[keep], data.rec_item[keep]
   bounds = np.searchsorted(users, np.arange(data.num_users + 1))
