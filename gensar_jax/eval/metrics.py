@@ -23,16 +23,29 @@ def ranks_from_scores(scores: np.ndarray, target_column: int = 0) -> np.ndarray:
   return (scores >= target).sum(axis=1).astype(np.int64) - 1
 
 
-def ranks_from_retrieved(retrieved: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def ranks_from_retrieved(retrieved: np.ndarray, targets: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
   """0-based position of each target in its retrieved list, MISS (-1) when absent.
 
   Args:
     retrieved: int[num_queries, k] item ids in ranked order (-1 = padding).
     targets: int[num_queries].
+    scores: optional float[num_queries, k], the retrieved items' scores (higher is better). When
+      given, ties count pessimistically: a retrieved target's rank is the number of retrieved items
+      scoring >= it, minus one (e.g. after every item that shares its identifier). Without scores,
+      the target's first position.
   """
   retrieved = np.asarray(retrieved)
   hits = retrieved == np.asarray(targets)[:, None]
-  return np.where(hits.any(axis=1), hits.argmax(axis=1), MISS).astype(np.int64)
+  found = hits.any(axis=1)
+  first = hits.argmax(axis=1)
+  if scores is None:
+    return np.where(found, first, MISS).astype(np.int64)
+  scores = np.asarray(scores)
+  if scores.shape != retrieved.shape:
+    raise ValueError(f"scores: expected the retrieved list's shape {retrieved.shape}, got {scores.shape}")
+  target_scores = np.take_along_axis(scores, first[:, None], axis=1)
+  pessimistic = (scores >= target_scores).sum(axis=1) - 1
+  return np.where(found, pessimistic, MISS).astype(np.int64)
 
 
 def ranking_metrics(ranks: np.ndarray, cutoffs: Sequence[int] = DEFAULT_CUTOFFS) -> dict[str, float]:

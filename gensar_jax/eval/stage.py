@@ -1,0 +1,291 @@
+"""The `eval` stage and the trainer's validation hook: constrained beam search over both main tasks.
+
+Recommendation decodes collaborative identifiers after `<rec_item>`, search decodes semantic
+identifiers after `<src_item>` (template-0 prompts). Two protocols: "sampled" ranks the target
+among its prepared candidates (target + negatives, the paper's protocol), "full" among the whole
+catalogue. A target sharing its identifier with other retrieved items is ranked after all of them
+(pessimistic ties), and a target outside the beams is a miss.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from gensar_jax import parallel
+from gensar_jax.data.pipeline import eval_features
+from gensar_jax.data.task_data import MAIN_TASKS, TaskData, load_task_data
+from gensar_jax.decode import trie as trie_lib
+from gensar_jax.decode.beam_search import DATA_AXIS, constrained_beam_search
+from gensar_jax.eval.metrics import mean_metrics, ranking_metrics, ranks_from_retrieved
+from gensar_jax.io_utils import DataError, atomic_path, write_json, write_text
+from gensar_jax.model.export import load_model, load_model_extra
+from gensar_jax.model.t5 import T5Config
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("rec", "search")
+PROTOCOLS = ("sampled", "full")
+SPLITS = ("validation", "test")
+TABLE_METRICS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
+SELECTION_METRIC = "NDCG@5"  # model selection: its mean over the two tasks (reference code)
+
+
+def eval_section_config() -> ml_collections.ConfigDict:
+  """Defaults of the `eval` config section."""
+  config = ml_collections.ConfigDict()
+  config.num_beams = 30                    # reference beam width; a target outside the beams is a miss
+  config.batch_size = 32                   # queries per jitted search (a multiple of the mesh's data axis)
+  config.protocols = PROTOCOLS             # candidate lists (paper) and the whole catalogue
+  config.split = "test"                    # split evaluated by the stage: "validation" or "test"
+  config.validation_rows = 10_000          # validation hook: last N validation rows per task (reference)
+  config.limit = ml_collections.config_dict.placeholder(int)  # stage: last N rows per task (None = all)
+  return config
+
+
+def _check_protocols(protocols: Sequence[str] | str) -> tuple[str, ...]:
+  protocols = (protocols,) if isinstance(protocols, str) else tuple(protocols)
+  unknown = [p for p in protocols if p not in PROTOCOLS]
+  if unknown or not protocols:
+    raise ValueError(f"eval.protocols: expected a non-empty subset of {PROTOCOLS}, got {protocols}")
+  return protocols
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalQueries:
+  """Evaluation inputs of one task, in row order.
+
+  encoder_tokens: int32[n, S] template-0 prompts; targets: int32[n] item ids; candidates:
+  int32[n, 1 + K] (target, then its prepared negatives); codes: int[num_items, L] identifiers of
+  the decoded view; token_offsets: int32[L] vocabulary id of code 0 per level.
+  """
+  task: str
+  encoder_tokens: np.ndarray
+  targets: np.ndarray
+  candidates: np.ndarray
+  codes: np.ndarray
+  behaviour_token: int
+  token_offsets: np.ndarray
+  codebook_size: int
+
+  def __len__(self) -> int:
+    return len(self.targets)
+
+
+def eval_queries(task_data: TaskData, task: str, split: str, limit: int | None = None) -> EvalQueries:
+  """Features of the last `limit` rows (all when None) of `<task>_<split>` ("rec"/"search", "validation"/"test")."""
+  if task not in TASKS:
+    raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+  if split not in SPLITS:
+    raise ValueError(f"eval.split: expected one of {SPLITS}, got {split!r}")
+  sample_task, view = MAIN_TASKS[task]
+  features = eval_features(task_data.builder, task_data.sources[f"{task}_{split}"], sample_task,
+                           None if limit is None or limit <= 0 else int(limit))
+  if not len(features["target"]):
+    raise DataError(f"{task}_{split}: no evaluation rows in the prepared dataset")
+  targets = features["target"]
+  return EvalQueries(
+      task=task, encoder_tokens=features["encoder_input_tokens"], targets=targets,
+      candidates=np.concatenate([targets[:, None], features["negatives"]], axis=1).astype(np.int32),
+      codes=task_data.codes[view], behaviour_token=int(task_data.behaviour_token(task)),
+      token_offsets=np.asarray(task_data.token_offsets(view), np.int32),
+      codebook_size=int(task_data.tokenizer.codebook_size))
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-process) array as one numpy array on every process."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def catalogue_tables(queries: EvalQueries, mesh: jax.sharding.Mesh | None = None) -> trie_lib.TrieTables:
+  """The task's catalogue trie, placed on the device(s) once (replicated over a mesh)."""
+  tables = trie_lib.build_catalogue_trie(queries.codes, queries.behaviour_token, queries.token_offsets,
+                                         queries.codebook_size)
+  return jax.device_put(tables, None if mesh is None else NamedSharding(mesh, PartitionSpec()))
+
+
+def rank_queries(params, model_cfg: T5Config, queries: EvalQueries, protocol: str, *, num_beams: int,
+                 batch_size: int, mesh: jax.sharding.Mesh | None = None,
+                 tables: trie_lib.TrieTables | None = None, desc: str = "eval") -> np.ndarray:
+  """0-based rank of every target (-1 = not among the beams' items), pessimistic on ties.
+
+  Args:
+    protocol: "sampled" (per-query tries over `queries.candidates`) or "full" (one catalogue trie:
+      `tables` when given, else built here).
+    batch_size: queries per search; the last batch is padded. With a mesh, a multiple of its data axis.
+  Returns:
+    int64[n].
+  """
+  _check_protocols((protocol,))
+  if mesh is not None and batch_size % mesh.shape[DATA_AXIS]:
+    raise ValueError(f"eval.batch_size {batch_size} is not divisible by the mesh's '{DATA_AXIS}' axis "
+                     f"({mesh.shape[DATA_AXIS]})")
+  if queries.behaviour_token >= model_cfg.vocab_size or queries.token_offsets.max() + queries.codebook_size > \
+      model_cfg.vocab_size:
+    raise DataError(f"model vocab_size {model_cfg.vocab_size} does not cover the identifier tokens (up to id "
+                    f"{queries.token_offsets.max() + queries.codebook_size - 1}): the model was trained with "
+                    "another tokenizer")
+  if protocol == "full" and tables is None:
+    tables = catalogue_tables(queries, mesh)
+  num_queries = len(queries)
+  tokens_all = queries.encoder_tokens
+
+  def dispatch(begin: int):
+    """Starts the search of queries [begin, begin + batch_size) (padded); returns without waiting."""
+    end = min(begin + batch_size, num_queries)
+    tokens = np.full((batch_size, tokens_all.shape[1]), model_cfg.pad_id, np.int32)
+    tokens[:end - begin] = tokens_all[begin:end]
+    batch_tables = tables
+    if protocol == "sampled":
+      candidates = np.full((batch_size, queries.candidates.shape[1]), -1, np.int32)
+      candidates[:end - begin] = queries.candidates[begin:end]
+      batch_tables = trie_lib.build_candidate_tries(candidates, queries.codes, queries.behaviour_token,
+                                                    queries.token_offsets, queries.codebook_size)
+    return begin, end, constrained_beam_search(params, model_cfg, tokens, batch_tables, num_beams, mesh)
+
+  ranks = np.empty(num_queries, np.int64)
+  starts = range(0, num_queries, batch_size)
+  pending = dispatch(0)
+  for next_begin in tqdm([*starts[1:], None], desc=desc, unit="batch", disable=jax.process_index() != 0):
+    # The next batch's tries are built on the host while the device decodes the current one.
+    following = dispatch(next_begin) if next_begin is not None else None
+    begin, end, output = pending
+    items = _to_host(output.items)[:end - begin]
+    scores = _to_host(output.item_scores)[:end - begin]
+    ranks[begin:end] = ranks_from_retrieved(items, queries.targets[begin:end], scores)
+    pending = following
+  return ranks
+
+
+def evaluate_queries(params, model_cfg: T5Config, queries: Mapping[str, EvalQueries],
+                     protocols: Sequence[str] = PROTOCOLS, *, num_beams: int = 30, batch_size: int = 32,
+                     mesh: jax.sharding.Mesh | None = None, desc: str = "eval") -> dict[str, dict[str, dict]]:
+  """{task: {protocol: {"HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10"}}} for prepared queries.
+
+  Each task's catalogue trie (full protocol) is built once per call.
+  """
+  protocols = _check_protocols(protocols)
+  results: dict[str, dict[str, dict]] = {}
+  for task, task_queries in queries.items():
+    results[task] = {}
+    for protocol in protocols:
+      start = time.perf_counter()
+      tables = catalogue_tables(task_queries, mesh) if protocol == "full" else None
+      ranks = rank_queries(params, model_cfg, task_queries, protocol, num_beams=num_beams, batch_size=batch_size,
+                           mesh=mesh, tables=tables, desc=f"{desc} {task} ({protocol})")
+      results[task][protocol] = ranking_metrics(ranks)
+      logger.debug("%s %s (%s): %d queries in %.1fs", desc, task, protocol, len(task_queries),
+                   time.perf_counter() - start)
+  return results
+
+
+def evaluate_model(params, model_cfg: T5Config, task_data: TaskData, eval_cfg: ml_collections.ConfigDict,
+                   split: str = "test", protocols: Sequence[str] = PROTOCOLS, limit: int | None = None,
+                   mesh: jax.sharding.Mesh | None = None) -> dict[str, dict[str, dict]]:
+  """HR/NDCG of both main tasks on `split`: {"rec": {protocol: metrics}, "search": {...}}.
+
+  Uses `eval_cfg.num_beams` and `eval_cfg.batch_size`; `limit` keeps the last rows of each task.
+  """
+  queries = {task: eval_queries(task_data, task, split, limit) for task in TASKS}
+  return evaluate_queries(params, model_cfg, queries, protocols, num_beams=int(eval_cfg.num_beams),
+                          batch_size=int(eval_cfg.batch_size), mesh=mesh, desc=split)
+
+
+def make_validation_fn(task_data: TaskData, model_cfg: T5Config, eval_cfg: ml_collections.ConfigDict,
+                       mesh: jax.sharding.Mesh | None = None) -> Callable[[Any, int], dict[str, float]]:
+  """The trainer's `EvalFn`: (params, step) -> {"val/rec_NDCG@5", "val/search_HR@10", ..., "val/ndcg5_mean"}.
+
+  Sampled protocol on the last `eval_cfg.validation_rows` validation rows of each task (features
+  prepared once here); model selection uses "val/ndcg5_mean", NDCG@5 averaged over the two tasks.
+  """
+  rows = eval_cfg.validation_rows
+  queries = {task: eval_queries(task_data, task, "validation", rows) for task in TASKS}
+  num_beams, batch_size = int(eval_cfg.num_beams), int(eval_cfg.batch_size)
+  logger.info("validation: %s rows, sampled protocol, beam %d",
+              " + ".join(f"{len(q)} {t}" for t, q in queries.items()), num_beams)
+
+  def validate(params, step: int) -> dict[str, float]:
+    results = evaluate_queries(params, model_cfg, queries, ("sampled",), num_beams=num_beams,
+                               batch_size=batch_size, mesh=mesh, desc=f"validation step {step}")
+    per_task = {task: results[task]["sampled"] for task in TASKS}
+    out = {f"val/{task}_{name}": value for task, metrics in per_task.items() for name, value in metrics.items()}
+    out["val/ndcg5_mean"] = mean_metrics(per_task, SELECTION_METRIC)
+    return out
+
+  return validate
+
+
+def format_metrics_table(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+  """Markdown table: one row per task x protocol, columns HR@1 HR@5 HR@10 NDCG@5 NDCG@10."""
+  lines = ["| task | protocol | " + " | ".join(TABLE_METRICS) + " |",
+           "| --- | --- | " + " | ".join("---:" for _ in TABLE_METRICS) + " |"]
+  for task, by_protocol in metrics.items():
+    for protocol, values in by_protocol.items():
+      lines.append(f"| {task} | {protocol} | " + " | ".join(f"{values[m]:.4f}" for m in TABLE_METRICS) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def eval_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config.eval` over the defaults of `eval_section_config()` (unknown fields are an error)."""
+  section = eval_section_config()
+  given = config.get("eval") or {}
+  unknown = sorted(set(given) - set(section))
+  if unknown:
+    raise ValueError(f"config.eval: unknown fields {unknown} (expected {sorted(section)})")
+  for key in given:
+    section[key] = given[key]
+  section.protocols = _check_protocols(section.protocols)
+  if section.split not in SPLITS:
+    raise ValueError(f"config.eval.split: expected one of {SPLITS}, got {section.split!r}")
+  return section
+
+
+def run_eval(config: ml_collections.ConfigDict, out_dir: Path) -> dict:
+  """The `eval` stage: the trained model of `<workdir>/train/model` on `config.eval.split`.
+
+  Writes `<out_dir>/{metrics.json, metrics.md, stats.json, config.json}`.
+  """
+  out_dir = Path(out_dir)
+  workdir = out_dir.parent
+  eval_cfg = eval_section(config)
+  mesh = parallel.make_mesh(config.parallel.mesh_shape) if "parallel" in config else None
+  rules = config.parallel.logical_axis_rules if "parallel" in config else parallel.DEFAULT_LOGICAL_AXIS_RULES
+  model_dir = workdir / "train" / "model"
+  params, model_cfg = load_model(model_dir, mesh, rules)
+  task_data = load_task_data(workdir, config, with_pseudo_queries=False)
+  if model_cfg.vocab_size < task_data.vocab_size:
+    raise DataError(f"{model_dir}: model vocab_size {model_cfg.vocab_size} < the tokenizer's {task_data.vocab_size} "
+                    "(the model was trained on another prepared dataset; rerun `gensar train`)")
+  split = eval_cfg.split
+  queries = {task: eval_queries(task_data, task, split, eval_cfg.limit) for task in TASKS}
+  start = time.perf_counter()
+  metrics = evaluate_queries(params, model_cfg, queries, eval_cfg.protocols, num_beams=int(eval_cfg.num_beams),
+                             batch_size=int(eval_cfg.batch_size), mesh=mesh, desc=split)
+  seconds = time.perf_counter() - start
+  for task, by_protocol in metrics.items():
+    for protocol, values in by_protocol.items():
+      logger.info("eval: %s %s (%s protocol, %d queries): HR@10 %.4f NDCG@10 %.4f", split, task, protocol,
+                  len(queries[task]), values["HR@10"], values["NDCG@10"])
+  stats = {"split": split, "protocols": list(eval_cfg.protocols), "num_beams": int(eval_cfg.num_beams),
+           "num_queries": {task: len(q) for task, q in queries.items()}, "seconds": round(seconds, 1),
+           "model": load_model_extra(model_dir), "metrics": metrics}
+  if jax.process_index() == 0:
+    with atomic_path(out_dir) as tmp:
+      tmp.mkdir(parents=True)
+      write_json(tmp / "metrics.json", metrics)
+      write_text(tmp / "metrics.md", format_metrics_table(metrics))
+      write_json(tmp / "stats.json", stats)
+      write_json(tmp / "config.json", config.to_dict())
+  return stats
+
