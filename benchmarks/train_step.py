@@ -29,19 +29,24 @@ def random_batch(batch: int, input_len: int, target_len: int, vocab: int, seed: 
           "decoder_target_tokens": targets, "decoder_loss_weights": np.ones_like(targets, np.float32)}
 
 
-def time_steps(step, warmup: int, steps: int) -> float:
-  """Seconds per step (median of `steps` timed steps after `warmup` untimed ones)."""
-  for _ in range(warmup):
-    step()
-  times = []
+def time_interleaved(steps_by_name: dict, warmup: int, steps: int) -> dict[str, float]:
+  """Seconds per step for each callable (median of `steps` timed calls after `warmup` untimed ones). The
+  frameworks alternate step by step, so load from other processes hits both alike."""
+  for step in steps_by_name.values():
+    for _ in range(warmup):
+      step()
+  times = {name: [] for name in steps_by_name}
   for _ in range(steps):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+    for name, step in steps_by_name.items():
+      start = time.perf_counter()
+      step()
+      times[name].append(time.perf_counter() - start)
+  for name, t in times.items():
+    print(f"{name:6s}: step times {', '.join(f'{x:.2f}' for x in t)} s")
+  return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def jax_step_seconds(args, batch) -> float:
+def jax_step(args, batch):
   import jax
 
   from gensar_jax import parallel
@@ -67,10 +72,10 @@ def jax_step_seconds(args, batch) -> float:
   def step():
     holder["state"], m = train_step(holder["state"], global_batch)
     jax.block_until_ready(m)
-  return time_steps(step, args.warmup, args.steps)
+  return step
 
 
-def torch_step_seconds(args, batch) -> float:
+def torch_step(args, batch):
   import torch
   import transformers
   torch.manual_seed(0)
@@ -93,7 +98,8 @@ def torch_step_seconds(args, batch) -> float:
     optimizer.step()
     if args.device == "cuda":
       torch.cuda.synchronize()
-  return time_steps(step, args.warmup + 1, args.steps)
+  step()  # first step allocates optimizer state
+  return step
 
 
 def main() -> None:
@@ -115,15 +121,16 @@ def main() -> None:
   print(f"t5-small, vocab {args.vocab}, batch {args.batch}, input {args.input_len}, target {args.target_len}, "
         f"bf16={args.bf16}; {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
         f"jax backend {jax.default_backend()}")
-  jax_s = jax_step_seconds(args, batch)
-  print(f"jax   : {1 / jax_s:7.3f} steps/s {tokens / jax_s:10.0f} tokens/s ({jax_s * 1e3:.0f} ms/step)")
-  if args.skip_torch:
-    return
-  import torch
-  torch_s = torch_step_seconds(args, batch)
-  print(f"torch : {1 / torch_s:7.3f} steps/s {tokens / torch_s:10.0f} tokens/s ({torch_s * 1e3:.0f} ms/step, "
-        f"{torch.get_num_threads()} threads)")
-  print(f"ratio jax/torch (throughput): {torch_s / jax_s:.2f}x")
+  steps = {"jax": jax_step(args, batch)}
+  if not args.skip_torch:
+    import torch
+    steps["torch"] = torch_step(args, batch)
+  seconds = time_interleaved(steps, args.warmup, args.steps)
+  for name, sec in seconds.items():
+    extra = f", {torch.get_num_threads()} threads" if name == "torch" else ""
+    print(f"{name:6s}: {1 / sec:7.3f} steps/s {tokens / sec:10.0f} tokens/s ({sec * 1e3:.0f} ms/step{extra})")
+  if "torch" in seconds:
+    print(f"ratio jax/torch (throughput): {seconds['torch'] / seconds['jax']:.2f}x")
 
 
 if __name__ == "__main__":
