@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "array-record>=0.8,<0.9",
     "sentencepiece>=0.2,<0.3",
     "numpy>=1.26,<3",
+    "scipy>=1.11",
     "bm25s>=0.2.10,<0.4",
     "safetensors>=0.4,<1",
     "tokenizers>=0.20,<1",
