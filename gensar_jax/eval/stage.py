@@ -108,6 +108,14 @@ def _to_host(x: jax.Array) -> np.ndarray:
   return np.asarray(x)
 
 
+def _on_mesh(params, mesh: jax.sharding.Mesh):
+  """Parameters not already laid out on the mesh's devices are replicated onto it (others are kept)."""
+  devices = set(mesh.devices.flat)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return jax.tree.map(lambda x: x if isinstance(x, jax.Array) and set(x.sharding.device_set) == devices
+                      else jax.device_put(x, replicated), params)
+
+
 def catalogue_tables(queries: EvalQueries, mesh: jax.sharding.Mesh | None = None) -> trie_lib.TrieTables:
   """The task's catalogue trie, placed on the device(s) once (replicated over a mesh)."""
   tables = trie_lib.build_catalogue_trie(queries.codes, queries.behaviour_token, queries.token_offsets,
@@ -138,6 +146,8 @@ def rank_queries(params, model_cfg: T5Config, queries: EvalQueries, protocol: st
                     "another tokenizer")
   if protocol == "full" and tables is None:
     tables = catalogue_tables(queries, mesh)
+  if mesh is not None:
+    params = _on_mesh(params, mesh)
   num_queries = len(queries)
   tokens_all = queries.encoder_tokens
 
