@@ -1,6 +1,5 @@
 """The eval stage, the validation hook and model export, against independent references: every
 identifier scored by teacher forcing with `T5.__call__`, ranked pessimistically in numpy."""
-import dataclasses
 import json
 
 import jax
