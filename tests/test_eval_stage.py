@@ -261,7 +261,8 @@ def test_run_eval_writes_metrics_tables_and_stats(workdir, model, reference, tmp
   task_data, _, _ = model
   config = load_config("tiny")
   config.eval = stage.eval_section_config()
-  config.eval.update(dict(limit=NUM_ROWS, batch_size=BATCH_SIZE, num_beams=_exhaustive_beams(task_data)))
+  # Queries are sharded over the data axis of config.parallel's mesh (all 8 simulated devices).
+  config.eval.update(dict(limit=NUM_ROWS, batch_size=8, num_beams=_exhaustive_beams(task_data)))
   with pytest.raises(DataError, match="gensar train"):
     stage.run_eval(config, tmp_path / "eval")         # a workdir without train/model
   stats = stage.run_eval(config, workdir / "eval")

@@ -271,6 +271,9 @@ def run_eval(config: ml_collections.ConfigDict, out_dir: Path) -> dict:
   eval_cfg = eval_section(config)
   mesh = parallel.make_mesh(config.parallel.mesh_shape) if "parallel" in config else None
   rules = config.parallel.logical_axis_rules if "parallel" in config else parallel.DEFAULT_LOGICAL_AXIS_RULES
+  if mesh is not None and eval_cfg.batch_size % mesh.shape[DATA_AXIS]:
+    raise ValueError(f"config.eval.batch_size {eval_cfg.batch_size} is not divisible by the mesh's '{DATA_AXIS}' "
+                     f"axis ({mesh.shape[DATA_AXIS]}, config.parallel.mesh_shape)")
   model_dir = workdir / "train" / "model"
   params, model_cfg = load_model(model_dir, mesh, rules)
   task_data = load_task_data(workdir, config, with_pseudo_queries=False)
