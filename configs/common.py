@@ -3,6 +3,11 @@ import ml_collections
 
 from gensar_jax.embed.stage import embed_config
 from gensar_jax.eval.baselines import baselines_config
+from gensar_jax.eval.stage import eval_section_config
+from gensar_jax.model.t5 import model_config
+from gensar_jax.parallel import parallel_config
+from gensar_jax.train.stage import doc2query_config
+from gensar_jax.train.state import train_config
 from gensar_jax.identifiers.rqvae import identifiers_config
 
 
@@ -50,4 +55,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.embed = embed_config()               # text encoder + SASRec (collaborative embeddings)
   config.identifiers = identifiers_config()   # RQ-VAE and identifier structure (METHOD.md section 2)
   config.baselines = baselines_config()       # popularity, BM25, dense retrieval, SASRec
+  config.model = model_config()               # T5 shape (paper: t5-small) or a HF checkpoint to start from
+  config.train = train_config()               # reference: AdamW 1e-3, cosine, 1% warm-up, wd 1e-7
+  config.train.batch_size = 256               # global batch (reference effective batch: 8192)
+  config.train.num_epochs = 200               # used when train.num_steps <= 0 (reference: 200 epochs)
+  config.train.num_steps = -1
+  config.parallel = parallel_config()         # mesh and logical-axis rules
+  config.eval = eval_section_config()         # beam 30, sampled + full-catalogue protocols
+  config.doc2query = doc2query_config()       # pseudo-queries for the ad-hoc search task
   return config

@@ -20,6 +20,13 @@ def get_config():
   t.max_input_len, t.max_target_len, t.max_text_tokens = 96, 24, 24
   config.embed.sasrec.update(dict(epochs=4, eval_every=2, hidden_dim=16, max_len=12, batch_size=64))
   config.embed.text.fallback_dim = 32
+  config.model.preset = "tiny"
+  config.train.update(dict(batch_size=16, num_epochs=2, eval_every=60, checkpoint_every=60, log_every=20,
+                           async_checkpointing=False))
+  config.eval.update(dict(num_beams=8, batch_size=16, validation_rows=32))
+  config.doc2query.update(dict(num_pseudo_queries=2, max_input_len=32, max_query_len=12))
+  config.doc2query.train.update(dict(batch_size=16, num_epochs=1, log_every=10, checkpoint_every=1000,
+                                     async_checkpointing=False))
   ids = config.identifiers
   ids.codebook_size, ids.hidden_dims, ids.latent_dim = 16, (64, 32), 8
   ids.epochs, ids.warmup_epochs, ids.batch_size, ids.eval_every_epochs = 20, 2, 64, 5

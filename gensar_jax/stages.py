@@ -21,23 +21,40 @@ class Stage:
   name: str
   config_keys: tuple[str, ...]            # top-level config sections (or fields) the stage reads
   deps: tuple[str, ...]
-  run: Callable[[ml_collections.ConfigDict, Path], dict] | None  # (config, out_dir) -> stats; None = not built yet
+  # (config, out_dir, fingerprint) -> stats; None = not built yet. Long stages use the fingerprint to
+  # tell a resumable run of the same inputs from a stale one.
+  run: Callable[[ml_collections.ConfigDict, Path, str], dict] | None
   summary: str
 
 
-def _prepare(config, out_dir):
+def _prepare(config, out_dir, fingerprint):
   from gensar_jax.data.prepare import prepare
   return prepare(config, out_dir)
 
 
-def _embed(config, out_dir):
+def _embed(config, out_dir, fingerprint):
   from gensar_jax.embed.stage import run_embed
   return run_embed(config, out_dir)
 
 
-def _index(config, out_dir):
+def _index(config, out_dir, fingerprint):
   from gensar_jax.identifiers.stage import run_index
   return run_index(config, out_dir)
+
+
+def _doc2query(config, out_dir, fingerprint):
+  from gensar_jax.train.stage import run_doc2query
+  return run_doc2query(config, out_dir, fingerprint)
+
+
+def _train(config, out_dir, fingerprint):
+  from gensar_jax.train.stage import run_train
+  return run_train(config, out_dir, fingerprint)
+
+
+def _eval(config, out_dir, fingerprint):
+  from gensar_jax.eval.stage import run_eval
+  return run_eval(config, out_dir)
 
 
 # Order matters: `run` executes stages in this order.
@@ -47,10 +64,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("embed", ("seed", "embed"), ("prepare",), _embed,
           "semantic (text encoder) and collaborative (SASRec) item embeddings"),
     Stage("index", ("identifiers",), ("embed",), _index, "RQ-VAE dual identifiers with collision resolution"),
-    Stage("doc2query", ("seed", "doc2query"), ("prepare",), None, "pseudo-queries for ad-hoc search"),
-    Stage("train", ("seed", "tasks", "identifiers", "model", "train"), ("prepare", "index", "doc2query"), None,
-          "multi-task T5 training"),
-    Stage("eval", ("seed", "eval"), ("train",), None, "constrained beam search evaluation"),
+    Stage("doc2query", ("seed", "tasks", "model", "doc2query", "parallel"), ("prepare", "index"), _doc2query,
+          "item text -> query model and pseudo-queries for ad-hoc search"),
+    Stage("train", ("seed", "tasks", "model", "train", "parallel", "eval"), ("prepare", "index", "doc2query"),
+          _train, "multi-task T5 training with validation-based model selection"),
+    Stage("eval", ("eval",), ("train",), _eval, "constrained beam search evaluation (sampled + full catalogue)"),
 ]}
 
 
@@ -78,6 +96,7 @@ def run_stage(stage: Stage, config, workdir: Path) -> dict:
     if not (workdir / dep / "fingerprint.json").exists():
       raise FileNotFoundError(f"stage {stage.name!r} needs {workdir / dep}: run `gensar {dep}` first")
   out_dir = workdir / stage.name
-  stats = stage.run(config, out_dir)
-  write_json(out_dir / "fingerprint.json", {"fingerprint": stage_fingerprint(stage, config, workdir)})
+  fp = stage_fingerprint(stage, config, workdir)
+  stats = stage.run(config, out_dir, fp)
+  write_json(out_dir / "fingerprint.json", {"fingerprint": fp})
   return stats

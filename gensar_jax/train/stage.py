@@ -1,0 +1,219 @@
+"""The `train` and `doc2query` stages: the multi-task GenSAR model, and the item-text -> query model
+whose samples become pseudo-queries for the ad-hoc search task.
+
+Both train with the sharded loop of `train/loop.py` directly in `<workdir>/<stage>/` (checkpoints there
+survive interruption; rerunning resumes, unless the stage's inputs or config changed, in which case
+the stale run is cleared), then export the selected parameters to `<stage>/model` (`model/export.py`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from gensar_jax import parallel
+from gensar_jax.data.pipeline import make_train_iterator
+from gensar_jax.data.task_data import load_task_data, stack_padded
+from gensar_jax.data.tokenizer import EOS_ID
+from gensar_jax.decode.sampling import generate_text_batched
+from gensar_jax.eval.stage import make_validation_fn
+from gensar_jax.io_utils import read_json, save_arrays, write_json
+from gensar_jax.model.export import save_model
+from gensar_jax.model.hf_import import build_model
+from gensar_jax.model.t5 import T5, T5Config, init_params
+from gensar_jax.train import checkpoint as checkpoint_lib
+from gensar_jax.train import loop
+from gensar_jax.train import state as state_lib
+from gensar_jax.train.step import weighted_cross_entropy
+
+log = logging.getLogger(__name__)
+
+
+def _clear_stale_run(out_dir: Path, fingerprint: str) -> None:
+  """Removes checkpoints of a run with other inputs/config, so resuming never mixes runs."""
+  marker = out_dir / "run_fingerprint.json"
+  if out_dir.exists() and (not marker.exists() or read_json(marker)["fingerprint"] != fingerprint):
+    log.info("%s: inputs or config changed since the last run; starting afresh", out_dir)
+    shutil.rmtree(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  write_json(marker, {"fingerprint": fingerprint})
+
+
+def _steps(train_cfg: ml_collections.ConfigDict, epoch_len: int) -> tuple[int, int]:
+  """(num_steps, num_epochs): train.num_steps if > 0, else train.num_epochs over the epoch's batches."""
+  steps_per_epoch = max(epoch_len // int(train_cfg.batch_size), 1)
+  num_steps = int(train_cfg.num_steps) if int(train_cfg.num_steps) > 0 else int(train_cfg.num_epochs) * steps_per_epoch
+  return num_steps, math.ceil(num_steps / steps_per_epoch) + 1
+
+
+def batch_loss(model_cfg: T5Config, params, batch: dict) -> float:
+  """Teacher-forced token cross-entropy of one batch (deterministic)."""
+  logits = T5(model_cfg).apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
+  loss_sum, weight_sum, _ = weighted_cross_entropy(logits, batch["decoder_target_tokens"],
+                                                   batch["decoder_loss_weights"].astype(np.float32))
+  return float(loss_sum / weight_sum)
+
+
+def restore_params(run_dir: Path, config: ml_collections.ConfigDict, model_cfg: T5Config, step: int, mesh):
+  """Parameters of checkpoint `step` under `<run_dir>/checkpoints` (e.g. the best by validation)."""
+  train_cfg = config.train
+  model_cfg = state_lib.model_config_for_training(model_cfg, train_cfg)
+  optimizer = state_lib.make_optimizer(train_cfg)
+  rules = parallel.rules_tuple(config.parallel.logical_axis_rules)
+  shardings = state_lib.state_shardings(model_cfg, optimizer, mesh, rules)
+  abstract = jax.eval_shape(lambda: state_lib.TrainState(
+      step=np.int32(0), params=init_params(model_cfg, jax.random.key(0)),
+      opt_state=optimizer.init(init_params(model_cfg, jax.random.key(0)))))
+  checkpointer = checkpoint_lib.Checkpointer(run_dir / "checkpoints")
+  state, _ = checkpointer.restore(checkpoint_lib.abstract_like(shardings, abstract), step)
+  checkpointer.close()
+  return state.params
+
+
+def _fit(config, model_cfg: T5Config, params, train_iter, num_steps: int, run_dir: Path, eval_fn, mesh,
+         probe: dict) -> tuple[object, dict]:
+  """Trains, then returns (selected params, stats with the loss before/after on a fixed probe batch)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.train.num_steps = num_steps      # the learning-rate schedule spans train.num_steps
+  loss_before = batch_loss(model_cfg, params, probe)
+  result = loop.train(config, model_cfg, train_iter, num_steps, run_dir, eval_fn=eval_fn, initial_params=params,
+                      mesh=mesh)
+  chosen_step = result.best_step if result.best_step is not None else num_steps
+  selected = result.state.params if chosen_step == num_steps else restore_params(
+      run_dir, config, model_cfg, chosen_step, mesh)
+  selected = jax.device_get(selected)
+  stats = {"steps": num_steps, "selected_step": int(chosen_step), "probe_loss_before": loss_before,
+           "probe_loss_after": batch_loss(model_cfg, selected, probe),
+           "final_train_loss": result.train_metrics.get("loss"),
+           "final_train_accuracy": result.train_metrics.get("accuracy"),
+           "final_eval": result.eval_metrics}
+  return selected, stats
+
+
+def run_train(config: ml_collections.ConfigDict, out_dir: Path, fingerprint: str = "") -> dict:
+  """Multi-task GenSAR training with validation-based model selection (NDCG@5 mean)."""
+  parallel.maybe_initialize_distributed()
+  t0 = time.time()
+  _clear_stale_run(out_dir, fingerprint)
+  td = load_task_data(out_dir.parent, config)
+  seed = int(config.seed)
+  model_cfg, params = build_model(config.model, td.vocab_size, jax.random.key(seed))
+  source = td.mixture(config.tasks.sizes.to_dict(), 1, seed)
+  num_steps, num_epochs = _steps(config.train, source.epoch_len)
+  source = td.mixture(config.tasks.sizes.to_dict(), num_epochs, seed)
+  batch = int(config.train.batch_size)
+  it = loop_iterator(source, batch)
+  probe = next(loop_iterator(td.mixture(config.tasks.sizes.to_dict(), 1, seed + 1), batch))
+  mesh = parallel.make_mesh(config.parallel.mesh_shape)
+  eval_fn = make_validation_fn(td, model_cfg, config.eval, mesh) if int(config.train.eval_every) > 0 else None
+  log.info("train: %d steps of %d examples (%d epochs of %d examples), vocabulary %d, model d=%d %d+%d layers",
+           num_steps, batch, num_steps * batch // source.epoch_len, source.epoch_len, td.vocab_size,
+           model_cfg.d_model, model_cfg.num_encoder_layers, model_cfg.num_decoder_layers)
+  selected, stats = _fit(config, model_cfg, params, it, num_steps, out_dir, eval_fn, mesh, probe)
+  save_model(out_dir / "model", selected, model_cfg, extra={"selected_step": stats["selected_step"]})
+  stats.update(epoch_examples=source.epoch_len, batch_size=batch, seconds=round(time.time() - t0, 1),
+               num_params=int(sum(np.size(x) for x in jax.tree_util.tree_leaves(selected))))
+  write_json(out_dir / "stats.json", stats)
+  write_json(out_dir / "config.json", config.to_dict())
+  log.info("train: loss on a probe batch %.4f -> %.4f; kept step %d", stats["probe_loss_before"],
+           stats["probe_loss_after"], stats["selected_step"])
+  return stats
+
+
+def loop_iterator(source, global_batch: int):
+  """This host's shard of the global batches."""
+  return make_train_iterator(source, global_batch, jax.process_index(), jax.process_count())
+
+
+# ------------------------------------------------------------------------------------------ doc2query
+
+def doc2query_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.num_pseudo_queries = 20      # per item (reference code: 20, one drawn per sample; paper: 1)
+  c.max_input_len = 96           # item text tokens
+  c.max_query_len = 24
+  c.train = state_lib.train_config()
+  c.train.num_steps = -1
+  c.train.num_epochs = 10
+  c.train.batch_size = 64
+  c.train.eval_every = 0
+  c.train.learning_rate = 1e-3
+  c.sampling = ml_collections.ConfigDict(dict(method="sample", temperature=1.0, top_k=0, top_p=0.9, batch_size=64,
+                                              seed=0))
+  return c
+
+
+class _PairSource:
+  """(item text -> query) training pairs as padded T5 features; random access (grain source)."""
+
+  def __init__(self, texts: np.ndarray, queries: np.ndarray, epochs: int, seed: int):
+    self.texts, self.queries, self.epochs, self.seed = texts, queries, epochs, seed
+
+  def __len__(self) -> int:
+    return len(self.texts) * self.epochs
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    epoch, pos = divmod(int(index), len(self.texts))
+    row = int(np.random.default_rng([self.seed, epoch]).permutation(len(self.texts))[pos])
+    query = self.queries[row]
+    n = int((query > 0).sum())
+    target = np.zeros_like(query)
+    target[:n] = query[:n]
+    if n < len(target):
+      target[n] = EOS_ID
+    weights = (np.arange(len(target)) <= n).astype(np.float32) if n < len(target) else np.ones(len(target), np.float32)
+    decoder_input = np.concatenate([[0], target[:-1]]).astype(np.int32)
+    return {"encoder_input_tokens": self.texts[row], "decoder_input_tokens": decoder_input,
+            "decoder_target_tokens": target.astype(np.int32), "decoder_loss_weights": weights}
+
+
+def run_doc2query(config: ml_collections.ConfigDict, out_dir: Path, fingerprint: str = "") -> dict:
+  """Trains item text -> query on the search training sessions, samples pseudo-queries for every item."""
+  parallel.maybe_initialize_distributed()
+  t0 = time.time()
+  _clear_stale_run(out_dir, fingerprint)
+  cfg = config.doc2query
+  td = load_task_data(out_dir.parent, config, with_pseudo_queries=False)
+  search = td.prepared.samples["search"]
+  rows = search.split_rows(0)
+  texts = stack_padded([td.builder.item_text_ids[i] for i in search.item[rows]], int(cfg.max_input_len))
+  queries = stack_padded([td.builder.query_ids[q] for q in search.query[rows]], int(cfg.max_query_len))
+  epoch_len = len(rows)
+  run_config = ml_collections.ConfigDict({"train": cfg.train, "parallel": config.parallel})
+  num_steps, num_epochs = _steps(cfg.train, epoch_len)
+  source = _PairSource(texts, queries, num_epochs, int(config.seed))
+  ds = grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
+  it = iter(ds.batch(int(cfg.train.batch_size) // jax.process_count(), drop_remainder=True).to_iter_dataset())
+  probe_ds = grain.MapDataset.source(_PairSource(texts, queries, 1, int(config.seed) + 1))
+  probe = probe_ds.batch(int(cfg.train.batch_size))[0]
+  model_cfg, params = build_model(config.model, td.vocab_size, jax.random.key(int(config.seed) + 17))
+  mesh = parallel.make_mesh(config.parallel.mesh_shape)
+  log.info("doc2query: %d (item text, query) pairs, %d steps", epoch_len, num_steps)
+  selected, stats = _fit(run_config, model_cfg, params, it, num_steps, out_dir, None, mesh, probe)
+  save_model(out_dir / "model", selected, model_cfg)
+
+  catalog_texts = stack_padded(td.builder.item_text_ids, int(cfg.max_input_len))
+  s = cfg.sampling
+  out = generate_text_batched(selected, model_cfg, catalog_texts, int(cfg.max_query_len),
+                              batch_size=int(s.batch_size), method=s.method, num_samples=int(cfg.num_pseudo_queries),
+                              temperature=float(s.temperature), top_k=int(s.top_k), top_p=float(s.top_p),
+                              seed=int(s.seed), name="pseudo-queries")
+  tokens = np.where(np.arange(out.tokens.shape[-1]) < (out.lengths[..., None] - 1), out.tokens, 0).astype(np.int32)
+  examples = {td.prepared.dataset.catalog.titles[i]: [td.tokenizer.decode(q) for q in tokens[i, :3]]
+              for i in range(min(3, len(tokens)))}
+  save_arrays(out_dir / "pseudo_queries.npz", tokens=tokens)
+  distinct = len({td.tokenizer.decode(q) for q in tokens.reshape(-1, tokens.shape[-1])[:5000]})
+  stats.update(pairs=epoch_len, items=int(tokens.shape[0]), per_item=int(tokens.shape[1]),
+               distinct_in_first_5000=distinct, examples=examples, seconds=round(time.time() - t0, 1))
+  write_json(out_dir / "stats.json", stats)
+  write_json(out_dir / "config.json", config.to_dict())
+  log.info("doc2query: %d items x %d pseudo-queries; probe loss %.3f -> %.3f", tokens.shape[0], tokens.shape[1],
+           stats["probe_loss_before"], stats["probe_loss_after"])
+  return stats
