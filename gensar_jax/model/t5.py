@@ -89,6 +89,8 @@ def model_config() -> ml_collections.ConfigDict:
   # A Hugging Face T5 checkpoint directory (config.json + model.safetensors or pytorch_model.bin) to start
   # from; "" trains from a random initialisation. Its shape overrides preset/feed_forward/tie_word_embeddings.
   config.pretrained_dir = ""
+  # Shape overrides on top of the preset, e.g. {"d_model": 128, "num_encoder_layers": 2} (CPU budgets).
+  config.shape = ml_collections.ConfigDict()
   return config
 
 
@@ -97,9 +99,13 @@ def t5_config_from_section(section: ml_collections.ConfigDict, vocab_size: int) 
   presets = {"small": T5Config.small, "tiny": T5Config.tiny}
   if section.preset not in presets:
     raise ValueError(f"model.preset: expected one of {sorted(presets)}, got {section.preset!r}")
+  shape = section.shape.to_dict() if "shape" in section else {}
+  unknown = sorted(set(shape) - {f.name for f in dataclasses.fields(T5Config)})
+  if unknown:
+    raise ValueError(f"model.shape: unknown T5Config fields {unknown}")
   return presets[section.preset](vocab_size, feed_forward=section.feed_forward,
                                  tie_word_embeddings=bool(section.tie_word_embeddings),
-                                 dropout_rate=float(section.dropout_rate), dtype=section.dtype)
+                                 dropout_rate=float(section.dropout_rate), dtype=section.dtype, **shape)
 
 
 # --------------------------------------------------------------------------------------------------
