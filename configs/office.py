@@ -4,7 +4,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import base_config  # noqa: E402
+from common import base_config, cpu_budget  # noqa: E402
 
 SHARED_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 
@@ -22,4 +22,6 @@ def get_config():
   t = config.tasks
   t.sizes.update(dict(nrip=-1, nsip=30_000, nsqp=1000, desc2id=1000, id2desc=1000, adhoc=1000))
   t.max_input_len, t.max_target_len, t.max_text_tokens = 192, 64, 64
+  # CPU budget: 600 steps of 128 examples (the paper: 200 epochs at batch 8192 on GPUs).
+  cpu_budget(config, train_steps=600, doc2query_steps=300)
   return config
