@@ -70,16 +70,17 @@ def test_prepare_failure_keeps_previous_output(tmp_path):
   assert _digest(out) == before
 
 
-def test_cli_prepare_stats_and_run(tmp_path, capsys):
+def test_cli_prepare_and_stats(tmp_path, capsys):
   workdir = tmp_path / "w"
   assert cli.main(["prepare", "--config", "tiny", "--workdir", str(workdir), "--set", "data.num_negatives=9"]) == 0
   assert "Negatives per val/test event | 9" in capsys.readouterr().out
   assert cli.main(["stats", "--config", "tiny", "--workdir", str(workdir)]) == 0
   assert "| Users | 150 |" in capsys.readouterr().out
-  # `run` skips the fresh prepare stage (same overrides) and stops at the first stage not built yet.
-  before = (workdir / "prepare" / "stats.json").stat().st_mtime_ns
-  assert cli.main(["run", "--config", "tiny", "--workdir", str(workdir), "--set", "data.num_negatives=9"]) == 0
-  assert (workdir / "prepare" / "stats.json").stat().st_mtime_ns == before
+  from gensar_jax import stages
+  config = load_config("tiny", ["data.num_negatives=9"])
+  assert stages.is_fresh(stages.STAGES["prepare"], config, workdir)
+  assert not stages.is_fresh(stages.STAGES["prepare"], load_config("tiny"), workdir)   # other config
+  assert not stages.is_fresh(stages.STAGES["embed"], config, workdir)                  # never ran
 
 
 def test_cli_reports_bad_overrides_and_configs(tmp_path):
