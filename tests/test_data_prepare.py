@@ -47,7 +47,7 @@ def _write_office_like(tmp_path, inter):
 
 
 def _lcrec_config(tmp_path):
-  return apply_overrides(load_config("tiny"), [f"data.source=lcrec", f"data.raw_dir={tmp_path}", "data.name=Toy",
+  return apply_overrides(load_config("tiny"), ["data.source=lcrec", f"data.raw_dir={tmp_path}", "data.name=Toy",
                                                 "data.num_negatives=5", "data.vocab_size=400"])
 
 

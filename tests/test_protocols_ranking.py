@@ -109,11 +109,6 @@ def test_bad_inputs_are_rejected(setup):
     protocols.evaluate_ranking(params, CONFIG, enc, targets + NUM_ITEMS, codes, behaviour, offsets, CODEBOOK)
 
 
-def test_eval_config_defaults():
-  config = protocols.eval_config()
-  assert config.num_beams == 30 and config.protocols == ("sampled", "full")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sampled", [True, False])
 def test_protocols_sharded_over_data_axis_match_single_device(setup, sampled):

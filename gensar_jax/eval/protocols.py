@@ -15,7 +15,7 @@ import time
 from typing import Sequence
 
 import jax
-import ml_collections
+from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
@@ -29,13 +29,11 @@ from gensar_jax.model.t5 import T5Config
 logger = logging.getLogger(__name__)
 
 
-def eval_config() -> ml_collections.ConfigDict:
-  """Defaults of the `eval` config section."""
-  config = ml_collections.ConfigDict()
-  config.num_beams = 30                          # reference beam width; a target outside it is a miss
-  config.batch_size = 32                         # queries per jitted search (multiple of the data axis)
-  config.protocols = ("sampled", "full")         # candidate lists (paper) and the whole catalogue
-  return config
+def to_host(x) -> np.ndarray:
+  """A (possibly multi-process) array as one numpy array on every process."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
 
 
 def _check_inputs(encoder_tokens, targets, identifier_codes, candidates):
@@ -119,12 +117,15 @@ def evaluate_ranking(params, config: T5Config, encoder_tokens: np.ndarray, targe
   ranks = np.empty(num_queries, np.int64)
   starts = range(0, num_queries, batch_size)
   pending = dispatch(0)
-  for next_begin in tqdm([*starts[1:], None], desc=f"{name} ({protocol})", unit="batch"):
+  for next_begin in tqdm([*starts[1:], None], desc=f"{name} ({protocol})", unit="batch",
+                         disable=jax.process_index() != 0):
     # Build the next batch's tables on the host while the device decodes the current one.
     following = dispatch(next_begin) if next_begin is not None else None
     begin, end, output = pending
-    retrieved = np.asarray(output.items)[:end - begin]
-    ranks[begin:end] = ranks_from_retrieved(retrieved, targets[begin:end])
+    retrieved = to_host(output.items)[:end - begin]
+    scores = to_host(output.item_scores)[:end - begin]
+    # Pessimistic ties: a target sharing its identifier with other items ranks after all of them.
+    ranks[begin:end] = ranks_from_retrieved(retrieved, targets[begin:end], scores)
     pending = following
   metrics = ranking_metrics(ranks)
   elapsed = time.perf_counter() - start_time

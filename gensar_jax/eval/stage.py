@@ -17,16 +17,15 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
-from tqdm.auto import tqdm
 
 from gensar_jax import parallel
 from gensar_jax.data.pipeline import eval_features
 from gensar_jax.data.task_data import MAIN_TASKS, TaskData, load_task_data
 from gensar_jax.decode import trie as trie_lib
-from gensar_jax.decode.beam_search import DATA_AXIS, constrained_beam_search
-from gensar_jax.eval.metrics import mean_metrics, ranking_metrics, ranks_from_retrieved
+from gensar_jax.decode.beam_search import DATA_AXIS
+from gensar_jax.eval import protocols
+from gensar_jax.eval.metrics import mean_metrics, ranking_metrics
 from gensar_jax.io_utils import DataError, atomic_path, write_json, write_text
 from gensar_jax.model.export import load_model, load_model_extra
 from gensar_jax.model.t5 import T5Config
@@ -101,13 +100,6 @@ def eval_queries(task_data: TaskData, task: str, split: str, limit: int | None =
       codebook_size=int(task_data.tokenizer.codebook_size))
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-  """A (possibly multi-process) array as one numpy array on every process."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(x)
-
-
 def _on_mesh(params, mesh: jax.sharding.Mesh):
   """Parameters not already laid out on the mesh's devices are replicated onto it (others are kept)."""
   devices = set(mesh.devices.flat)
@@ -148,33 +140,10 @@ def rank_queries(params, model_cfg: T5Config, queries: EvalQueries, protocol: st
     tables = catalogue_tables(queries, mesh)
   if mesh is not None:
     params = _on_mesh(params, mesh)
-  num_queries = len(queries)
-  tokens_all = queries.encoder_tokens
-
-  def dispatch(begin: int):
-    """Starts the search of queries [begin, begin + batch_size) (padded); returns without waiting."""
-    end = min(begin + batch_size, num_queries)
-    tokens = np.full((batch_size, tokens_all.shape[1]), model_cfg.pad_id, np.int32)
-    tokens[:end - begin] = tokens_all[begin:end]
-    batch_tables = tables
-    if protocol == "sampled":
-      candidates = np.full((batch_size, queries.candidates.shape[1]), -1, np.int32)
-      candidates[:end - begin] = queries.candidates[begin:end]
-      batch_tables = trie_lib.build_candidate_tries(candidates, queries.codes, queries.behaviour_token,
-                                                    queries.token_offsets, queries.codebook_size)
-    return begin, end, constrained_beam_search(params, model_cfg, tokens, batch_tables, num_beams, mesh)
-
-  ranks = np.empty(num_queries, np.int64)
-  starts = range(0, num_queries, batch_size)
-  pending = dispatch(0)
-  for next_begin in tqdm([*starts[1:], None], desc=desc, unit="batch", disable=jax.process_index() != 0):
-    # The next batch's tries are built on the host while the device decodes the current one.
-    following = dispatch(next_begin) if next_begin is not None else None
-    begin, end, output = pending
-    items = _to_host(output.items)[:end - begin]
-    scores = _to_host(output.item_scores)[:end - begin]
-    ranks[begin:end] = ranks_from_retrieved(items, queries.targets[begin:end], scores)
-    pending = following
+  _, ranks = protocols.evaluate_ranking(
+      params, model_cfg, queries.encoder_tokens, queries.targets, queries.codes, queries.behaviour_token,
+      queries.token_offsets, queries.codebook_size, queries.candidates if protocol == "sampled" else None,
+      num_beams=num_beams, batch_size=batch_size, mesh=mesh, catalogue_tables=tables, name=desc)
   return ranks
 
 
