@@ -1,0 +1,20 @@
+"""The paper's Electronics setup on a 8-GPU node (80 GB cards), 1024 rows per GPU; on 40 GB cards add
+--set train.grad_accum_steps=2.
+
+Effective batch 8192 as the reference. Launch with launch/slurm_gpu.sbatch.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from electronics import get_config as electronics_config  # noqa: E402
+
+
+def get_config():
+  config = electronics_config()
+  config.name = "gpu_8x"
+  config.parallel.mesh_shape.update(dict(data=8, fsdp=1, model=1))
+  config.train.batch_size = 8192
+  config.train.bf16 = True
+  config.eval.batch_size = 32
+  return config

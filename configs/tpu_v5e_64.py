@@ -1,0 +1,19 @@
+"""The paper's Electronics setup on a TPU v5e-64 slice (64 chips, 16 hosts), 128 rows per chip.
+
+Effective batch 8192 as the reference. Launch with launch/tpu_pod.sh.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from electronics import get_config as electronics_config  # noqa: E402
+
+
+def get_config():
+  config = electronics_config()
+  config.name = "tpu_v5e_64"
+  config.parallel.mesh_shape.update(dict(data=64, fsdp=1, model=1))
+  config.train.batch_size = 8192
+  config.train.bf16 = True
+  config.eval.batch_size = 256
+  return config
