@@ -33,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common_args(sub.add_parser(name, help=stage.summary))
   _common_args(sub.add_parser("run", help="run every stage whose outputs are missing or stale"))
   _common_args(sub.add_parser("stats", help="print the prepared dataset's statistics table"))
+  search = sub.add_parser("search", help="personalized search with a trained model")
+  search.add_argument("query")
+  recommend = sub.add_parser("recommend", help="next-item recommendation with a trained model")
+  for p in (search, recommend):
+    _common_args(p)
+    p.add_argument("--user", default=None, required=p is recommend, help="user id as in the source data")
+    p.add_argument("-k", type=int, default=10, help="number of results")
   return parser
 
 
@@ -58,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
   try:
     config = load_config(args.config, args.set)
     workdir = Path(args.workdir or Path("runs") / config.name)
+    if args.command in ("search", "recommend"):
+      from gensar_jax.api import GenSAR, format_results
+      model = GenSAR.load(workdir)
+      results = (model.search(args.query, user=args.user, k=args.k) if args.command == "search"
+                 else model.recommend(args.user, k=args.k))
+      print(format_results(results))
+      return 0
     if args.command == "stats":
       from gensar_jax.io_utils import read_json
       print(format_stats_table(read_json(workdir / "prepare" / "stats.json")))

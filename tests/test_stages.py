@@ -37,3 +37,18 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   before = {s: (workdir / s / "stats.json").stat().st_mtime_ns for s in ("prepare", "train", "eval")}
   assert cli.main(["run", "--config", "tiny", "--workdir", str(workdir)]) == 0
   assert before == {s: (workdir / s / "stats.json").stat().st_mtime_ns for s in ("prepare", "train", "eval")}
+  # The retrieval API on the trained workdir.
+  from gensar_jax.api import GenSAR
+  model = GenSAR.load(workdir)
+  user = model.data.prepared.dataset.user_ids[3]
+  recs = model.recommend(user, k=5)
+  assert len(recs) == 5 and [r.score for r in recs] == sorted((r.score for r in recs), reverse=True)
+  num_items = model.data.prepared.dataset.num_items
+  assert all(0 <= r.item < num_items for r in recs) and len({r.item for r in recs}) == 5
+  found = model.search(model.data.prepared.dataset.queries[0], user=user, k=3)
+  assert len(found) == 3 and len(model.search("anything at all", k=2)) == 2
+  with pytest.raises(ValueError, match="empty query"):
+    model.search("  ")
+  with pytest.raises(KeyError, match="unknown user"):
+    model.recommend("no-such-user")
+  assert cli.main(["recommend", "--config", "tiny", "--workdir", str(tmp_path / "none"), "--user", "x"]) == 2

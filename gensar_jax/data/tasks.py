@@ -99,7 +99,8 @@ class ExampleBuilder:
     """(input ids, target ids without EOS) of one sample.
 
     record: fields of a stored sample (`item`, `query`, `hist_kind`, `hist_item`, `hist_query`), or for
-      item tasks just `item` (and `pseudo_query`: int32 token ids for `adhoc`).
+      item tasks just `item` (and `pseudo_query`: int32 token ids for `adhoc`). A free-text query can
+      come as `query_tokens` instead of a query id.
     view: identifier view for desc2id/id2desc: 0 semantic, 1 collaborative.
     """
     item = int(record["item"])
@@ -107,7 +108,8 @@ class ExampleBuilder:
       history = self.history_entries(record["hist_kind"], record["hist_item"], record["hist_query"])
       if task == "nrip":
         return self._fill(task, template, {}, history), self.rec_target(item)
-      query = self.query_ids[int(record["query"])]
+      query = (np.asarray(record["query_tokens"], np.int32) if "query_tokens" in record
+               else self.query_ids[int(record["query"])])
       if task == "nsip":
         return self._fill(task, template, {"query": query}, history), self.search_target(item)
       return self._fill(task, template, {}, history), np.concatenate(

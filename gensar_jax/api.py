@@ -1,0 +1,108 @@
+"""Retrieval API over a trained workdir: personalized search and recommendation.
+
+  model = GenSAR.load("runs/office")
+  model.search("wireless mouse", user="42", k=10)   # -> [Retrieved(item, item_id, title, score), ...]
+  model.recommend(user="42", k=10)
+
+Both decode over the whole catalogue with the jitted constrained beam search: search decodes semantic
+identifiers after `<src_item>`, recommendation collaborative identifiers after `<rec_item>`. A user's
+history is their last `data.history_len` purchases and search sessions in the prepared dataset.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from gensar_jax.data.splits import PAD, REC, SEARCH
+from gensar_jax.data.task_data import TaskData, load_task_data
+from gensar_jax.decode import trie as trie_lib
+from gensar_jax.decode.beam_search import constrained_beam_search
+from gensar_jax.io_utils import DataError, read_json
+from gensar_jax.model.export import load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Retrieved:
+  item: int            # dense item index
+  item_id: str         # the source's item id (ASIN, LC-Rec id, ...)
+  title: str
+  score: float         # sequence log-probability of the item's identifier
+
+
+class GenSAR:
+  """A trained GenSAR model with its catalogue, tokenizer and identifier tries."""
+
+  def __init__(self, config: ml_collections.ConfigDict, task_data: TaskData, params, model_cfg, num_beams: int):
+    self.config, self.data, self.params, self.model_cfg = config, task_data, params, model_cfg
+    self.num_beams = num_beams
+    self._users = {u: i for i, u in enumerate(task_data.prepared.dataset.user_ids)}
+    self._tries = {task: jax.device_put(trie_lib.build_catalogue_trie(
+        task_data.codes[view], task_data.behaviour_token(task), task_data.token_offsets(view),
+        task_data.tokenizer.codebook_size)) for task, view in (("rec", "collab"), ("search", "semantic"))}
+
+  @classmethod
+  def load(cls, workdir: str | Path, num_beams: int | None = None) -> "GenSAR":
+    """Loads `<workdir>/train/model` with the config it was trained with."""
+    workdir = Path(workdir)
+    config_path = workdir / "train" / "config.json"
+    if not config_path.exists():
+      raise DataError(f"{workdir}: no trained model (expected {config_path}); run `gensar train` first")
+    config = ml_collections.ConfigDict(read_json(config_path))
+    params, model_cfg = load_model(workdir / "train" / "model")
+    task_data = load_task_data(workdir, config, with_pseudo_queries=False)
+    return cls(config, task_data, params, model_cfg, int(num_beams or config.eval.num_beams))
+
+  def user_history(self, user: str | None) -> dict[str, np.ndarray]:
+    """The user's last rec items and search sessions, merged by time, as history arrays."""
+    if user is None:
+      return {"hist_kind": np.zeros(0, np.int8), "hist_item": np.zeros(0, np.int32), "hist_query": np.zeros(0, np.int32)}
+    if str(user) not in self._users:
+      known = list(self._users)[:5]
+      raise KeyError(f"unknown user {user!r}: not in the prepared dataset (user ids look like {known})")
+    data, uid, k = self.data.prepared.dataset, self._users[str(user)], int(self.config.data.history_len)
+    rec = np.flatnonzero(data.rec_user == uid)[-k:]
+    src = np.flatnonzero(data.search_user == uid)[-k:]
+    entries = sorted([(data.rec_time[r], REC, data.rec_item[r], -1) for r in rec] +
+                     [(data.search_time[s], SEARCH, data.search_item[s], data.search_query[s]) for s in src],
+                     key=lambda e: (e[0], e[1]))
+    return {"hist_kind": np.asarray([e[1] for e in entries] or [PAD], np.int8),
+            "hist_item": np.asarray([e[2] for e in entries] or [-1], np.int32),
+            "hist_query": np.asarray([e[3] for e in entries] or [-1], np.int32)}
+
+  def _decode(self, task: str, inputs: np.ndarray, k: int) -> list[Retrieved]:
+    start = time.perf_counter()
+    tokens = self.data.builder.to_features(inputs, np.zeros(0, np.int32))["encoder_input_tokens"][None]
+    out = constrained_beam_search(self.params, self.model_cfg, tokens, self._tries[task], max(self.num_beams, k))
+    items, scores = np.asarray(out.items)[0], np.asarray(out.item_scores)[0]
+    catalog = self.data.prepared.dataset.catalog
+    results = [Retrieved(int(i), catalog.item_ids[i], catalog.titles[i], float(s))
+               for i, s in zip(items, scores) if i >= 0][:k]
+    log.info("%s: %d results in %.1f ms", task, len(results), 1000 * (time.perf_counter() - start))
+    return results
+
+  def search(self, query: str, user: str | None = None, k: int = 10) -> list[Retrieved]:
+    """Items the user (or an anonymous user) will click after searching `query`."""
+    if not query or not query.strip():
+      raise ValueError("empty query: give the words to search for")
+    record = {"item": 0, "query_tokens": self.data.tokenizer.encode_text(query.strip()), **self.user_history(user)}
+    inputs, _ = self.data.builder.build("nsip", record)
+    return self._decode("search", inputs, k)
+
+  def recommend(self, user: str, k: int = 10) -> list[Retrieved]:
+    """The items the user is most likely to click next in the feed."""
+    record = {"item": 0, "query": -1, **self.user_history(user)}
+    inputs, _ = self.data.builder.build("nrip", record)
+    return self._decode("rec", inputs, k)
+
+
+def format_results(results: list[Retrieved]) -> str:
+  lines = [f"{rank:>3}. {r.score:9.3f}  [{r.item_id}] {r.title}" for rank, r in enumerate(results, start=1)]
+  return "\n".join(lines) if lines else "(no results)"
