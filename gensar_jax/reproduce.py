@@ -204,12 +204,12 @@ class Timings:
     self.data: dict[str, dict[str, dict]] = read_json(self.path) if self.path.exists() else {}
 
   def record(self, key: str, stage: str, action: str, seconds: float | None) -> None:
-    previous = self.data.get(key, {}).get(stage)
-    if action in ("fresh", "up to date") and previous is not None:
-      entry = dict(previous, action=f"{action} (earlier run: {previous['action']})")
-    else:
-      entry = {"action": action, "seconds": None if seconds is None else round(seconds, 2)}
-    self.data.setdefault(key, {})[stage] = entry
+    """action: "ran" or "shared" (`seconds` = this call's wall time), or "fresh" / "up to date" (outputs
+    of an earlier call are kept, and so are their recorded seconds)."""
+    if action in ("fresh", "up to date"):
+      seconds = (self.data.get(key, {}).get(stage) or {}).get("seconds")
+    self.data.setdefault(key, {})[stage] = {"action": action,
+                                            "seconds": None if seconds is None else round(seconds, 2)}
     write_json(self.path, self.data)
 
 
@@ -476,18 +476,23 @@ def format_tables(results: Mapping[str, Any]) -> str:
 
 def plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: Path) -> int:
   """tradeoff.png: search NDCG@10 against recommendation NDCG@10 (sampled protocol), one labelled point
-  per method reported on both tasks. Returns the number of points."""
+  per method reported on both tasks (methods with equal values share one point). Returns the number of points."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
-  points = [(r["name"], _value(r, "rec", "sampled", "NDCG@10"), _value(r, "search", "sampled", "NDCG@10"))
-            for r in rows if all(r["metrics"].get(t) for t in TASKS)]
+  names_at: dict[tuple[float, float], list[str]] = {}   # methods sharing a run (e.g. GenSAR and (2, 2)) share a point
+  for r in rows:
+    if all(r["metrics"].get(t) for t in TASKS):
+      xy = (_value(r, "rec", "sampled", "NDCG@10"), _value(r, "search", "sampled", "NDCG@10"))
+      names_at.setdefault(xy, []).append(r["name"])
+  points = [(" = ".join(names), rec, search) for (rec, search), names in names_at.items()]
   figure = Figure(figsize=(6.4, 4.8), dpi=120)
   FigureCanvasAgg(figure)
   axes = figure.add_subplot()
   for name, rec, search in points:
     axes.scatter([rec], [search], s=36)
     axes.annotate(name, (rec, search), textcoords="offset points", xytext=(5, 4), fontsize=8)
+  axes.margins(0.2)                     # room for the labels of the outermost points
   axes.set_xlabel("Recommendation NDCG@10 (sampled)")
   axes.set_ylabel("Search NDCG@10 (sampled)")
   axes.set_title("Search / recommendation trade-off")
