@@ -6,6 +6,7 @@ from gensar_jax.eval.baselines import baselines_config
 from gensar_jax.eval.stage import eval_section_config
 from gensar_jax.model.t5 import model_config
 from gensar_jax.parallel import parallel_config
+from gensar_jax.reproduce import reproduce_config
 from gensar_jax.train.stage import doc2query_config
 from gensar_jax.train.state import train_config
 from gensar_jax.identifiers.rqvae import identifiers_config
@@ -63,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.parallel = parallel_config()         # mesh and logical-axis rules
   config.eval = eval_section_config()         # beam 30, sampled + full-catalogue protocols
   config.doc2query = doc2query_config()       # pseudo-queries for the ad-hoc search task
+  config.reproduce = reproduce_config()       # `gensar reproduce`: suites and identifier lengths
   return config
 
 

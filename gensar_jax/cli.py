@@ -3,6 +3,8 @@
   gensar prepare --config configs/synthetic.py [--workdir runs/synthetic] [--set data.num_negatives=49]
   gensar stats   --config configs/office.py
   gensar run     --config configs/synthetic.py     # every stage whose outputs are missing or stale
+  gensar reproduce --config configs/office.py [--suite main|ablations|all]
+  gensar search "wireless mouse" --user 42 --config configs/office.py;  gensar recommend --user 42 ...
 """
 from __future__ import annotations
 
@@ -33,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common_args(sub.add_parser(name, help=stage.summary))
   _common_args(sub.add_parser("run", help="run every stage whose outputs are missing or stale"))
   _common_args(sub.add_parser("stats", help="print the prepared dataset's statistics table"))
+  from gensar_jax.reproduce import add_reproduce_args
+  reproduce = sub.add_parser("reproduce", help="GenSAR, its variants and the classic baselines on one protocol "
+                                               "-> <workdir>/reproduce/ (tables.md, results.json, tradeoff.png)")
+  _common_args(reproduce)
+  add_reproduce_args(reproduce)
   search = sub.add_parser("search", help="personalized search with a trained model")
   search.add_argument("query")
   recommend = sub.add_parser("recommend", help="next-item recommendation with a trained model")
@@ -65,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
   try:
     config = load_config(args.config, args.set)
     workdir = Path(args.workdir or Path("runs") / config.name)
+    if args.command == "reproduce":
+      from gensar_jax.reproduce import reproduce_main
+      reproduce_main(config, workdir, args.suite)
+      print((workdir / "reproduce" / "tables.md").read_text())
+      return 0
     if args.command in ("search", "recommend"):
       from gensar_jax.api import GenSAR, format_results
       model = GenSAR.load(workdir)
