@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class Stage:
   name: str
-  config_keys: tuple[str, ...]            # top-level config sections (or fields) the stage reads
+  config_keys: tuple[str, ...]            # config sections or dotted fields the stage reads
   deps: tuple[str, ...]
   # (config, out_dir, fingerprint) -> stats; None = not built yet. Long stages use the fingerprint to
   # tell a resumable run of the same inputs from a stale one.
@@ -64,7 +64,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("embed", ("seed", "embed"), ("prepare",), _embed,
           "semantic (text encoder) and collaborative (SASRec) item embeddings"),
     Stage("index", ("identifiers",), ("embed",), _index, "RQ-VAE dual identifiers with collision resolution"),
-    Stage("doc2query", ("seed", "tasks", "model", "doc2query", "parallel"), ("prepare", "index"), _doc2query,
+    # doc2query reads item text and queries only: the identifier settings matter through the vocabulary size.
+    Stage("doc2query", ("seed", "tasks.max_text_tokens", "identifiers.mode", "identifiers.num_shared_levels",
+                        "identifiers.num_specific_levels", "identifiers.codebook_size",
+                        "identifiers.disambiguation_level", "model", "doc2query", "parallel"), ("prepare",),
+          _doc2query,
           "item text -> query model and pseudo-queries for ad-hoc search"),
     Stage("train", ("seed", "tasks", "model", "train", "parallel", "eval"), ("prepare", "index", "doc2query"),
           _train, "multi-task T5 training with validation-based model selection"),
@@ -75,7 +79,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
 def stage_fingerprint(stage: Stage, config: ml_collections.ConfigDict, workdir: Path) -> str:
   parts = [stage.name]
   for key in stage.config_keys:
-    value = config.get(key)
+    value = config
+    for part in key.split("."):
+      value = value.get(part) if value is not None else None
     parts.append(value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value)
   for dep in stage.deps:
     parts.append(read_json(workdir / dep / "fingerprint.json")["fingerprint"])

@@ -114,7 +114,7 @@ def test_variants_link_shared_stages_and_run_the_rest(tmp_path, tiny_config, fak
     assert not os.path.isabs(os.readlink(run_dir / name))          # relative: the workdir can move
 
   expected = {"semantic-ids": ("prepare", "embed"),                   # identifiers change from index on
-              "gensar-rec-only": ("prepare", "embed", "index"),       # tasks change doc2query on
+              "gensar-rec-only": ("prepare", "embed", "index", "doc2query"),  # the task mixture: train on
               "ids-2-2": tuple(stages.STAGES)}                        # the defaults: everything shared
   methods = {m.slug: m for m in reproduce.suite_methods("all")}
   for slug, shared in expected.items():

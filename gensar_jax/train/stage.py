@@ -21,7 +21,7 @@ import numpy as np
 from gensar_jax import parallel
 from gensar_jax.data.pipeline import make_train_iterator
 from gensar_jax.data.task_data import load_task_data, stack_padded
-from gensar_jax.data.tokenizer import EOS_ID
+from gensar_jax.data.tokenizer import EOS_ID, levels_from_config
 from gensar_jax.decode.sampling import generate_text_batched
 from gensar_jax.eval.stage import make_validation_fn
 from gensar_jax.io_utils import read_json, save_arrays, write_json
@@ -180,7 +180,12 @@ def run_doc2query(config: ml_collections.ConfigDict, out_dir: Path, fingerprint:
   t0 = time.time()
   _clear_stale_run(out_dir, fingerprint)
   cfg = config.doc2query
-  td = load_task_data(out_dir.parent, config, with_pseudo_queries=False)
+  # Only text tokens are read here; the identifier codes do not matter (the vocabulary size does).
+  num_items = int(read_json(out_dir.parent / "prepare" / "stats.json")["items"])
+  _, semantic_levels, collab_levels = levels_from_config(config.identifiers)
+  no_codes = {"semantic": np.zeros((num_items, len(semantic_levels)), np.int32),
+              "collab": np.zeros((num_items, len(collab_levels)), np.int32)}
+  td = load_task_data(out_dir.parent, config, codes=no_codes, with_pseudo_queries=False)
   search = td.prepared.samples["search"]
   rows = search.split_rows(0)
   texts = stack_padded([td.builder.item_text_ids[i] for i in search.item[rows]], int(cfg.max_input_len))
