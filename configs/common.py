@@ -61,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.batch_size = 256               # global batch (reference effective batch: 8192)
   config.train.num_epochs = 200               # used when train.num_steps <= 0 (reference: 200 epochs)
   config.train.num_steps = -1
+  config.train.selection_tasks = ("rec", "search")  # model selection: mean validation NDCG@5 of these
   config.parallel = parallel_config()         # mesh and logical-axis rules
   config.eval = eval_section_config()         # beam 30, sampled + full-catalogue protocols
   config.doc2query = doc2query_config()       # pseudo-queries for the ad-hoc search task

@@ -239,6 +239,10 @@ def test_validation_fn_reports_sampled_validation_metrics_and_their_ndcg5_mean(m
       assert metrics[f"val/{task}_{key}"] == pytest.approx(value)
   assert metrics["val/ndcg5_mean"] == pytest.approx((metrics["val/rec_NDCG@5"] + metrics["val/search_NDCG@5"]) / 2)
   assert len(metrics) == 2 * 5 + 1
+  search_only = stage.make_validation_fn(task_data, model_cfg, eval_cfg, selection_tasks=("search",))(params, 0)
+  assert search_only["val/ndcg5_mean"] == pytest.approx(metrics["val/search_NDCG@5"])
+  with pytest.raises(ValueError, match="train.selection_tasks"):
+    stage.make_validation_fn(task_data, model_cfg, eval_cfg, selection_tasks=("feed",))
 
 
 def test_eval_section_rejects_unknown_fields_and_protocols():

@@ -44,9 +44,9 @@ def test_suites_list_the_paper_rows():
                                     "GenSAR search-only", "Popularity", "BM25", "Dense retrieval", "SASRec"]
   by_name = {m.name: m for m in main}
   assert by_name["GenSAR rec-only"].overrides == {"tasks.sizes.nsip": 0, "tasks.sizes.nsqp": 0,
-                                                  "tasks.sizes.adhoc": 0}
+                                                  "tasks.sizes.adhoc": 0, "train.selection_tasks": ("rec",)}
   assert by_name["GenSAR rec-only"].tasks == ("rec",) and by_name["GenSAR search-only"].tasks == ("search",)
-  assert by_name["GenSAR search-only"].overrides == {"tasks.sizes.nrip": 0}
+  assert by_name["GenSAR search-only"].overrides == {"tasks.sizes.nrip": 0, "train.selection_tasks": ("search",)}
   assert {m.baseline: m.tasks for m in main if m.kind == "baseline"} == {
       "popularity": ("rec", "search"), "bm25": ("search",), "dense": ("search",), "sasrec": ("rec",)}
   ablations = reproduce.suite_methods("ablations", identifier_lengths=[(1, 1), (3, 2)])

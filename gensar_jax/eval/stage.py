@@ -182,12 +182,17 @@ def evaluate_model(params, model_cfg: T5Config, task_data: TaskData, eval_cfg: m
 
 
 def make_validation_fn(task_data: TaskData, model_cfg: T5Config, eval_cfg: ml_collections.ConfigDict,
-                       mesh: jax.sharding.Mesh | None = None) -> Callable[[Any, int], dict[str, float]]:
+                       mesh: jax.sharding.Mesh | None = None, selection_tasks: Sequence[str] = TASKS
+                       ) -> Callable[[Any, int], dict[str, float]]:
   """The trainer's `EvalFn`: (params, step) -> {"val/rec_NDCG@5", "val/search_HR@10", ..., "val/ndcg5_mean"}.
 
   Sampled protocol on the last `eval_cfg.validation_rows` validation rows of each task (features
-  prepared once here); model selection uses "val/ndcg5_mean", NDCG@5 averaged over the two tasks.
+  prepared once here); model selection uses "val/ndcg5_mean", NDCG@5 averaged over `selection_tasks`
+  (both tasks, as the reference; a single-task model is selected on its own task).
   """
+  unknown = [t for t in selection_tasks if t not in TASKS]
+  if unknown or not selection_tasks:
+    raise ValueError(f"train.selection_tasks: expected a non-empty subset of {TASKS}, got {tuple(selection_tasks)}")
   rows = eval_cfg.validation_rows
   queries = {task: eval_queries(task_data, task, "validation", rows) for task in TASKS}
   num_beams, batch_size = int(eval_cfg.num_beams), int(eval_cfg.batch_size)
@@ -199,7 +204,7 @@ def make_validation_fn(task_data: TaskData, model_cfg: T5Config, eval_cfg: ml_co
                                batch_size=batch_size, mesh=mesh, desc=f"validation step {step}")
     per_task = {task: results[task]["sampled"] for task in TASKS}
     out = {f"val/{task}_{name}": value for task, metrics in per_task.items() for name, value in metrics.items()}
-    out["val/ndcg5_mean"] = mean_metrics(per_task, SELECTION_METRIC)
+    out["val/ndcg5_mean"] = mean_metrics({t: per_task[t] for t in selection_tasks}, SELECTION_METRIC)
     return out
 
   return validate

@@ -112,7 +112,9 @@ def run_train(config: ml_collections.ConfigDict, out_dir: Path, fingerprint: str
   it = loop_iterator(source, batch)
   probe = next(loop_iterator(td.mixture(config.tasks.sizes.to_dict(), 1, seed + 1), batch))
   mesh = parallel.make_mesh(config.parallel.mesh_shape)
-  eval_fn = make_validation_fn(td, model_cfg, config.eval, mesh) if int(config.train.eval_every) > 0 else None
+  eval_fn = None
+  if int(config.train.eval_every) > 0:
+    eval_fn = make_validation_fn(td, model_cfg, config.eval, mesh, tuple(config.train.selection_tasks))
   log.info("train: %d steps of %d examples (%d epochs of %d examples), vocabulary %d, model d=%d %d+%d layers",
            num_steps, batch, num_steps * batch // source.epoch_len, source.epoch_len, td.vocab_size,
            model_cfg.d_model, model_cfg.num_encoder_layers, model_cfg.num_decoder_layers)
