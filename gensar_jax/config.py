@@ -74,3 +74,16 @@ def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> ml_collecti
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
   return config.to_dict()
+
+
+def section_with_defaults(config: ml_collections.ConfigDict, name: str,
+                          defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config.<name>` laid over `defaults` (a config written before a field existed still works);
+  fields the defaults do not know are an error."""
+  given = config.get(name) or {}
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    raise ValueError(f"config.{name}: unknown fields {unknown} (expected {sorted(defaults)})")
+  for key in given:
+    defaults[key] = given[key]
+  return defaults

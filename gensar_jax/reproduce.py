@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import ml_collections
 
 from gensar_jax import stages
+from gensar_jax.config import section_with_defaults
 from gensar_jax.io_utils import DataError, atomic_path, fingerprint, read_json, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -47,14 +48,7 @@ def reproduce_config() -> ml_collections.ConfigDict:
 
 def reproduce_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config.reproduce` over `reproduce_config()` (unknown fields are an error)."""
-  section = reproduce_config()
-  given = config.get("reproduce") or {}
-  unknown = sorted(set(given) - set(section))
-  if unknown:
-    raise ValueError(f"config.reproduce: unknown fields {unknown} (expected {sorted(section)})")
-  for key in given:
-    section[key] = given[key]
-  return section
+  return section_with_defaults(config, "reproduce", reproduce_config())
 
 
 # ----------------------------------------------------------------------------------------- methods

@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from gensar_jax import parallel
+from gensar_jax.config import section_with_defaults
 from gensar_jax.data.pipeline import eval_features
 from gensar_jax.data.task_data import MAIN_TASKS, TaskData, load_task_data
 from gensar_jax.decode import trie as trie_lib
@@ -222,13 +223,7 @@ def format_metrics_table(metrics: Mapping[str, Mapping[str, Mapping[str, float]]
 
 def eval_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config.eval` over the defaults of `eval_section_config()` (unknown fields are an error)."""
-  section = eval_section_config()
-  given = config.get("eval") or {}
-  unknown = sorted(set(given) - set(section))
-  if unknown:
-    raise ValueError(f"config.eval: unknown fields {unknown} (expected {sorted(section)})")
-  for key in given:
-    section[key] = given[key]
+  section = section_with_defaults(config, "eval", eval_section_config())
   section.protocols = _check_protocols(section.protocols)
   if section.split not in SPLITS:
     raise ValueError(f"config.eval.split: expected one of {SPLITS}, got {section.split!r}")
