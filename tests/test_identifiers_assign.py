@@ -125,6 +125,7 @@ def _embeddings(num_items=96, seed=0):
           "collab": rng.normal(size=(num_items, 6)).astype(np.float32)}
 
 
+@pytest.mark.slow
 def test_stage_dual_ids_share_prefixes_and_outputs_round_trip(tmp_path):
   embeddings = _embeddings()
   index = assign.build_identifiers(embeddings, _tiny_index_config(), 96, progress=False)
