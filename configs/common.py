@@ -82,4 +82,4 @@ def cpu_budget(config: ml_collections.ConfigDict, *, train_steps: int, doc2query
   config.doc2query.train.update(dict(num_steps=doc2query_steps, batch_size=64, log_every=25,
                                      checkpoint_every=doc2query_steps))
   config.doc2query.num_pseudo_queries = 5     # reference: 20 per item
-  config.doc2query.sampling.update(dict(top_p=1.0, batch_size=128))   # plain sampling: no vocabulary sort
+  config.doc2query.sampling.update(dict(top_k=50, top_p=1.0, batch_size=128))   # top-k: no vocabulary sort

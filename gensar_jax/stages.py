@@ -64,10 +64,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("embed", ("seed", "embed"), ("prepare",), _embed,
           "semantic (text encoder) and collaborative (SASRec) item embeddings"),
     Stage("index", ("identifiers",), ("embed",), _index, "RQ-VAE dual identifiers with collision resolution"),
-    # doc2query reads item text and queries only: the identifier settings matter through the vocabulary size.
-    Stage("doc2query", ("seed", "tasks.max_text_tokens", "identifiers.mode", "identifiers.num_shared_levels",
-                        "identifiers.num_specific_levels", "identifiers.codebook_size",
-                        "identifiers.disambiguation_level", "model", "doc2query", "parallel"), ("prepare",),
+    # doc2query reads item text and queries only (its vocabulary is the SentencePiece one).
+    Stage("doc2query", ("seed", "tasks.max_text_tokens", "model", "doc2query", "parallel"), ("prepare",),
           _doc2query,
           "item text -> query model and pseudo-queries for ad-hoc search"),
     Stage("train", ("seed", "tasks", "model", "train", "parallel", "eval"), ("prepare", "index", "doc2query"),

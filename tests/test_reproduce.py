@@ -113,7 +113,7 @@ def test_variants_link_shared_stages_and_run_the_rest(tmp_path, tiny_config, fak
     assert (run_dir / name).is_symlink() and (run_dir / name).resolve() == (main / name).resolve()
     assert not os.path.isabs(os.readlink(run_dir / name))          # relative: the workdir can move
 
-  expected = {"semantic-ids": ("prepare", "embed"),                   # identifiers change from index on
+  expected = {"semantic-ids": ("prepare", "embed", "doc2query"),      # identifiers change index, train, eval
               "gensar-rec-only": ("prepare", "embed", "index", "doc2query"),  # the task mixture: train on
               "ids-2-2": tuple(stages.STAGES)}                        # the defaults: everything shared
   methods = {m.slug: m for m in reproduce.suite_methods("all")}
@@ -130,7 +130,8 @@ def test_variants_link_shared_stages_and_run_the_rest(tmp_path, tiny_config, fak
   # A second pass recomputes nothing: own copies are fresh, links stay.
   fake_stages.clear()
   _, actions = run(methods["semantic-ids"])
-  assert not fake_stages and actions == {s: "shared" if s in ("prepare", "embed") else "fresh" for s in stages.STAGES}
+  assert not fake_stages and actions == {s: "shared" if s in ("prepare", "embed", "doc2query") else "fresh"
+                                         for s in stages.STAGES}
   seconds = timings.data["semantic-ids"]["train"]["seconds"]
   _, actions = run(methods["semantic-ids"])
   assert timings.data["semantic-ids"]["train"] == {"action": "fresh", "seconds": seconds} and seconds is not None

@@ -32,6 +32,9 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     for protocol in ("sampled", "full"):
       assert 0.0 <= metrics[task][protocol]["HR@10"] <= 1.0
   pseudo = load_arrays(workdir / "doc2query" / "pseudo_queries.npz")["tokens"]
+  import sentencepiece as spm
+  pieces = spm.SentencePieceProcessor(model_file=str(workdir / "prepare" / "spm.model")).get_piece_size()
+  assert 0 < pseudo.max() < pieces      # text only: ids inside the SentencePiece vocabulary
   assert pseudo.shape[:2] == (json.loads((workdir / "prepare" / "stats.json").read_text())["items"], 2)
   # A second run finds every stage fresh and recomputes nothing.
   before = {s: (workdir / s / "stats.json").stat().st_mtime_ns for s in ("prepare", "train", "eval")}

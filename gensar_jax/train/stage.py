@@ -182,7 +182,8 @@ def run_doc2query(config: ml_collections.ConfigDict, out_dir: Path, fingerprint:
   t0 = time.time()
   _clear_stale_run(out_dir, fingerprint)
   cfg = config.doc2query
-  # Only text tokens are read here; the identifier codes do not matter (the vocabulary size does).
+  # Only text is read here: the identifier tables do not matter (placeholders), and the model's
+  # vocabulary is the SentencePiece one, so it can only ever generate text.
   num_items = int(read_json(out_dir.parent / "prepare" / "stats.json")["items"])
   _, semantic_levels, collab_levels = levels_from_config(config.identifiers)
   no_codes = {"semantic": np.zeros((num_items, len(semantic_levels)), np.int32),
@@ -200,7 +201,7 @@ def run_doc2query(config: ml_collections.ConfigDict, out_dir: Path, fingerprint:
   it = iter(ds.batch(int(cfg.train.batch_size) // jax.process_count(), drop_remainder=True).to_iter_dataset())
   probe_ds = grain.MapDataset.source(_PairSource(texts, queries, 1, int(config.seed) + 1))
   probe = probe_ds.batch(int(cfg.train.batch_size))[0]
-  model_cfg, params = build_model(config.model, td.vocab_size, jax.random.key(int(config.seed) + 17))
+  model_cfg, params = build_model(config.model, td.tokenizer.sp_vocab_size, jax.random.key(int(config.seed) + 17))
   mesh = parallel.make_mesh(config.parallel.mesh_shape)
   log.info("doc2query: %d (item text, query) pairs, %d steps", epoch_len, num_steps)
   selected, stats = _fit(run_config, model_cfg, params, it, num_steps, out_dir, None, mesh, probe)
