@@ -91,9 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     todo = list(stages.STAGES) if args.command == "run" else [args.command]
     for name in todo:
       stage = stages.STAGES[name]
-      if args.command == "run" and stage.run is None:
-        log.warning("%s: not available in this version (%s); stopping here", name, stage.summary)
-        break
       if args.command == "run" and stages.is_fresh(stage, config, workdir):
         log.info("%s: up to date in %s, skipped", name, workdir / name)
         continue
@@ -102,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
       log.info("%s: done in %.1fs -> %s", name, time.time() - t0, workdir / name)
       if name == "prepare":
         print(format_stats_table(stats))
-  except (DataError, FileNotFoundError, KeyError, ValueError, NotImplementedError) as e:
+  except (DataError, FileNotFoundError, KeyError, ValueError) as e:
     log.error("%s", e)
     return 2
   return 0

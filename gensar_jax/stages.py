@@ -21,9 +21,9 @@ class Stage:
   name: str
   config_keys: tuple[str, ...]            # config sections or dotted fields the stage reads
   deps: tuple[str, ...]
-  # (config, out_dir, fingerprint) -> stats; None = not built yet. Long stages use the fingerprint to
-  # tell a resumable run of the same inputs from a stale one.
-  run: Callable[[ml_collections.ConfigDict, Path, str], dict] | None
+  # (config, out_dir, fingerprint) -> stats. Long stages use the fingerprint to tell a resumable run
+  # of the same inputs from a stale one.
+  run: Callable[[ml_collections.ConfigDict, Path, str], dict]
   summary: str
 
 
@@ -94,8 +94,6 @@ def is_fresh(stage: Stage, config, workdir: Path) -> bool:
 
 
 def run_stage(stage: Stage, config, workdir: Path) -> dict:
-  if stage.run is None:
-    raise NotImplementedError(f"stage {stage.name!r} ({stage.summary}) is not available in this version")
   for dep in stage.deps:
     if not (workdir / dep / "fingerprint.json").exists():
       raise FileNotFoundError(f"stage {stage.name!r} needs {workdir / dep}: run `gensar {dep}` first")
