@@ -343,9 +343,10 @@ def test_reproduce_main_suite_on_tiny(tmp_path):
   # Shared stages are links into the reference workdir, never recomputed.
   timings = saved["timings"]
   assert all(timings["reference"][s]["action"] == "ran" for s in stages.STAGES)
-  shared = {"gensar": tuple(stages.STAGES), "semantic-ids": ("prepare", "embed"),
-            "collab-ids": ("prepare", "embed"), "gensar-rec-only": ("prepare", "embed", "index"),
-            "gensar-search-only": ("prepare", "embed", "index")}
+  shared = {"gensar": tuple(stages.STAGES), "semantic-ids": ("prepare", "embed", "doc2query"),
+            "collab-ids": ("prepare", "embed", "doc2query"),
+            "gensar-rec-only": ("prepare", "embed", "index", "doc2query"),
+            "gensar-search-only": ("prepare", "embed", "index", "doc2query")}
   for slug, names in shared.items():
     for stage in stages.STAGES:
       assert (out / "runs" / slug / stage).is_symlink() == (stage in names), (slug, stage)
