@@ -17,7 +17,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gensar_jax.decode import trie as trie_lib
