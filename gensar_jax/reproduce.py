@@ -409,8 +409,45 @@ def ablation_table(rows: Sequence[Mapping[str, Any]], protocol: str) -> str:
 
 
 def _collisions(row: Mapping[str, Any], view: str) -> str:
-  stats = row["identifiers"]["views"][view]
+  stats = row["identifiers"]["views"].get(view)
+  if stats is None:
+    return MISSING
   return f"{stats['collision_rate_before']:.4f} → {stats['collision_rate_after']:.4f}"
+
+
+def identifier_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """A row per generative method: identifier mode, codes per ID, collision rates of each view (argmin ->
+  after resolution) and the share of each level's codebook in use."""
+  header = ["Method", "identifiers", "codes per ID", "semantic collisions", "collab collisions", "codes in use per level"]
+  body = []
+  for row in rows:
+    ids = row["identifiers"]
+    usage = ", ".join(f"{level} {stats['utilization']:.0%}" for level, stats in ids.get("levels", {}).items())
+    body.append(([row["name"], ids["mode"], str(ids["num_levels"]), _collisions(row, "semantic"),
+                  _collisions(row, "collab"), usage or MISSING], []))
+  return _table(header, body)
+
+
+def _seconds_cell(entry: Mapping[str, Any] | None) -> str:
+  if entry is None:
+    return MISSING
+  if entry["action"] == "shared":
+    return "shared"
+  return MISSING if entry["seconds"] is None else f"{entry['seconds']:,.0f}"
+
+
+def wall_time_table(rows: Sequence[Mapping[str, Any]], timings: Mapping[str, Mapping[str, Any]]) -> str:
+  """Seconds per stage: the reference pipeline (whose stages the methods link to: "shared"), then a row per
+  method; "total" adds the stages a row computed itself."""
+  columns = [*stages.STAGES, "baseline"]
+  entries = [("Reference pipeline", timings.get("reference", {}))]
+  entries += [(row["name"], timings.get(row["slug"], {})) for row in rows]
+  body = []
+  for name, stage_times in entries:
+    own = [e["seconds"] for e in stage_times.values() if e["action"] != "shared" and e["seconds"] is not None]
+    cells = [_seconds_cell(stage_times.get(column)) for column in columns]
+    body.append(([name, *cells, f"{sum(own):,.0f}" if own else MISSING], []))
+  return _table(["Method", *columns, "total"], body)
 
 
 def identifier_length_table(rows: Sequence[Mapping[str, Any]], protocol: str) -> str:
@@ -435,8 +472,9 @@ def _protocol_title(header: Mapping[str, Any], protocol: str) -> str:
 
 
 def format_tables(results: Mapping[str, Any]) -> str:
-  """tables.md: a header, recommendation and search tables per protocol, then the ablation and
-  identifier-length tables when those methods ran."""
+  """tables.md: a header, recommendation and search tables per protocol, the ablation and
+  identifier-length tables when those methods ran, the identifiers of every generative method and the
+  wall time of every stage (when `results` has "timings")."""
   header, rows = results["header"], results["methods"]
   model, training = header["model"], header["training"]
   lines = [f"# GenSAR reproduction: config `{header['config']}`, suite `{header['suite']}`", "",
@@ -466,6 +504,13 @@ def format_tables(results: Mapping[str, Any]) -> str:
     for protocol in PROTOCOLS:
       lines += [f"## Identifier length ({_protocol_title(header, protocol)})", "",
                 identifier_length_table(lengths, protocol)]
+  generative = [r for r in rows if r["kind"] == "generative" and "identifiers" in r]
+  if generative:
+    lines += ["## Identifiers", "", identifier_table(generative)]
+  if "timings" in results:
+    total = sum(e["seconds"] for times in results["timings"].values() for e in times.values()
+                if e["action"] != "shared" and e["seconds"] is not None)
+    lines += [f"## Wall time (seconds; total {total / 60:,.1f} min)", "", wall_time_table(rows, results["timings"])]
   return "\n".join(lines)
 
 

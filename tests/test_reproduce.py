@@ -209,7 +209,7 @@ def _metrics(rng):
 
 
 def _identifiers(rng, num_levels):
-  return {"num_levels": num_levels, "views": {v: {"collision_rate_before": float(rng.uniform()),
+  return {"mode": "dual", "num_levels": num_levels, "views": {v: {"collision_rate_before": float(rng.uniform()),
                                                   "collision_rate_after": float(rng.uniform())}
                                               for v in ("semantic", "collab")}}
 
@@ -301,6 +301,37 @@ def test_ablation_and_identifier_length_tables(tmp_path):
   np.testing.assert_allclose(_number(body[1][-1]), row["metrics"]["search"]["full"]["NDCG@10"], atol=5e-5)
 
 
+def test_identifier_and_wall_time_tables():
+  results = _hand_made_results(with_ablations=False)
+  rng = np.random.default_rng(1)
+  generative = [r for r in results["methods"] if r["kind"] == "generative"]
+  for row in generative:
+    row["identifiers"] = dict(_identifiers(rng, 4), levels={"shared_a": {"utilization": 0.25}, "collab_b": {"utilization": 1.0}})
+  del generative[1]["identifiers"]["views"]["collab"]          # a semantic-only method has one view
+  results["timings"] = {"reference": {"prepare": {"action": "ran", "seconds": 10.4},
+                                      "train": {"action": "ran", "seconds": 100.0}},
+                        "gensar": {"prepare": {"action": "shared", "seconds": 0.01},
+                                   "train": {"action": "ran", "seconds": 50.2}},
+                        "popularity": {"baseline": {"action": "fresh", "seconds": None}}}
+  sections = _sections(reproduce.format_tables(results))
+  header, *body = sections["Identifiers"]
+  assert header[:3] == ["Method", "identifiers", "codes per ID"]
+  assert [c[0] for c in body] == [r["name"] for r in generative]
+  views = generative[0]["identifiers"]["views"]
+  assert body[0][3:] == [f"{views[v]['collision_rate_before']:.4f} → {views[v]['collision_rate_after']:.4f}"
+                         for v in ("semantic", "collab")] + ["shared_a 25%, collab_b 100%"]
+  assert body[1][4] == "–"
+  title = "Wall time (seconds; total 2.7 min)"               # 10.4 + 100 + 50.2 s; shared links cost nothing
+  header, *body = sections[title]
+  assert header == ["Method", *stages.STAGES, "baseline", "total"]
+  cells = {c[0]: dict(zip(header[1:], c[1:])) for c in body}
+  assert list(cells)[:2] == ["Reference pipeline", "GenSAR"] and len(body) == 1 + len(results["methods"])
+  assert cells["Reference pipeline"]["prepare"] == "10" and cells["Reference pipeline"]["total"] == "110"
+  assert cells["GenSAR"]["prepare"] == "shared" and cells["GenSAR"]["total"] == "50"
+  assert cells["Popularity"]["baseline"] == "–" and cells["Popularity"]["total"] == "–"
+  assert cells["BM25"]["prepare"] == "–"
+
+
 def test_tradeoff_plot_has_a_point_per_two_task_method(tmp_path):
   rows = _hand_made_results(with_ablations=False)["methods"]
   path = tmp_path / "tradeoff.png"
@@ -337,9 +368,14 @@ def test_reproduce_main_suite_on_tiny(tmp_path):
       else:
         assert task not in row["metrics"]
   sections = _sections((out / "tables.md").read_text())
-  assert len(sections) == 4
-  for body in sections.values():
-    assert [cells[0] for cells in body[1:]] == methods
+  wall_time = next(t for t in sections if t.startswith("Wall time"))
+  assert len(sections) == 6 and "Identifiers" in sections
+  for title, body in sections.items():
+    if title not in ("Identifiers", wall_time):
+      assert [cells[0] for cells in body[1:]] == methods
+  assert [c[0] for c in sections["Identifiers"][1:]] == [m.name for m in reproduce.suite_methods("main")
+                                                         if m.kind == "generative"]
+  assert [c[0] for c in sections[wall_time][1:]] == ["Reference pipeline", *methods]
   # Shared stages are links into the reference workdir, never recomputed.
   timings = saved["timings"]
   assert all(timings["reference"][s]["action"] == "ran" for s in stages.STAGES)
