@@ -115,8 +115,8 @@ def run_train(config: ml_collections.ConfigDict, out_dir: Path, fingerprint: str
   eval_fn = None
   if int(config.train.eval_every) > 0:
     eval_fn = make_validation_fn(td, model_cfg, config.eval, mesh, tuple(config.train.selection_tasks))
-  log.info("train: %d steps of %d examples (%d epochs of %d examples), vocabulary %d, model d=%d %d+%d layers",
-           num_steps, batch, num_steps * batch // source.epoch_len, source.epoch_len, td.vocab_size,
+  log.info("train: %d steps of %d examples (%.2f epochs of %d examples), vocabulary %d, model d=%d %d+%d layers",
+           num_steps, batch, num_steps * batch / source.epoch_len, source.epoch_len, td.vocab_size,
            model_cfg.d_model, model_cfg.num_encoder_layers, model_cfg.num_decoder_layers)
   selected, stats = _fit(config, model_cfg, params, it, num_steps, out_dir, eval_fn, mesh, probe)
   save_model(out_dir / "model", selected, model_cfg, extra={"selected_step": stats["selected_step"]})
