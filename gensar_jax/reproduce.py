@@ -516,7 +516,8 @@ def format_tables(results: Mapping[str, Any]) -> str:
 
 def plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: Path) -> int:
   """tradeoff.png: search NDCG@10 against recommendation NDCG@10 (sampled protocol), one labelled point
-  per method reported on both tasks (methods with equal values share one point). Returns the number of points."""
+  per method reported on both tasks (methods with equal values share one point) and a dotted line per
+  single-task method (vertical for recommendation, horizontal for search). Returns the number of points."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
@@ -532,6 +533,16 @@ def plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: Path) -> int:
   for name, rec, search in points:
     axes.scatter([rec], [search], s=36)
     axes.annotate(name, (rec, search), textcoords="offset points", xytext=(5, 4), fontsize=8)
+  for r in rows:
+    tasks = [t for t in TASKS if r["metrics"].get(t)]
+    if len(tasks) == 1:
+      value = _value(r, tasks[0], "sampled", "NDCG@10")
+      line = axes.axvline if tasks[0] == "rec" else axes.axhline
+      line(value, linestyle=":", linewidth=1, color="0.4")
+      text_xy = (value, 0.02) if tasks[0] == "rec" else (0.02, value)
+      transform = axes.get_xaxis_transform() if tasks[0] == "rec" else axes.get_yaxis_transform()
+      axes.annotate(r["name"], text_xy, xycoords=transform, rotation=90 if tasks[0] == "rec" else 0,
+                    fontsize=7, color="0.3", xytext=(2, 2), textcoords="offset points")
   axes.margins(0.2)                     # room for the labels of the outermost points
   axes.set_xlabel("Recommendation NDCG@10 (sampled)")
   axes.set_ylabel("Search NDCG@10 (sampled)")
