@@ -3,10 +3,12 @@
   model = GenSAR.load("runs/office")
   model.search("wireless mouse", user="42", k=10)   # -> [Retrieved(item, item_id, title, score), ...]
   model.recommend(user="42", k=10)
+  model.recommend(history=["213", "39"], k=10)   # purchases by source item id (ASIN, LC-Rec id), oldest first
 
 Both decode over the whole catalogue with the jitted constrained beam search: search decodes semantic
-identifiers after `<src_item>`, recommendation collaborative identifiers after `<rec_item>`. A user's
-history is their last `data.history_len` purchases and search sessions in the prepared dataset.
+identifiers after `<src_item>`, recommendation collaborative identifiers after `<rec_item>`. A known
+user's history is their last `data.history_len` purchases and search sessions in the prepared dataset;
+an explicit `history` is a list of purchased item ids (the source's ids, e.g. ASINs).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import Sequence
 
 import jax
 import ml_collections
@@ -44,6 +47,7 @@ class GenSAR:
     self.config, self.data, self.params, self.model_cfg = config, task_data, params, model_cfg
     self.num_beams = num_beams
     self._users = {u: i for i, u in enumerate(task_data.prepared.dataset.user_ids)}
+    self._items = {item_id: i for i, item_id in enumerate(task_data.prepared.dataset.catalog.item_ids)}
     self._tries = {task: jax.device_put(trie_lib.build_catalogue_trie(
         task_data.codes[view], task_data.behaviour_token(task), task_data.token_offsets(view),
         task_data.tokenizer.codebook_size)) for task, view in (("rec", "collab"), ("search", "semantic"))}
@@ -59,6 +63,19 @@ class GenSAR:
     params, model_cfg = load_model(workdir / "train" / "model")
     task_data = load_task_data(workdir, config, with_pseudo_queries=False)
     return cls(config, task_data, params, model_cfg, int(num_beams or config.eval.num_beams))
+
+  def item_history(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """History arrays of purchases given by item id (oldest first; the last `data.history_len` are kept)."""
+    if isinstance(item_ids, str):
+      raise TypeError(f"history: expected a list of item ids, got the string {item_ids!r}")
+    unknown = [str(i) for i in item_ids if str(i) not in self._items]
+    if unknown:
+      known = list(self._items)[:3]
+      raise KeyError(f"unknown items {unknown[:5]}: not in the catalogue of {len(self._items):,} items "
+                     f"(item ids look like {known})")
+    items = [self._items[str(i)] for i in item_ids][-int(self.config.data.history_len):]
+    return {"hist_kind": np.full(len(items), REC, np.int8), "hist_item": np.asarray(items, np.int32),
+            "hist_query": np.full(len(items), -1, np.int32)}
 
   def user_history(self, user: str | None) -> dict[str, np.ndarray]:
     """The user's last rec items and search sessions, merged by time, as history arrays."""
@@ -88,17 +105,28 @@ class GenSAR:
     log.info("%s: %d results in %.1f ms", task, len(results), 1000 * (time.perf_counter() - start))
     return results
 
-  def search(self, query: str, user: str | None = None, k: int = 10) -> list[Retrieved]:
-    """Items the user (or an anonymous user) will click after searching `query`."""
+  def _history(self, history: Sequence[str] | None, user: str | None) -> dict[str, np.ndarray]:
+    if history is not None and user is not None:
+      raise ValueError("give either history (item ids) or user (a known user id), not both")
+    return self.item_history(history) if history is not None else self.user_history(user)
+
+  def search(self, query: str, history: Sequence[str] | None = None, k: int = 10, *,
+             user: str | None = None) -> list[Retrieved]:
+    """Items a user with this purchase `history` (or this known `user`; neither: anonymous) will click
+    after searching `query`."""
     if not query or not query.strip():
       raise ValueError("empty query: give the words to search for")
-    record = {"item": 0, "query_tokens": self.data.tokenizer.encode_text(query.strip()), **self.user_history(user)}
+    record = {"item": 0, "query_tokens": self.data.tokenizer.encode_text(query.strip()), **self._history(history, user)}
     inputs, _ = self.data.builder.build("nsip", record)
     return self._decode("search", inputs, k)
 
-  def recommend(self, user: str, k: int = 10) -> list[Retrieved]:
-    """The items the user is most likely to click next in the feed."""
-    record = {"item": 0, "query": -1, **self.user_history(user)}
+  def recommend(self, history: Sequence[str] | None = None, k: int = 10, *, user: str | None = None) -> list[Retrieved]:
+    """The items a user with this purchase `history` (or this known `user`) will most likely click next."""
+    if history is None and user is None:
+      raise ValueError("recommend needs a history (item ids) or a known user")
+    if history is not None and len(history) == 0:
+      raise ValueError("recommend: the history is empty; give at least one purchased item id")
+    record = {"item": 0, "query": -1, **self._history(history, user)}
     inputs, _ = self.data.builder.build("nrip", record)
     return self._decode("rec", inputs, k)
 

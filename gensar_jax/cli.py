@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
   recommend = sub.add_parser("recommend", help="next-item recommendation with a trained model")
   for p in (search, recommend):
     _common_args(p)
-    p.add_argument("--user", default=None, required=p is recommend, help="user id as in the source data")
+    p.add_argument("--user", default=None, help="user id as in the source data (their history is used)")
+    p.add_argument("--history", default=None,
+                   help="comma-separated purchased item ids, oldest first (instead of --user)")
     p.add_argument("-k", type=int, default=10, help="number of results")
   return parser
 
@@ -80,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("search", "recommend"):
       from gensar_jax.api import GenSAR, format_results
       model = GenSAR.load(workdir)
-      results = (model.search(args.query, user=args.user, k=args.k) if args.command == "search"
-                 else model.recommend(args.user, k=args.k))
+      history = [i.strip() for i in args.history.split(",") if i.strip()] if args.history is not None else None
+      results = (model.search(args.query, history, k=args.k, user=args.user) if args.command == "search"
+                 else model.recommend(history, k=args.k, user=args.user))
       print(format_results(results))
       return 0
     if args.command == "stats":
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
       if name == "prepare":
         print(format_stats_table(stats))
   except (DataError, FileNotFoundError, KeyError, ValueError) as e:
-    log.error("%s", e)
+    log.error("%s", e.args[0] if isinstance(e, KeyError) and e.args else e)   # KeyError's str() adds quotes
     return 2
   return 0
 

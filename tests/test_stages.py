@@ -44,7 +44,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   from gensar_jax.api import GenSAR
   model = GenSAR.load(workdir)
   user = model.data.prepared.dataset.user_ids[3]
-  recs = model.recommend(user, k=5)
+  recs = model.recommend(user=user, k=5)
   assert len(recs) == 5 and [r.score for r in recs] == sorted((r.score for r in recs), reverse=True)
   num_items = model.data.prepared.dataset.num_items
   assert all(0 <= r.item < num_items for r in recs) and len({r.item for r in recs}) == 5
@@ -53,5 +53,22 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   with pytest.raises(ValueError, match="empty query"):
     model.search("  ")
   with pytest.raises(KeyError, match="unknown user"):
-    model.recommend("no-such-user")
+    model.recommend(user="no-such-user")
+  # An explicit history of item ids: the last data.history_len purchases, as feed events.
+  catalog = model.data.prepared.dataset.catalog
+  ids = [catalog.item_ids[i] for i in (4, 2, 9, 7, 1, 5, 3)]
+  arrays = model.item_history(ids)
+  np.testing.assert_array_equal(arrays["hist_item"], [4, 2, 9, 7, 1, 5, 3][-model.config.data.history_len:])
+  assert set(arrays["hist_query"]) == {-1}
+  recs = model.recommend(ids, k=4)
+  assert len(recs) == 4 and len(model.search("anything at all", ids, k=2)) == 2
+  with pytest.raises(KeyError, match=r"unknown items \['nope'\]"):
+    model.recommend([ids[0], "nope"])
+  with pytest.raises(ValueError, match="history is empty"):
+    model.recommend([])
+  with pytest.raises(ValueError, match="not both"):
+    model.search("x", ids, user=user)
+  with pytest.raises(ValueError, match="needs a history"):
+    model.recommend()
+  assert cli.main(["recommend", "--config", "tiny", "--workdir", str(workdir), "--history", ",".join(ids[:3])]) == 0
   assert cli.main(["recommend", "--config", "tiny", "--workdir", str(tmp_path / "none"), "--user", "x"]) == 2
