@@ -436,6 +436,11 @@ def _seconds_cell(entry: Mapping[str, Any] | None) -> str:
   return MISSING if entry["seconds"] is None else f"{entry['seconds']:,.0f}"
 
 
+def _own_seconds(stage_times: Mapping[str, Mapping[str, Any]]) -> list[float]:
+  """Recorded seconds of the stages a row computed itself (links to the reference's stages cost nothing)."""
+  return [e["seconds"] for e in stage_times.values() if e["action"] != "shared" and e["seconds"] is not None]
+
+
 def wall_time_table(rows: Sequence[Mapping[str, Any]], timings: Mapping[str, Mapping[str, Any]]) -> str:
   """Seconds per stage: the reference pipeline (whose stages the methods link to: "shared"), then a row per
   method; "total" adds the stages a row computed itself."""
@@ -444,7 +449,7 @@ def wall_time_table(rows: Sequence[Mapping[str, Any]], timings: Mapping[str, Map
   entries += [(row["name"], timings.get(row["slug"], {})) for row in rows]
   body = []
   for name, stage_times in entries:
-    own = [e["seconds"] for e in stage_times.values() if e["action"] != "shared" and e["seconds"] is not None]
+    own = _own_seconds(stage_times)
     cells = [_seconds_cell(stage_times.get(column)) for column in columns]
     body.append(([name, *cells, f"{sum(own):,.0f}" if own else MISSING], []))
   return _table(["Method", *columns, "total"], body)
@@ -508,8 +513,7 @@ def format_tables(results: Mapping[str, Any]) -> str:
   if generative:
     lines += ["## Identifiers", "", identifier_table(generative)]
   if "timings" in results:
-    total = sum(e["seconds"] for times in results["timings"].values() for e in times.values()
-                if e["action"] != "shared" and e["seconds"] is not None)
+    total = sum(sum(_own_seconds(times)) for times in results["timings"].values())
     lines += [f"## Wall time (seconds; total {total / 60:,.1f} min)", "", wall_time_table(rows, results["timings"])]
   return "\n".join(lines)
 
