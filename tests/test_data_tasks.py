@@ -169,3 +169,30 @@ def test_too_small_vocabulary_is_a_clear_error():
   from gensar_jax.data.tokenizer import train_sentencepiece
   with pytest.raises(ValueError, match=r"data.vocab_size=100 is too small: SentencePiece needs at least \d+"):
     train_sentencepiece(["some text for the tokenizer"] * 10, 100)
+
+
+def test_desc2id_and_id2desc_pair_each_item_with_both_identifier_views(setup):
+  """Issue 11 bug 1: the view must vary per example (not `row % 2`, which pairs an item with one view)."""
+  _, builder, *_ = setup
+  src = _source(setup, epochs=6)
+  views: dict[tuple[str, int], list] = {}
+  for index in range(len(src)):
+    epoch, pos = divmod(index, src.epoch_len)
+    task_ids, rows = src._plan(epoch)
+    task = TASKS[int(task_ids[pos])]
+    if task not in ("desc2id", "id2desc"):
+      continue
+    row = int(rows[pos])
+    f = src[index]
+    ident = f["decoder_target_tokens"] if task == "desc2id" else f["encoder_input_tokens"]
+    is_sem = np.isin(builder.sem_ids[row][2:], ident).all()   # the view-specific codes
+    is_col = np.isin(builder.col_ids[row][2:], ident).all()
+    assert is_sem != is_col, "exactly one view's specific codes appear in the example"
+    views.setdefault((task, row), []).append(int(is_col))
+  for task in ("desc2id", "id2desc"):
+    repeated = [v for (t, _), v in views.items() if t == task and len(v) >= 3]
+    both = sum(len(set(v)) == 2 for v in repeated)
+    assert repeated and both >= 0.5 * len(repeated), \
+        f"{task}: {both} of {len(repeated)} items drawn 3+ times were paired with both views"
+    collab_share = np.mean([x for (t, _), v in views.items() if t == task for x in v])
+    assert 0.35 < collab_share < 0.65

@@ -45,6 +45,13 @@ def sample_epoch(available: Mapping[str, int], sizes: Mapping[str, int], seed: i
   return np.concatenate(tasks)[order], np.concatenate(rows)[order]
 
 
+def example_view(rng: np.random.Generator) -> int:
+  """Identifier view of a desc2id / id2desc example: 0 semantic, 1 collaborative, drawn from the
+  example's own generator (seeded by the example index), so every item is paired with both of its
+  identifiers over the epochs (the reference alternates the view with the sample index)."""
+  return int(rng.integers(2))
+
+
 class MixtureSource:
   """Random-access source of training examples over `num_epochs` epochs (grain data source protocol).
 
@@ -79,7 +86,8 @@ class MixtureSource:
     if task == "adhoc":
       options = self.pseudo_queries[row]
       record = {"item": row, "pseudo_query": options[int(rng.integers(len(options)))]}
-    inputs, targets = self.builder.build(task, record, template=template, view=row % 2)
+    view = example_view(rng) if task in ("desc2id", "id2desc") else 0
+    inputs, targets = self.builder.build(task, record, template=template, view=view)
     features = self.builder.to_features(inputs, targets)
     features["task"] = np.int32(TASKS.index(task))
     features["example_index"] = np.int64(index)
