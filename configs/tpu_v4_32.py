@@ -1,6 +1,9 @@
-"""The paper's Electronics setup on a TPU v4-32 slice (16 chips, 4 hosts), 512 rows per chip.
+"""The paper's Electronics setup on a TPU v4-32 slice: 16 chips in megacore mode (16 devices of 32 GiB,
+not 32 TensorCores), 4 hosts, 512 rows per device, bfloat16 compute.
 
-Effective batch 8192 as the reference. Launch with launch/tpu_pod.sh.
+Effective batch 8192 as the reference. `gensar plan --config configs/tpu_v4_32.py` compiles it for the
+slice on any machine (float32 at 512 rows per device needed ~51 GB of temporaries and did not fit);
+launch with launch/tpu_pod.sh, which runs the plan first.
 """
 import os
 import sys
@@ -8,12 +11,16 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 from electronics import get_config as electronics_config  # noqa: E402
 
+from gensar_jax.plan import plan_config  # noqa: E402
+
 
 def get_config():
   config = electronics_config()
   config.name = "tpu_v4_32"
   config.parallel.mesh_shape.update(dict(data=16, fsdp=1, model=1))
   config.train.batch_size = 8192
-  config.train.bf16 = False
+  config.train.bf16 = True
   config.eval.batch_size = 64
+  config.plan = plan_config()
+  config.plan.topology = "v4:2x2x4"
   return config

@@ -1,12 +1,15 @@
-"""The paper's Electronics setup on a TPU v5e-64 slice (64 chips, 16 hosts), 128 rows per chip.
+"""The paper's Electronics setup on a TPU v5e-64 slice (64 chips, 16 hosts), 128 rows per chip, bfloat16.
 
-Effective batch 8192 as the reference. Launch with launch/tpu_pod.sh.
+Effective batch 8192 as the reference. `gensar plan --config configs/tpu_v5e_64.py` compiles it for the
+slice on any machine; launch with launch/tpu_pod.sh, which runs the plan first.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 from electronics import get_config as electronics_config  # noqa: E402
+
+from gensar_jax.plan import plan_config  # noqa: E402
 
 
 def get_config():
@@ -16,4 +19,6 @@ def get_config():
   config.train.batch_size = 8192
   config.train.bf16 = True
   config.eval.batch_size = 256
+  config.plan = plan_config()
+  config.plan.topology = "v5e:8x8"
   return config
