@@ -60,6 +60,7 @@ class Method:
   kind: "generative" (the pipeline under `overrides`, dotted config key -> value) or "baseline"
   (`baseline` names an `evaluate_baselines` method). group: "main", "ablation" or "identifier_length".
   tasks: the tasks the method is reported on (the others show "–").
+  note: what the row measures, printed under its table (empty = the name says it).
   """
   name: str
   slug: str
@@ -68,6 +69,7 @@ class Method:
   tasks: tuple[str, ...] = TASKS
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   baseline: str | None = None
+  note: str = ""
 
 
 GENSAR = Method("GenSAR", "gensar", "generative", "main")
@@ -94,10 +96,16 @@ ABLATION_METHODS = (
     Method("w/o desc<->ID", "wo-desc-id", "generative", "ablation",
            overrides={"tasks.sizes.desc2id": 0, "tasks.sizes.id2desc": 0}),
     Method("w/o behaviour tokens", "wo-behaviour-tokens", "generative", "ablation",
-           overrides={"tasks.behaviour_tokens": False}),
+           overrides={"tasks.behaviour_tokens": False},
+           note="trained and decoded without `<rec_item>`/`<src_query>`/`<src_item>`: histories lose the "
+                "event-type markers and decoding starts at the first code (no forced behaviour token), so the "
+                "row measures the tokens as input markers and as task prefixes of the target together"),
     Method("w/o pseudo-queries", "wo-pseudo-queries", "generative", "ablation", overrides={"tasks.sizes.adhoc": 0}),
 )
 
+
+# What a row measures, by slug (rows in results.json carry no Method objects).
+METHOD_NOTES = {m.slug: m.note for m in MAIN_METHODS + ABLATION_METHODS if m.note}
 
 def identifier_length_method(num_shared: int, num_specific: int) -> Method:
   """GenSAR with L_m shared and L_n specific identifier levels."""
@@ -346,6 +354,7 @@ def reproduce_main(config: ml_collections.ConfigDict, workdir: Path, suite: str 
       method_config = with_overrides(config, method.overrides)
       run_dir = out_dir / "runs" / method.slug
       row["stages"] = run_method(method, method_config, workdir, run_dir, timings)
+      stages.check_consistent(run_dir, ["eval"])     # never a table row from outputs that do not belong together
       row.update(_generative_row(method, run_dir, config.eval.split, method_config))
     rows.append(row)
     _log_method(row, time.perf_counter() - start)
@@ -504,6 +513,8 @@ def format_tables(results: Mapping[str, Any]) -> str:
     for protocol in PROTOCOLS:
       lines += [f"## Ablations ({_protocol_title(header, protocol)})", "",
                 ablation_table(reference + ablations, protocol)]
+    notes = [f"- {r['name']}: {METHOD_NOTES[r['slug']]}" for r in ablations if METHOD_NOTES.get(r["slug"])]
+    lines += notes + [""] if notes else []
   lengths = [r for r in rows if r["group"] == "identifier_length"]
   if lengths:
     for protocol in PROTOCOLS:

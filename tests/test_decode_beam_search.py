@@ -110,6 +110,29 @@ def test_exhaustive_beam_equals_teacher_forcing_on_candidate_lists(params):
       assert any(np.array_equal(seq, identifier_tokens(codes[c])) for c in candidates[2])
 
 
+def test_without_behaviour_token_the_trie_starts_at_the_first_code(params):
+  """Issue 11 bug 2: a model trained without behaviour tokens decodes codes from position 0 (no forced
+  `<rec_item>`/`<src_item>`), scored as teacher forcing scores the bare identifier."""
+  rng = np.random.default_rng(11)
+  codes = rng.integers(0, CODEBOOK, size=(20, 4))
+  candidates = np.stack([rng.permutation(20)[:9] for _ in range(2)])
+  tables = trie_lib.build_candidate_tries(candidates, codes, trie_lib.NO_BEHAVIOUR_TOKEN, OFFSETS, CODEBOOK)
+  enc = encoder_tokens(2, seed=11)
+  out = constrained_beam_search(params, CONFIG, enc, tables, num_beams=9)
+  assert out.sequences.shape == (2, 9, 4)
+  for b in range(2):
+    rows = sorted(set(candidates[b].tolist()))
+    expected = reference_scores(params, enc[b:b + 1], codes[rows] + np.asarray(OFFSETS))
+    items = np.asarray(out.items[b])
+    found = items[items >= 0]
+    assert sorted(found.tolist()) == rows
+    np.testing.assert_allclose(np.asarray(out.item_scores[b])[:len(found)],
+                               [dict(zip(rows, expected))[i] for i in found], atol=2e-4)
+    for k in range(9):
+      seq = np.asarray(out.sequences[b, k])
+      assert (seq < 0).all() or any(np.array_equal(seq, codes[c] + np.asarray(OFFSETS)) for c in rows)
+
+
 def test_level_with_fewer_prefixes_than_beams(params):
   # One first code for everybody, three identifiers, five beams: two empty beams, never reported.
   codes = np.array([[1, 0, 2, 3], [1, 0, 2, 0], [1, 3, 3, 3], [1, 3, 3, 3]])

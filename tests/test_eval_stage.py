@@ -11,7 +11,8 @@ from gensar_jax import parallel
 from gensar_jax.config import load_config
 from gensar_jax.data.task_data import load_task_data
 from gensar_jax.eval import stage
-from gensar_jax.eval.metrics import MISS, ranks_from_retrieved
+from gensar_jax.data.pipeline import subset_rows
+from gensar_jax.eval.metrics import MISS, ranks_by_identifier, ranks_from_retrieved
 from gensar_jax.io_utils import DataError, save_arrays
 from gensar_jax.model import export
 from gensar_jax.model.t5 import T5, T5Config, init_params
@@ -46,6 +47,28 @@ def test_ranks_from_retrieved_matches_a_loop_over_random_tied_lists():
       position = int(np.flatnonzero(retrieved == target)[0])
       expected = max(j for j in range(k) if scores[j] == scores[position])
     assert ranks_from_retrieved(retrieved[None], np.array([target]), scores[None])[0] == expected
+
+
+def test_ranks_by_identifier_counts_one_position_per_identifier():
+  retrieved = np.array([[5, 3, 7, 9, -1]] * 4)
+  beams = np.array([[0, 1, 1, 2, -1]] * 4)           # 3 and 7 share the second identifier
+  targets = np.array([3, 7, 9, 4])
+  np.testing.assert_array_equal(ranks_by_identifier(retrieved, beams=beams, targets=targets), [1, 1, 2, MISS])
+  with pytest.raises(ValueError, match="beams"):
+    ranks_by_identifier(retrieved, targets, beams[:, :3])
+
+
+def test_subset_rows_most_recent_and_seeded_random():
+  time = np.array([5, 1, 9, 9, 3, 7])
+  np.testing.assert_array_equal(subset_rows(time, 3, "most_recent"), [2, 3, 5])
+  np.testing.assert_array_equal(subset_rows(time, 10, "most_recent"), np.arange(6))
+  a, b = subset_rows(time, 3, "random", seed=4), subset_rows(time, 3, "random", seed=4)
+  np.testing.assert_array_equal(a, b)
+  assert len(set(a.tolist())) == 3 and (np.diff(a) > 0).all()
+  picks = {tuple(subset_rows(time, 3, "random", seed=s)) for s in range(20)}
+  assert len(picks) > 5
+  with pytest.raises(ValueError, match="most_recent"):
+    subset_rows(time, 3, "latest")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,6 +186,17 @@ def pessimistic_ranks(scores, targets, candidates=None):
   return np.array(ranks)
 
 
+def identifier_ranks(scores, targets, codes, candidates=None):
+  """0-based rank of the target's identifier: distinct identifiers of the pool scoring above it (the
+  reference's rule: one position per identifier)."""
+  ranks = []
+  for q, target in enumerate(targets):
+    pool = np.unique(candidates[q]) if candidates is not None else np.arange(scores.shape[1])
+    _, first = np.unique(codes[pool], axis=0, return_index=True)
+    ranks.append(int((scores[q, pool[first]] > scores[q, target]).sum()))
+  return np.array(ranks)
+
+
 def numpy_metrics(ranks):
   hit = lambda k: np.mean([0 <= r < k for r in ranks])
   ndcg = lambda k: np.mean([1 / np.log2(r + 2) if 0 <= r < k else 0.0 for r in ranks])
@@ -181,8 +215,12 @@ def reference(model):
     shared = [(queries.codes[np.unique(c)] == queries.codes[t]).all(axis=1).sum() - 1
               for t, c in zip(queries.targets, queries.candidates)]
     assert max(shared) >= 1, "the fixture should make targets share identifiers with candidates"
-    out[task] = {"sampled": pessimistic_ranks(scores, queries.targets, queries.candidates),
-                 "full": pessimistic_ranks(scores, queries.targets)}
+    # Default tie rules: the reference's (one position per identifier) for the sampled protocol, ours
+    # (one position per item) for the full catalogue; "<protocol>/other" is the other rule.
+    out[task] = {"sampled": identifier_ranks(scores, queries.targets, queries.codes, queries.candidates),
+                 "sampled/other": pessimistic_ranks(scores, queries.targets, queries.candidates),
+                 "full": pessimistic_ranks(scores, queries.targets),
+                 "full/other": identifier_ranks(scores, queries.targets, queries.codes)}
   return out
 
 
@@ -213,6 +251,12 @@ def test_evaluate_model_with_wide_beams_is_the_brute_force_pessimistic_ranking(m
       assert all(0.0 <= v <= 1.0 for v in metrics.values())
       for key, value in numpy_metrics(reference[task][protocol]).items():
         assert metrics[key] == pytest.approx(value), f"{task} {protocol} {key}"
+      other = {"sampled": "item", "full": "identifier"}[protocol]
+      np.testing.assert_array_equal(
+          stage.rank_queries(params, model_cfg, queries, protocol, num_beams=eval_cfg.num_beams, batch_size=BATCH_SIZE,
+                             ties=other), reference[task][f"{protocol}/other"])
+      assert results[task][stage.other_ties_key(protocol, other)] == pytest.approx(
+          numpy_metrics(reference[task][f"{protocol}/other"]))
 
 
 def test_sharded_ranking_is_the_brute_force_ranking(model, reference):
@@ -245,6 +289,20 @@ def test_validation_fn_reports_sampled_validation_metrics_and_their_ndcg5_mean(m
     stage.make_validation_fn(task_data, model_cfg, eval_cfg, selection_tasks=("feed",))
 
 
+def test_validation_rows_are_the_most_recent_where_the_source_has_timestamps(model):
+  """Issue 11 item 11: the validation subset is the N most recent rows (tiny: synthetic, timestamped),
+  not the last N rows (the highest user ids)."""
+  task_data = model[0]
+  assert task_data.prepared.has_timestamps and stage.subset_rule(task_data) == "most_recent"
+  samples = task_data.prepared.samples["rec"]
+  rows = samples.split_rows(1)
+  by_recency = sorted(range(len(rows)), key=lambda i: (samples.time[rows[i]], i))
+  expected = rows[sorted(by_recency[-10:])]
+  assert not np.array_equal(expected, rows[-10:]), "the fixture should tell the two rules apart"
+  queries = stage.eval_queries(task_data, "rec", "validation", 10)
+  np.testing.assert_array_equal(queries.targets, samples.item[expected])
+
+
 def test_eval_section_rejects_unknown_fields_and_protocols():
   config = load_config("tiny")
   config.eval = stage.eval_section_config()
@@ -254,6 +312,10 @@ def test_eval_section_rejects_unknown_fields_and_protocols():
   config.eval = stage.eval_section_config()
   config.eval.beams = 3
   with pytest.raises(ValueError, match="beams"):
+    stage.eval_section(config)
+  config.eval = stage.eval_section_config()
+  config.eval.ties.sampled = "first"
+  with pytest.raises(ValueError, match="eval.ties"):
     stage.eval_section(config)
 
 
@@ -276,13 +338,18 @@ def test_run_eval_writes_metrics_tables_and_stats(workdir, model, reference, tmp
   for task in ("rec", "search"):
     for protocol in ("sampled", "full"):
       assert metrics[task][protocol] == pytest.approx(numpy_metrics(reference[task][protocol]))
+      other = {"sampled": "item", "full": "identifier"}[protocol]
+      # Both tie rules are reported where they differ (the fixture's targets share identifiers).
+      assert metrics[task][stage.other_ties_key(protocol, other)] == pytest.approx(
+          numpy_metrics(reference[task][f"{protocol}/other"]))
   assert stats["metrics"] == metrics
+  assert stats["ties"] == {"sampled": "identifier", "full": "item"}
   assert stats["num_queries"] == {"rec": NUM_ROWS, "search": NUM_ROWS}
   assert stats["model"] == {"step": 12}
   assert json.loads((out / "stats.json").read_text())["split"] == "test"
   table = (out / "metrics.md").read_text().splitlines()
   assert table[0] == "| task | protocol | HR@1 | HR@5 | HR@10 | NDCG@5 | NDCG@10 |"
-  assert len(table) == 2 + 4
+  assert len(table) == 2 + 4 * 2          # task x protocol, each under both tie rules
   search_sampled = next(line for line in table if line.startswith("| search | sampled |"))
   cells = [float(c) for c in search_sampled.strip("|").split("|")[2:]]
   assert cells == pytest.approx([metrics["search"]["sampled"][m] for m in stage.TABLE_METRICS], abs=5e-5)

@@ -290,6 +290,8 @@ def test_ablation_and_identifier_length_tables(tmp_path):
     np.testing.assert_allclose([_number(c) for c in cells[1:]],
                                [m["rec"]["sampled"]["HR@10"], m["rec"]["sampled"]["NDCG@10"],
                                 m["search"]["sampled"]["HR@10"], m["search"]["sampled"]["NDCG@10"]], atol=5e-5)
+  text = reproduce.format_tables(results)
+  assert "- w/o behaviour tokens: trained and decoded without" in text     # the row says what it measures
   header, *body = sections["Identifier length (full catalogue: 1,234 items)"]
   assert header[:4] == ["(L_m, L_n)", "codes per ID", "semantic collisions", "collab collisions"]
   assert [c[:2] for c in body] == [["(1, 1)", "2"], ["(2, 3)", "5"]]

@@ -115,16 +115,46 @@ def make_train_iterator(source: MixtureSource, global_batch_size: int, process_i
   return iter(ds.to_iter_dataset())
 
 
-def eval_features(builder: ExampleBuilder, source, task: str, limit: int | None = None) -> dict[str, np.ndarray]:
+SUBSET_RULES = ("most_recent", "random")
+
+
+def subset_rows(time: np.ndarray, limit: int | None, rule: str, seed: int = 0) -> np.ndarray:
+  """Positions of an evaluation subset of `limit` rows, ascending (all rows when limit is None or >= n).
+
+  rule "most_recent": the `limit` rows with the latest times (the reference's rule; equal times are
+  broken by position, later first); "random": a uniform sample without replacement seeded by `seed`
+  (for sources without timestamps, where "time" is a position in the user's list).
+
+  Args:
+    time: int64[n] event time per row.
+  Returns:
+    int64[min(limit, n)].
+  """
+  n = len(time)
+  if limit is None or limit >= n:
+    return np.arange(n)
+  if rule == "most_recent":
+    chosen = np.lexsort((np.arange(n), np.asarray(time)))[n - limit:]
+  elif rule == "random":
+    chosen = np.random.default_rng([seed, 11]).choice(n, size=limit, replace=False)
+  else:
+    raise ValueError(f"subset rule {rule!r}: expected one of {SUBSET_RULES}")
+  return np.sort(chosen).astype(np.int64)
+
+
+def eval_features(builder: ExampleBuilder, source, task: str, limit: int | None = None,
+                  subset_rule: str = "most_recent", seed: int = 0) -> dict[str, np.ndarray]:
   """Template-0 encoder inputs for evaluation rows of one task ("nrip" or "nsip"), ordered by row.
 
+  limit: keep a subset of this many rows chosen by `subset_rows(time, limit, subset_rule, seed)`.
   Returns encoder_input_tokens int32[n, S], target int32[n], negatives int32[n, K], row int64[n], user int32[n].
   """
   n = len(source)
   records = [source[i] for i in range(n)]
   records.sort(key=lambda r: int(r["row"]))
   if limit is not None:
-    records = records[-limit:]
+    keep = subset_rows(np.asarray([int(r["time"]) for r in records], np.int64), int(limit), subset_rule, seed)
+    records = [records[i] for i in keep]
   enc = np.stack([builder.to_features(builder.build(task, r)[0], np.zeros(0, np.int32))["encoder_input_tokens"]
                   for r in records]) if records else np.zeros((0, builder.max_input_len), np.int32)
   return {"encoder_input_tokens": enc,

@@ -23,6 +23,8 @@ from gensar_jax.io_utils import DataError, atomic_path, load_arrays, read_json, 
 
 log = logging.getLogger(__name__)
 TASK_SOURCES = ("rec", "search")
+# Sources whose event times are real timestamps (lcrec has none: the position in a user's list is the time).
+SOURCES_WITH_TIMESTAMPS = ("synthetic", "amazon2014", "amazon2018")
 
 
 def load_dataset(cfg: ml_collections.ConfigDict, seed: int) -> SARDataset:
@@ -140,6 +142,11 @@ class Prepared:
   @property
   def tfds_dir(self) -> Path:
     return self.directory / "tfds" / "gensar_samples" / "1.0.0"
+
+  @property
+  def has_timestamps(self) -> bool:
+    """Whether event times are real timestamps (else positions in the user's list)."""
+    return read_json(self.directory / "config.json")["data"]["source"] in SOURCES_WITH_TIMESTAMPS
 
 
 def load_prepared(directory: str | Path) -> Prepared:

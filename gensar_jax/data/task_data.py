@@ -16,6 +16,7 @@ from gensar_jax.data.prepare import Prepared, load_prepared
 from gensar_jax.data.storage import open_samples
 from gensar_jax.data.tasks import ExampleBuilder
 from gensar_jax.data.tokenizer import GenSARTokenizer, levels_from_config
+from gensar_jax.decode.trie import NO_BEHAVIOUR_TOKEN
 from gensar_jax.io_utils import DataError, load_arrays
 
 # Behaviour token and identifier view decoded for each main task.
@@ -37,7 +38,10 @@ class TaskData:
     return self.tokenizer.vocab_size
 
   def behaviour_token(self, task: str) -> int:
-    """`<rec_item>` for "rec", `<src_item>` for "search"."""
+    """`<rec_item>` for "rec", `<src_item>` for "search"; `NO_BEHAVIOUR_TOKEN` when the examples are
+    built without behaviour tokens (decoding then starts at the first code, as trained)."""
+    if not self.builder.behaviour:
+      return NO_BEHAVIOUR_TOKEN
     return self.tokenizer.rec_item_id if task == "rec" else self.tokenizer.src_item_id
 
   def token_offsets(self, view: str) -> np.ndarray:

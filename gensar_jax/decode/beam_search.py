@@ -1,7 +1,8 @@
 """Trie-constrained beam search over item identifiers, one `jax.jit` program per table shape.
 
 Decoding is a fixed number of steps: position 0 forces the behaviour token, positions 1..L pick one
-code per identifier level. Scores follow the reference decoder (HF `generate` with
+code per identifier level (without behaviour tokens, `tables.has_behaviour_token` False, positions
+0..L-1 pick the codes: decoding follows the format the model was trained on). Scores follow the reference decoder (HF `generate` with
 `prefix_allowed_tokens_fn`): log-softmax over the full vocabulary, disallowed tokens `-inf` after
 it (allowed scores are not renormalized), a hypothesis' score is the sum of its token log-probs
 (behaviour token included). Per step only the children of each beam's trie node enter the top-k,
@@ -35,11 +36,15 @@ class BeamSearchOutput:
   items: int32[B, num_beams * max_items_per_leaf], items of the beams' identifiers in beam order
     (items sharing an identifier are adjacent, ascending, and get the identifier's score).
   item_scores: float32[B, num_beams * max_items_per_leaf].
-  sequences: int32[B, num_beams, 1 + L], decoded tokens (behaviour token, then one per level).
+  item_beams: int32[B, num_beams * max_items_per_leaf], the beam (= rank of the identifier among the
+    decoded identifiers, 0-based) each item came from; -1 for padding.
+  sequences: int32[B, num_beams, 1 + L], decoded tokens (behaviour token, then one per level);
+    [B, num_beams, L] for tables without a behaviour token.
   sequence_scores: float32[B, num_beams], sum of the tokens' log-probs.
   """
   items: jax.Array
   item_scores: jax.Array
+  item_beams: jax.Array
   sequences: jax.Array
   sequence_scores: jax.Array
 
@@ -99,20 +104,23 @@ def _search(params, encoder_tokens: jax.Array, tables: TrieTables, config: T5Con
   def step(tokens, position, cache):
     return apply(cross_kv, encoder_mask, tokens, jnp.int32(position), cache, method=T5.decode_step)
 
-  # Positions 0 and 1 with one hypothesis: start -> forced behaviour token -> first code.
-  cache = init_decoder_cache(config, batch, 1, num_levels + 1, dtype=config.compute_dtype)
+  # The first positions with one hypothesis: start -> [forced behaviour token ->] first code.
+  prefix = int(tables.has_behaviour_token)
+  cache = init_decoder_cache(config, batch, 1, num_levels + prefix, dtype=config.compute_dtype)
   logits, cache = step(jnp.full((batch, 1), config.decoder_start_id, jnp.int32), 0, cache)
-  behaviour_logp = logits[:, :, tables.behaviour_token] - jax.nn.logsumexp(logits, axis=-1)
-  behaviour = jnp.full((batch, 1), tables.behaviour_token, jnp.int32)
-  logits, cache = step(behaviour, 1, cache)
-  scores, _, code, nodes = _expand(logits, behaviour_logp, jnp.zeros((batch, 1), jnp.int32),
+  tokens = []
+  start_scores = jnp.zeros((batch, 1), jnp.float32)
+  if prefix:
+    start_scores = logits[:, :, tables.behaviour_token] - jax.nn.logsumexp(logits, axis=-1)
+    logits, cache = step(jnp.full((batch, 1), tables.behaviour_token, jnp.int32), 1, cache)
+    tokens.append(jnp.full((batch, num_beams), tables.behaviour_token, jnp.int32))
+  scores, _, code, nodes = _expand(logits, start_scores, jnp.zeros((batch, 1), jnp.int32),
                                    tables.child_codes[0], tables.child_starts[0], tables.token_offsets[0],
                                    num_beams)
   cache = jax.tree.map(lambda x: jnp.repeat(x, num_beams, axis=1), cache)
-  tokens = [jnp.full((batch, num_beams), tables.behaviour_token, jnp.int32),
-            jnp.where(code >= 0, code + tables.token_offsets[0], -1)]
+  tokens.append(jnp.where(code >= 0, code + tables.token_offsets[0], -1))
   for level in range(1, num_levels):
-    logits, cache = step(jnp.maximum(tokens[-1], 0), level + 1, cache)
+    logits, cache = step(jnp.maximum(tokens[-1], 0), level + prefix, cache)
     scores, parent, code, nodes = _expand(logits, scores, nodes, tables.child_codes[level],
                                           tables.child_starts[level], tables.token_offsets[level], num_beams)
     if level + 1 < num_levels:
@@ -131,10 +139,12 @@ def _search(params, encoder_tokens: jax.Array, tables: TrieTables, config: T5Con
   present = real[..., None] & (slot < end[..., None])
   items = jnp.where(present, _rows(tables.leaf_items, jnp.where(present, slot, 0)), -1)
   item_scores = jnp.where(present, scores[..., None], -jnp.inf)
+  item_beams = jnp.where(present, jnp.arange(num_beams, dtype=jnp.int32)[None, :, None], -1)
   order = jnp.argsort(~present.reshape(batch, -1), axis=1, stable=True)
   return BeamSearchOutput(
       items=jnp.take_along_axis(items.reshape(batch, -1), order, axis=1),
       item_scores=jnp.take_along_axis(item_scores.reshape(batch, -1), order, axis=1),
+      item_beams=jnp.take_along_axis(item_beams.reshape(batch, -1), order, axis=1),
       sequences=sequences, sequence_scores=scores)
 
 

@@ -1,7 +1,8 @@
 """Dense, level-wise trie tables over item identifiers, for constrained decoding under `jax.jit`.
 
 An identifier is `num_levels` codes, each in [0, codebook_size); the decoder emits a forced behaviour
-token and then one token per level (token of level l, code c = `token_offsets[l] + c`).
+token (when the model was trained with them; `NO_BEHAVIOUR_TOKEN` = none, the trie then starts at the
+first code) and then one token per level (token of level l, code c = `token_offsets[l] + c`).
 
 Layout (per level, rectangular int32 arrays, built with sort/unique per level, no loop over items):
   - depth d nodes (d = 0..L-1) are the distinct code prefixes of length d; node 0 of depth 0 is the
@@ -32,6 +33,9 @@ from gensar_jax.io_utils import DataError
 
 logger = logging.getLogger(__name__)
 
+NO_BEHAVIOUR_TOKEN = -1   # decoding starts at the first code (models trained without behaviour tokens)
+
+
 @flax.struct.dataclass
 class TrieTables:
   """Trie tables for T tries (T = 1: one catalogue trie shared by all queries; T = batch: one per query).
@@ -40,9 +44,11 @@ class TrieTables:
   child_starts: tuple over depth d of int32[T, N_d], node index (depth d + 1) of column 0's child.
   leaf_item_ptr: int32[T, num_leaves + 1], CSR offsets into leaf_items.
   leaf_items: int32[T, R], item ids grouped by leaf (ascending within a leaf), -1 = padding.
-  behaviour_token: int32[], the forced first token; token_offsets: int32[L], vocabulary id of code 0
-    per level. Both are arrays (not compile-time constants), so recommendation and search tables
-    of the same shapes share one compiled search.
+  behaviour_token: int32[], the forced first token (NO_BEHAVIOUR_TOKEN: none); token_offsets: int32[L],
+    vocabulary id of code 0 per level. Both are arrays (not compile-time constants), so
+    recommendation and search tables of the same shapes share one compiled search.
+  has_behaviour_token: whether decoding forces `behaviour_token` before the codes (static: it
+    changes the number of decoding steps).
   """
   child_codes: tuple
   child_starts: tuple
@@ -52,6 +58,7 @@ class TrieTables:
   token_offsets: jnp.ndarray
   codebook_size: int = flax.struct.field(pytree_node=False)
   max_items_per_leaf: int = flax.struct.field(pytree_node=False)
+  has_behaviour_token: bool = flax.struct.field(pytree_node=False, default=True)
 
   @property
   def num_levels(self) -> int:
@@ -159,7 +166,17 @@ def _build(group: np.ndarray, codes: np.ndarray, items: np.ndarray, num_tries: i
       child_codes=tuple(child_codes), child_starts=tuple(child_starts),
       leaf_item_ptr=leaf_item_ptr, leaf_items=leaf_items, behaviour_token=np.int32(behaviour_token),
       token_offsets=np.asarray(token_offsets, np.int32), codebook_size=int(codebook_size),
-      max_items_per_leaf=int(leaf_sizes.max()))
+      max_items_per_leaf=int(leaf_sizes.max()), has_behaviour_token=_check_behaviour_token(behaviour_token))
+
+
+def _check_behaviour_token(behaviour_token: int) -> bool:
+  """True for a vocabulary id, False for NO_BEHAVIOUR_TOKEN."""
+  if behaviour_token == NO_BEHAVIOUR_TOKEN:
+    return False
+  if behaviour_token < 0:
+    raise ValueError(f"behaviour_token: expected a vocabulary id or NO_BEHAVIOUR_TOKEN ({NO_BEHAVIOUR_TOKEN}), "
+                     f"got {behaviour_token}")
+  return True
 
 
 def build_catalogue_trie(codes: np.ndarray, behaviour_token: int, token_offsets: Sequence[int],
@@ -168,7 +185,7 @@ def build_catalogue_trie(codes: np.ndarray, behaviour_token: int, token_offsets:
 
   Args:
     codes: int[num_items, num_levels], codes in [0, codebook_size).
-    behaviour_token: vocabulary id decoded first (forced), e.g. `<rec_item>`.
+    behaviour_token: vocabulary id decoded first (forced), e.g. `<rec_item>`; NO_BEHAVIOUR_TOKEN = none.
     token_offsets: per level, the vocabulary id of code 0.
   """
   codes = _validate_codes(codes, codebook_size, token_offsets)

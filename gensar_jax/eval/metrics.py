@@ -48,6 +48,28 @@ def ranks_from_retrieved(retrieved: np.ndarray, targets: np.ndarray, scores: np.
   return np.where(found, pessimistic, MISS).astype(np.int64)
 
 
+TIE_RULES = ("item", "identifier")
+
+
+def ranks_by_identifier(retrieved: np.ndarray, targets: np.ndarray, beams: np.ndarray) -> np.ndarray:
+  """The reference's tie rule: 0-based rank of the target's identifier among the decoded identifiers
+  (one position per identifier, so items sharing the target's identifier do not push it down), MISS (-1)
+  when the target was not retrieved.
+
+  Args:
+    retrieved: int[num_queries, k] item ids in ranked order (-1 = padding).
+    targets: int[num_queries].
+    beams: int[num_queries, k], the rank of the identifier (beam) each retrieved item came from.
+  """
+  retrieved, beams = np.asarray(retrieved), np.asarray(beams)
+  if beams.shape != retrieved.shape:
+    raise ValueError(f"beams: expected the retrieved list's shape {retrieved.shape}, got {beams.shape}")
+  hits = retrieved == np.asarray(targets)[:, None]
+  found = hits.any(axis=1)
+  beam = np.take_along_axis(beams, hits.argmax(axis=1)[:, None], axis=1)[:, 0]
+  return np.where(found, beam, MISS).astype(np.int64)
+
+
 def ranking_metrics(ranks: np.ndarray, cutoffs: Sequence[int] = DEFAULT_CUTOFFS) -> dict[str, float]:
   """HR@k and NDCG@k (k > 1) averaged over queries; NDCG@1 equals HR@1 and is not repeated.
 

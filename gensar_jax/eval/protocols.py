@@ -4,6 +4,10 @@ Sampled (reference protocol): each query has a candidate list (ground truth + 99
 search (beam 30) is constrained to the identifiers of that list through a per-query trie; the
 ground truth's position among the decoded items is its rank, and a ground truth outside the beams is
 a miss. Full catalogue: the same search constrained by one trie over every item.
+Ties (items sharing the target's identifier) are ranked by one of two rules (`metrics.TIE_RULES`):
+"identifier", the reference code's (the target counts at its identifier's rank, one position per
+identifier) or "item", ours (the target ranks after every retrieved item scoring >= it, one
+position per item). Both come from the same search.
 Recommendation decodes collaborative identifiers after `<rec_item>`; search decodes semantic
 identifiers after `<src_item>` (`TaskData.behaviour_token(task)` and `TaskData.token_offsets(view)`
 give the token ids).
@@ -22,7 +26,7 @@ from tqdm.auto import tqdm
 
 from gensar_jax.decode import trie as trie_lib
 from gensar_jax.decode.beam_search import DATA_AXIS, constrained_beam_search
-from gensar_jax.eval.metrics import ranking_metrics, ranks_from_retrieved
+from gensar_jax.eval.metrics import TIE_RULES, ranking_metrics, ranks_by_identifier, ranks_from_retrieved
 from gensar_jax.io_utils import DataError
 from gensar_jax.model.t5 import T5Config
 
@@ -60,20 +64,45 @@ def _check_inputs(encoder_tokens, targets, identifier_codes, candidates):
   return encoder_tokens.astype(np.int32), targets, candidates
 
 
+def check_ties(ties: str) -> str:
+  if ties not in TIE_RULES:
+    raise ValueError(f"ties: expected one of {TIE_RULES}, got {ties!r}")
+  return ties
+
+
 def evaluate_ranking(params, config: T5Config, encoder_tokens: np.ndarray, targets: np.ndarray,
                      identifier_codes: np.ndarray, behaviour_token: int, token_offsets: Sequence[int],
                      codebook_size: int, candidates: np.ndarray | None = None, *, num_beams: int = 30,
                      batch_size: int = 32, mesh: jax.sharding.Mesh | None = None,
                      catalogue_tables: trie_lib.TrieTables | None = None,
-                     name: str = "eval") -> tuple[dict[str, float], np.ndarray]:
-  """HR/NDCG of constrained beam search: sampled protocol with `candidates`, full catalogue without.
+                     name: str = "eval", ties: str = "item") -> tuple[dict[str, float], np.ndarray]:
+  """HR/NDCG of constrained beam search under one tie rule (see `search_ranks` for the arguments).
+
+  Returns:
+    (metrics {"HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10"}, ranks int64[n], 0-based, -1 = miss).
+  """
+  ranks = search_ranks(params, config, encoder_tokens, targets, identifier_codes, behaviour_token, token_offsets,
+                       codebook_size, candidates, num_beams=num_beams, batch_size=batch_size, mesh=mesh,
+                       catalogue_tables=catalogue_tables, name=name)[check_ties(ties)]
+  return ranking_metrics(ranks), ranks
+
+
+def search_ranks(params, config: T5Config, encoder_tokens: np.ndarray, targets: np.ndarray,
+                 identifier_codes: np.ndarray, behaviour_token: int, token_offsets: Sequence[int],
+                 codebook_size: int, candidates: np.ndarray | None = None, *, num_beams: int = 30,
+                 batch_size: int = 32, mesh: jax.sharding.Mesh | None = None,
+                 catalogue_tables: trie_lib.TrieTables | None = None,
+                 name: str = "eval") -> dict[str, np.ndarray]:
+  """Ranks of the targets under constrained beam search (sampled protocol with `candidates`, full
+  catalogue without), under both tie rules.
 
   Args:
     encoder_tokens: int32[n, S] prompts (padded with `config.pad_id`).
     targets: int[n] ground-truth item ids.
     identifier_codes: int[num_items, L] the view's identifiers (collaborative for recommendation,
       semantic for search).
-    behaviour_token: the forced first token (`<rec_item>` or `<src_item>` id).
+    behaviour_token: the forced first token (`<rec_item>` or `<src_item>` id), or
+      `trie.NO_BEHAVIOUR_TOKEN` for a model trained without behaviour tokens.
     token_offsets: int[L], vocabulary id of code 0 of each level of the view.
     candidates: int[n, C] item ids, the ground truth among them (column 0 in the paper), or None
       for the full catalogue.
@@ -81,7 +110,7 @@ def evaluate_ranking(params, config: T5Config, encoder_tokens: np.ndarray, targe
       `data` axis.
     catalogue_tables: a prebuilt catalogue trie (full protocol), else built here.
   Returns:
-    (metrics {"HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10"}, ranks int64[n], 0-based, -1 = miss).
+    {"item": ranks, "identifier": ranks}, each int64[n], 0-based, -1 = miss.
   """
   encoder_tokens, targets, candidates = _check_inputs(encoder_tokens, targets, identifier_codes, candidates)
   if mesh is not None and batch_size % mesh.shape[DATA_AXIS]:
@@ -114,7 +143,7 @@ def evaluate_ranking(params, config: T5Config, encoder_tokens: np.ndarray, targe
                                               codebook_size)
     return begin, end, constrained_beam_search(params, config, tokens, tables, num_beams, mesh)
 
-  ranks = np.empty(num_queries, np.int64)
+  ranks = {rule: np.empty(num_queries, np.int64) for rule in TIE_RULES}
   starts = range(0, num_queries, batch_size)
   pending = dispatch(0)
   for next_begin in tqdm([*starts[1:], None], desc=f"{name} ({protocol})", unit="batch",
@@ -124,11 +153,15 @@ def evaluate_ranking(params, config: T5Config, encoder_tokens: np.ndarray, targe
     begin, end, output = pending
     retrieved = to_host(output.items)[:end - begin]
     scores = to_host(output.item_scores)[:end - begin]
-    # Pessimistic ties: a target sharing its identifier with other items ranks after all of them.
-    ranks[begin:end] = ranks_from_retrieved(retrieved, targets[begin:end], scores)
+    beams = to_host(output.item_beams)[:end - begin]
+    # Ours: a target sharing its identifier with other items ranks after all of them (one position per
+    # item). The reference's: the target counts at its identifier's rank (one position per identifier).
+    ranks["item"][begin:end] = ranks_from_retrieved(retrieved, targets[begin:end], scores)
+    ranks["identifier"][begin:end] = ranks_by_identifier(retrieved, targets[begin:end], beams)
     pending = following
-  metrics = ranking_metrics(ranks)
   elapsed = time.perf_counter() - start_time
-  logger.info("%s (%s protocol, beam %d): %d queries in %.1fs, HR@10 %.4f NDCG@10 %.4f", name, protocol,
-              num_beams, num_queries, elapsed, metrics["HR@10"], metrics["NDCG@10"])
-  return metrics, ranks
+  for rule in TIE_RULES:
+    metrics = ranking_metrics(ranks[rule])
+    logger.info("%s (%s protocol, beam %d): %d queries in %.1fs, HR@10 %.4f NDCG@10 %.4f (one position per %s)",
+                name, protocol, num_beams, num_queries, elapsed, metrics["HR@10"], metrics["NDCG@10"], rule)
+  return ranks

@@ -3,8 +3,12 @@
 Recommendation decodes collaborative identifiers after `<rec_item>`, search decodes semantic
 identifiers after `<src_item>` (template-0 prompts). Two protocols: "sampled" ranks the target
 among its prepared candidates (target + negatives, the paper's protocol), "full" among the whole
-catalogue. A target sharing its identifier with other retrieved items is ranked after all of them
-(pessimistic ties), and a target outside the beams is a miss.
+catalogue. A target outside the beams is a miss. A target sharing its identifier with other retrieved
+items counts at its identifier's rank under the "identifier" tie rule (the reference's, default for
+"sampled") or after all of them under the "item" rule (ours, default for "full"); `eval.ties` switches
+them, and metrics.json also reports the other rule's figures under "<protocol>, one position per <rule>"
+when they differ. Validation and `eval.limit` subsets are the most recent rows where the source has
+timestamps (the reference's rule), else a seeded random sample.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from gensar_jax.data.task_data import MAIN_TASKS, TaskData, load_task_data
 from gensar_jax.decode import trie as trie_lib
 from gensar_jax.decode.beam_search import DATA_AXIS
 from gensar_jax.eval import protocols
-from gensar_jax.eval.metrics import mean_metrics, ranking_metrics
+from gensar_jax.eval.metrics import TIE_RULES, mean_metrics, ranking_metrics
 from gensar_jax.io_utils import DataError, atomic_path, write_json, write_text
 from gensar_jax.model.export import load_model, load_model_extra
 from gensar_jax.model.t5 import T5Config
@@ -47,9 +51,19 @@ def eval_section_config() -> ml_collections.ConfigDict:
   config.batch_size = 32                   # queries per jitted search (a multiple of the mesh's data axis)
   config.protocols = PROTOCOLS             # candidate lists (paper) and the whole catalogue
   config.split = "test"                    # split evaluated by the stage: "validation" or "test"
-  config.validation_rows = 10_000          # validation hook: last N validation rows per task (reference)
-  config.limit = ml_collections.config_dict.placeholder(int)  # stage: last N rows per task (None = all)
+  # Validation hook: N validation rows per task, the most recent by time (reference) where the source has
+  # timestamps, else a seeded random sample.
+  config.validation_rows = 10_000
+  config.limit = ml_collections.config_dict.placeholder(int)  # stage: N rows per task, same rule (None = all)
+  # Tie rule per protocol: "identifier" (reference: one position per identifier) or "item" (ours: the
+  # target ranks after every item sharing its identifier).
+  config.ties = ml_collections.ConfigDict(dict(sampled="identifier", full="item"))
   return config
+
+
+def subset_rule(task_data: TaskData) -> str:
+  """Rule of the evaluation subsets: "most_recent" where the source has timestamps, else "random"."""
+  return "most_recent" if task_data.prepared.has_timestamps else "random"
 
 
 def _check_protocols(protocols: Sequence[str] | str) -> tuple[str, ...]:
@@ -82,14 +96,15 @@ class EvalQueries:
 
 
 def eval_queries(task_data: TaskData, task: str, split: str, limit: int | None = None) -> EvalQueries:
-  """Features of the last `limit` rows (all when None) of `<task>_<split>` ("rec"/"search", "validation"/"test")."""
+  """Features of `limit` rows (all when None) of `<task>_<split>` ("rec"/"search", "validation"/"test"),
+  chosen by `subset_rule(task_data)`."""
   if task not in TASKS:
     raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
   if split not in SPLITS:
     raise ValueError(f"eval.split: expected one of {SPLITS}, got {split!r}")
   sample_task, view = MAIN_TASKS[task]
   features = eval_features(task_data.builder, task_data.sources[f"{task}_{split}"], sample_task,
-                           None if limit is None or limit <= 0 else int(limit))
+                           None if limit is None or limit <= 0 else int(limit), subset_rule(task_data))
   if not len(features["target"]):
     raise DataError(f"{task}_{split}: no evaluation rows in the prepared dataset")
   targets = features["target"]
@@ -116,17 +131,36 @@ def catalogue_tables(queries: EvalQueries, mesh: jax.sharding.Mesh | None = None
   return jax.device_put(tables, None if mesh is None else NamedSharding(mesh, PartitionSpec()))
 
 
-def rank_queries(params, model_cfg: T5Config, queries: EvalQueries, protocol: str, *, num_beams: int,
-                 batch_size: int, mesh: jax.sharding.Mesh | None = None,
-                 tables: trie_lib.TrieTables | None = None, desc: str = "eval") -> np.ndarray:
-  """0-based rank of every target (-1 = not among the beams' items), pessimistic on ties.
+DEFAULT_TIES = {"sampled": "identifier", "full": "item"}
+
+
+def check_ties(ties: Mapping[str, str]) -> dict[str, str]:
+  """{protocol: tie rule} for both protocols, each in `metrics.TIE_RULES` (missing ones: DEFAULT_TIES)."""
+  ties = dict(ties)
+  unknown = sorted(set(ties) - set(PROTOCOLS))
+  bad = {p: r for p, r in ties.items() if r not in TIE_RULES}
+  if unknown or bad:
+    raise ValueError(f"eval.ties: expected {{protocol: rule}} with protocols in {PROTOCOLS} and rules in {TIE_RULES}, "
+                     f"got {ties}")
+  return {**DEFAULT_TIES, **ties}
+
+
+def other_ties_key(protocol: str, rule: str) -> str:
+  """metrics.json key of a protocol's figures under the tie rule that is not its configured one."""
+  return f"{protocol}, one position per {rule}"
+
+
+def rank_queries_all_ties(params, model_cfg: T5Config, queries: EvalQueries, protocol: str, *, num_beams: int,
+                          batch_size: int, mesh: jax.sharding.Mesh | None = None,
+                          tables: trie_lib.TrieTables | None = None, desc: str = "eval") -> dict[str, np.ndarray]:
+  """0-based rank of every target (-1 = not among the beams' items) under both tie rules.
 
   Args:
     protocol: "sampled" (per-query tries over `queries.candidates`) or "full" (one catalogue trie:
       `tables` when given, else built here).
     batch_size: queries per search; the last batch is padded. With a mesh, a multiple of its data axis.
   Returns:
-    int64[n].
+    {"item": int64[n], "identifier": int64[n]}.
   """
   _check_protocols((protocol,))
   if mesh is not None and batch_size % mesh.shape[DATA_AXIS]:
@@ -141,30 +175,47 @@ def rank_queries(params, model_cfg: T5Config, queries: EvalQueries, protocol: st
     tables = catalogue_tables(queries, mesh)
   if mesh is not None:
     params = _on_mesh(params, mesh)
-  _, ranks = protocols.evaluate_ranking(
+  return protocols.search_ranks(
       params, model_cfg, queries.encoder_tokens, queries.targets, queries.codes, queries.behaviour_token,
       queries.token_offsets, queries.codebook_size, queries.candidates if protocol == "sampled" else None,
       num_beams=num_beams, batch_size=batch_size, mesh=mesh, catalogue_tables=tables, name=desc)
-  return ranks
+
+
+def rank_queries(params, model_cfg: T5Config, queries: EvalQueries, protocol: str, *, num_beams: int,
+                 batch_size: int, mesh: jax.sharding.Mesh | None = None,
+                 tables: trie_lib.TrieTables | None = None, desc: str = "eval", ties: str | None = None
+                 ) -> np.ndarray:
+  """int64[n] ranks under one tie rule (`ties`; None = the protocol's default in DEFAULT_TIES); see
+  `rank_queries_all_ties`."""
+  rule = protocols.check_ties(ties or DEFAULT_TIES[protocol])
+  return rank_queries_all_ties(params, model_cfg, queries, protocol, num_beams=num_beams, batch_size=batch_size,
+                               mesh=mesh, tables=tables, desc=desc)[rule]
 
 
 def evaluate_queries(params, model_cfg: T5Config, queries: Mapping[str, EvalQueries],
                      protocols: Sequence[str] = PROTOCOLS, *, num_beams: int = 30, batch_size: int = 32,
-                     mesh: jax.sharding.Mesh | None = None, desc: str = "eval") -> dict[str, dict[str, dict]]:
+                     mesh: jax.sharding.Mesh | None = None, desc: str = "eval",
+                     ties: Mapping[str, str] = DEFAULT_TIES) -> dict[str, dict[str, dict]]:
   """{task: {protocol: {"HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10"}}} for prepared queries.
 
-  Each task's catalogue trie (full protocol) is built once per call.
+  `ties[protocol]` is the tie rule of `results[task][protocol]`; where the other rule gives different
+  ranks, its metrics are added under `other_ties_key(protocol, rule)`. Each task's catalogue trie (full
+  protocol) is built once per call.
   """
   protocols = _check_protocols(protocols)
+  ties = check_ties(ties)
   results: dict[str, dict[str, dict]] = {}
   for task, task_queries in queries.items():
     results[task] = {}
     for protocol in protocols:
       start = time.perf_counter()
       tables = catalogue_tables(task_queries, mesh) if protocol == "full" else None
-      ranks = rank_queries(params, model_cfg, task_queries, protocol, num_beams=num_beams, batch_size=batch_size,
-                           mesh=mesh, tables=tables, desc=f"{desc} {task} ({protocol})")
-      results[task][protocol] = ranking_metrics(ranks)
+      ranks = rank_queries_all_ties(params, model_cfg, task_queries, protocol, num_beams=num_beams,
+                                    batch_size=batch_size, mesh=mesh, tables=tables, desc=f"{desc} {task} ({protocol})")
+      results[task][protocol] = ranking_metrics(ranks[ties[protocol]])
+      for rule in TIE_RULES:
+        if rule != ties[protocol] and not np.array_equal(ranks[rule], ranks[ties[protocol]]):
+          results[task][other_ties_key(protocol, rule)] = ranking_metrics(ranks[rule])
       logger.debug("%s %s (%s): %d queries in %.1fs", desc, task, protocol, len(task_queries),
                    time.perf_counter() - start)
   return results
@@ -175,11 +226,17 @@ def evaluate_model(params, model_cfg: T5Config, task_data: TaskData, eval_cfg: m
                    mesh: jax.sharding.Mesh | None = None) -> dict[str, dict[str, dict]]:
   """HR/NDCG of both main tasks on `split`: {"rec": {protocol: metrics}, "search": {...}}.
 
-  Uses `eval_cfg.num_beams` and `eval_cfg.batch_size`; `limit` keeps the last rows of each task.
+  Uses `eval_cfg.num_beams`, `eval_cfg.batch_size` and `eval_cfg.ties`; `limit` keeps a subset of each
+  task's rows (`subset_rule`).
   """
   queries = {task: eval_queries(task_data, task, split, limit) for task in TASKS}
   return evaluate_queries(params, model_cfg, queries, protocols, num_beams=int(eval_cfg.num_beams),
-                          batch_size=int(eval_cfg.batch_size), mesh=mesh, desc=split)
+                          batch_size=int(eval_cfg.batch_size), mesh=mesh, desc=split, ties=_ties(eval_cfg))
+
+
+def _ties(eval_cfg: ml_collections.ConfigDict) -> dict[str, str]:
+  ties = eval_cfg.get("ties")
+  return check_ties(ties.to_dict() if isinstance(ties, ml_collections.ConfigDict) else (ties or {}))
 
 
 def make_validation_fn(task_data: TaskData, model_cfg: T5Config, eval_cfg: ml_collections.ConfigDict,
@@ -187,7 +244,8 @@ def make_validation_fn(task_data: TaskData, model_cfg: T5Config, eval_cfg: ml_co
                        ) -> Callable[[Any, int], dict[str, float]]:
   """The trainer's `EvalFn`: (params, step) -> {"val/rec_NDCG@5", "val/search_HR@10", ..., "val/ndcg5_mean"}.
 
-  Sampled protocol on the last `eval_cfg.validation_rows` validation rows of each task (features
+  Sampled protocol (tie rule `eval_cfg.ties.sampled`) on `eval_cfg.validation_rows` validation rows of
+  each task (the most recent where the source has timestamps, else a seeded random sample; features
   prepared once here); model selection uses "val/ndcg5_mean", NDCG@5 averaged over `selection_tasks`
   (both tasks, as the reference; a single-task model is selected on its own task).
   """
@@ -196,13 +254,15 @@ def make_validation_fn(task_data: TaskData, model_cfg: T5Config, eval_cfg: ml_co
     raise ValueError(f"train.selection_tasks: expected a non-empty subset of {TASKS}, got {tuple(selection_tasks)}")
   rows = eval_cfg.validation_rows
   queries = {task: eval_queries(task_data, task, "validation", rows) for task in TASKS}
-  num_beams, batch_size = int(eval_cfg.num_beams), int(eval_cfg.batch_size)
-  logger.info("validation: %s rows, sampled protocol, beam %d",
-              " + ".join(f"{len(q)} {t}" for t, q in queries.items()), num_beams)
+  num_beams, batch_size, ties = int(eval_cfg.num_beams), int(eval_cfg.batch_size), _ties(eval_cfg)
+  logger.info("validation: %s rows (%s), sampled protocol, beam %d, one position per %s",
+              " + ".join(f"{len(q)} {t}" for t, q in queries.items()),
+              "most recent by time" if subset_rule(task_data) == "most_recent" else "seeded random sample: no timestamps",
+              num_beams, ties["sampled"])
 
   def validate(params, step: int) -> dict[str, float]:
     results = evaluate_queries(params, model_cfg, queries, ("sampled",), num_beams=num_beams,
-                               batch_size=batch_size, mesh=mesh, desc=f"validation step {step}")
+                               batch_size=batch_size, mesh=mesh, desc=f"validation step {step}", ties=ties)
     per_task = {task: results[task]["sampled"] for task in TASKS}
     out = {f"val/{task}_{name}": value for task, metrics in per_task.items() for name, value in metrics.items()}
     out["val/ndcg5_mean"] = mean_metrics({t: per_task[t] for t in selection_tasks}, SELECTION_METRIC)
@@ -225,6 +285,7 @@ def eval_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   """`config.eval` over the defaults of `eval_section_config()` (unknown fields are an error)."""
   section = section_with_defaults(config, "eval", eval_section_config())
   section.protocols = _check_protocols(section.protocols)
+  _ties(section)
   if section.split not in SPLITS:
     raise ValueError(f"config.eval.split: expected one of {SPLITS}, got {section.split!r}")
   return section
@@ -253,13 +314,14 @@ def run_eval(config: ml_collections.ConfigDict, out_dir: Path) -> dict:
   queries = {task: eval_queries(task_data, task, split, eval_cfg.limit) for task in TASKS}
   start = time.perf_counter()
   metrics = evaluate_queries(params, model_cfg, queries, eval_cfg.protocols, num_beams=int(eval_cfg.num_beams),
-                             batch_size=int(eval_cfg.batch_size), mesh=mesh, desc=split)
+                             batch_size=int(eval_cfg.batch_size), mesh=mesh, desc=split, ties=_ties(eval_cfg))
   seconds = time.perf_counter() - start
   for task, by_protocol in metrics.items():
     for protocol, values in by_protocol.items():
       logger.info("eval: %s %s (%s protocol, %d queries): HR@10 %.4f NDCG@10 %.4f", split, task, protocol,
                   len(queries[task]), values["HR@10"], values["NDCG@10"])
   stats = {"split": split, "protocols": list(eval_cfg.protocols), "num_beams": int(eval_cfg.num_beams),
+           "ties": _ties(eval_cfg), "subset_rule": subset_rule(task_data) if eval_cfg.limit else "all rows",
            "num_queries": {task: len(q) for task, q in queries.items()}, "seconds": round(seconds, 1),
            "model": load_model_extra(model_dir), "metrics": metrics}
   if jax.process_index() == 0:
