@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "numpy>=1.26,<3",
     "scipy>=1.11",
     "bm25s>=0.2.10,<0.4",
+    "PyStemmer>=2.2,<4",       # Porter stemming of the BM25 English analyzer (Pyserini's default)
     "safetensors>=0.4,<1",
     "tokenizers>=0.20,<1",
     "tqdm>=4.66",

@@ -5,7 +5,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from gensar_jax.data.negatives import BM25Index, bm25_tokenize, sample_rec_negatives, search_negatives
+from gensar_jax.data.negatives import (BM25Index, bm25_tokenize, history_keys, interacted_keys, sample_rec_negatives,
+                                       search_negatives)
 
 CORPUS = [
     "wireless optical mouse with usb receiver", "mechanical keyboard with blue switches",
@@ -15,16 +16,16 @@ CORPUS = [
 ]
 
 
-def _reference_bm25(corpus, query, k1=1.5, b=0.75):
-  """Okapi BM25 (Lucene idf), computed term by term."""
-  docs = [bm25_tokenize(d) for d in corpus]
+def _reference_bm25(corpus, query, k1=0.9, b=0.4, analyzer="english"):
+  """Okapi BM25 (Lucene idf), computed term by term (Pyserini's k1, b by default)."""
+  docs = [bm25_tokenize(d, analyzer) for d in corpus]
   n, avgdl = len(docs), sum(len(d) for d in docs) / len(docs)
   df = Counter(t for d in docs for t in set(d))
   scores = []
   for d in docs:
     tf = Counter(d)
     s = 0.0
-    for t in bm25_tokenize(query):
+    for t in bm25_tokenize(query, analyzer):
       if t not in tf:
         continue
       idf = math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
@@ -33,8 +34,20 @@ def _reference_bm25(corpus, query, k1=1.5, b=0.75):
   return np.asarray(scores)
 
 
-@pytest.mark.parametrize("query", ["wireless mouse", "blue pens", "usb cable", "printer", "office desk chair"])
+def test_english_analyzer_is_lucene_stopwords_and_porter():
+  """Pyserini's default analyzer: Lucene's 33 English stopwords, possessives, original Porter stems."""
+  assert bm25_tokenize("The user's Batteries and the Chargers, running!") == ["user", "batteri", "charger", "run"]
+  assert bm25_tokenize("Generalization of relational cases") == ["gener", "relat", "case"]   # Porter, not Porter2
+  assert bm25_tokenize("about these cables", "plain") == ["about", "these", "cables"]
+  assert bm25_tokenize("about these cables") == ["about", "cabl"]     # "about" is no Lucene stopword
+  with pytest.raises(ValueError, match="analyzer"):
+    bm25_tokenize("x", "klingon")
+
+
+@pytest.mark.parametrize("query", ["wireless mouse", "blue pens", "usb cable", "printer", "office desk chair",
+                                   "printers and pen"])
 def test_bm25_matches_direct_computation(query):
+  """Issue 11 item 6: default index = Lucene BM25 with k1 0.9, b 0.4 and the English analyzer."""
   index = BM25Index(CORPUS)
   docs, scores = index.top_items([query], k=len(CORPUS))
   ref = _reference_bm25(CORPUS, query)
@@ -42,6 +55,15 @@ def test_bm25_matches_direct_computation(query):
   assert set(docs[0][found]) == set(np.flatnonzero(ref > 0))
   np.testing.assert_allclose(scores[0][found], ref[docs[0][found]], rtol=1e-5)
   assert (np.diff(scores[0][found]) <= 1e-7).all()
+
+
+def test_bm25_earlier_settings_stay_an_option():
+  index = BM25Index(CORPUS, k1=1.5, b=0.75, analyzer="plain")
+  docs, scores = index.top_items(["blue pens"], k=len(CORPUS))
+  ref = _reference_bm25(CORPUS, "blue pens", k1=1.5, b=0.75, analyzer="plain")
+  found = docs[0] >= 0
+  np.testing.assert_allclose(scores[0][found], ref[docs[0][found]], rtol=1e-5)
+  assert set(docs[0][found]) == set(np.flatnonzero(ref > 0))
 
 
 def test_search_negatives_remove_target_and_top_up():
@@ -65,7 +87,7 @@ def test_rec_negatives_are_unseen_and_distinct(popularity):
   num_items, k = 50, 20
   user = np.repeat(np.arange(10), 3).astype(np.int32)
   seen = {u: set(rng.choice(num_items, 25, replace=False).tolist()) for u in range(10)}
-  keys = np.sort(np.asarray([u * num_items + i for u, s in seen.items() for i in s], np.int64))
+  keys = interacted_keys(np.repeat(np.arange(10), 25), np.concatenate([sorted(seen[u]) for u in range(10)]), num_items)
   weights = np.arange(1, num_items + 1, dtype=np.float64) if popularity else None
   negs = sample_rec_negatives(user, keys, num_items, k, np.random.default_rng(1), weights)
   assert negs.shape == (30, k)
@@ -79,3 +101,28 @@ def test_rec_negatives_fail_clearly_when_impossible():
   keys = np.arange(10, dtype=np.int64)   # user 0 saw all 10 items
   with pytest.raises(ValueError, match="too few items they never interacted with"):
     sample_rec_negatives(np.zeros(1, np.int32), keys, 10, 3, np.random.default_rng(0))
+
+
+def test_reference_exclusion_is_the_history_up_to_the_event_and_draws_follow_popularity():
+  """Issue 11 item 5: the reference excludes the user's items up to and including the event only (a later
+  purchase may be a negative) and draws in proportion to popularity."""
+  num_items, k = 40, 12
+  rec_user = np.asarray([0, 0, 0, 0, 1, 1, 1], np.int32)
+  rec_item = np.asarray([3, 5, 7, 9, 5, 11, 13], np.int32)
+  event = np.asarray([1, 2, 5, 6])                    # evaluation rows: events of users 0, 0, 1, 1
+  keys = history_keys(event, rec_user, rec_item, num_items)
+  expected = {(0, 3), (0, 5), (1, 3), (1, 5), (1, 7), (2, 5), (2, 11), (3, 5), (3, 11), (3, 13)}
+  assert set(zip(*np.divmod(keys, num_items))) == expected
+  popularity = np.ones(num_items)
+  popularity[[7, 9, 13]] = 200.0                      # later purchases of rows 0 and 2, heavily weighted
+  rows = np.repeat(np.arange(4), 50)
+  row_keys = np.unique([n * num_items + i for n, r in enumerate(rows) for (q, i) in expected if q == r])
+  negs = sample_rec_negatives(np.arange(len(rows)), row_keys, num_items, k, np.random.default_rng(0), popularity)
+  for n, r in enumerate(rows):
+    assert not {i for (q, i) in expected if q == r} & set(negs[n].tolist())
+    assert len(set(negs[n].tolist())) == k
+  assert np.isin(negs[rows == 0], [7, 9]).any(axis=1).mean() > 0.9      # later purchases are drawn
+  assert np.isin(negs[rows == 2], [13]).any(axis=1).mean() > 0.9
+  others = negs[(rows == 1) | (rows == 3)]
+  share = np.stack([(others == i).any(axis=1).mean() for i in range(num_items)])
+  assert share[9] > 0.9 and np.median(share[share > 0]) < 0.5       # popular items dominate where allowed

@@ -4,6 +4,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gensar_jax import cli
@@ -30,9 +31,17 @@ def test_prepared_negatives_exclude_targets_and_history(tiny_prepared):
   test_rows = rec.split_rows(2)
   negs = tiny_prepared.negatives["rec_test"]
   assert negs.shape == (len(test_rows), 19)
-  for n, r in enumerate(test_rows):
-    bought = set(data.rec_item[data.rec_user == rec.user[r]].tolist())
-    assert not bought & set(negs[n].tolist())
+  later_drawn = 0
+  for split, name in ((1, "rec_validation"), (2, "rec_test")):
+    for n, r in enumerate(rec.split_rows(split)):
+      # The reference's exclusion (default): the user's history up to and including the event.
+      user_events = np.flatnonzero(data.rec_user == rec.user[r])
+      history = set(data.rec_item[user_events[user_events <= rec.event[r]]].tolist())
+      later = set(data.rec_item[user_events[user_events > rec.event[r]]].tolist()) - history
+      drawn = set(tiny_prepared.negatives[name][n].tolist())
+      assert not history & drawn
+      later_drawn += bool(later & drawn)
+  assert later_drawn > 0, "later purchases of the user may be drawn (reference rule)"
   src = tiny_prepared.samples["search"]
   snegs = tiny_prepared.negatives["search_test"]
   assert (snegs != src.item[src.split_rows(2)][:, None]).all()

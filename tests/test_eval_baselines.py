@@ -61,7 +61,7 @@ def test_training_purchases_drop_held_out_events_of_both_tasks():
   np.testing.assert_array_equal(items, [10, 11, 12, 13])
 
 
-def _numpy_lucene_bm25(docs, query, k1=1.5, b=0.75):
+def _numpy_lucene_bm25(docs, query, k1=0.9, b=0.4):
   """Reference Lucene BM25: idf = ln(1 + (N - df + 0.5) / (df + 0.5)) times the saturated,
   length-normalized tf (Lucene drops Okapi's constant (k1 + 1) factor)."""
   tokens = [bm25_tokenize(d) for d in docs]

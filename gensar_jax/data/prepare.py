@@ -50,26 +50,48 @@ def load_dataset(cfg: ml_collections.ConfigDict, seed: int) -> SARDataset:
                                   user_item_queries=user_item_queries)
 
 
+REC_NEGATIVES = ("popularity", "uniform")
+REC_NEGATIVE_EXCLUSIONS = ("history", "all")
+
+
+def _choice(cfg, field: str, options: tuple[str, ...]) -> str:
+  value = cfg[field]
+  if value not in options:
+    raise ValueError(f"data.{field} {value!r}: expected one of {options}")
+  return value
+
+
 def build_negatives(data: SARDataset, samples: dict[str, splits.TaskSamples], cfg, seed: int
                     ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-  """Negatives for validation and test rows, keyed `{task}_{split}`, rows in split order."""
+  """Negatives for validation and test rows, keyed `{task}_{split}`, rows in split order.
+
+  Reference defaults (METHOD.md section 7): rec negatives in proportion to popularity (counts over all
+  interaction rows), excluding the user's history up to and including the event; search negatives
+  from Lucene-style BM25, topped up by popularity. Options: `data.rec_negatives=uniform`,
+  `data.rec_negative_exclusion=all` (everything the user ever bought), `data.search_negative_topup=uniform`,
+  `data.bm25_{k1,b,analyzer}`.
+  """
   rng = np.random.default_rng([seed, 7])
-  interacted = np.unique(data.rec_user.astype(np.int64) * data.num_items + data.rec_item)
-  popularity = None
-  if cfg.rec_negatives == "popularity":
-    popularity = np.bincount(data.rec_item, minlength=data.num_items).astype(np.float64)
-  elif cfg.rec_negatives != "uniform":
-    raise ValueError(f"data.rec_negatives {cfg.rec_negatives!r}: expected 'uniform' or 'popularity'")
-  index = negatives.BM25Index([data.catalog.text(i) for i in range(data.num_items)])
+  popularity = np.bincount(data.rec_item, minlength=data.num_items).astype(np.float64)
+  rec_weights = popularity if _choice(cfg, "rec_negatives", REC_NEGATIVES) == "popularity" else None
+  topup_weights = popularity if _choice(cfg, "search_negative_topup", REC_NEGATIVES) == "popularity" else None
+  exclusion = _choice(cfg, "rec_negative_exclusion", REC_NEGATIVE_EXCLUSIONS)
+  everything = negatives.interacted_keys(data.rec_user, data.rec_item, data.num_items) if exclusion == "all" else None
+  index = negatives.BM25Index.from_config([data.catalog.text(i) for i in range(data.num_items)], cfg)
   out, topup = {}, {}
   for split in (splits.VALID, splits.TEST):
     name = splits.SPLIT_NAMES[split]
     rec = samples["rec"].take(samples["rec"].split_rows(split))
-    out[f"rec_{name}"] = negatives.sample_rec_negatives(rec.user, interacted, data.num_items, cfg.num_negatives,
-                                                       rng, popularity)
+    if exclusion == "all":
+      owner, forbidden = rec.user, everything
+    else:
+      owner = np.arange(len(rec))
+      forbidden = negatives.history_keys(rec.event, data.rec_user, data.rec_item, data.num_items)
+    out[f"rec_{name}"] = negatives.sample_rec_negatives(owner, forbidden, data.num_items, cfg.num_negatives, rng,
+                                                       rec_weights)
     src = samples["search"].take(samples["search"].split_rows(split))
     out[f"search_{name}"], topup[name] = negatives.search_negatives(
-        src.query, src.item, data.queries, index, cfg.num_negatives, rng)
+        src.query, src.item, data.queries, index, cfg.num_negatives, rng, topup_weights)
   return out, topup
 
 

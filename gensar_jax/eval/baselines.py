@@ -4,7 +4,8 @@ Methods and the tasks they apply to:
 - popularity (rec, search): purchase counts over training events only. A purchase is held out when it
   is a recommendation validation/test event or the click of a search validation/test session, so no
   evaluated interaction counts towards its own target's popularity.
-- bm25 (search): Lucene BM25 of the query over item text (`title + " " + description`), `BM25Index`.
+- bm25 (search): Lucene BM25 of the query over item text (`title + " " + description`), `BM25Index` with
+  the `data.bm25_*` settings (Pyserini's by default: k1 0.9, b 0.4, English analyzer).
 - dense (search): cosine between the query embedding, from the same sentence encoder as the stored
   semantic item embeddings (`embed.text`), and those embeddings. Without an encoder (the TF-IDF + SVD
   fallback of the embed stage) queries are folded into the items' SVD space.
@@ -327,7 +328,7 @@ def _popularity(prepared, workdir, config, cfg, split):
 def _bm25(prepared, workdir, config, cfg, split):
   data = prepared.dataset
   candidates, query_texts, row_index = _query_rows(prepared, split)
-  index = BM25Index([data.catalog.text(i) for i in range(data.num_items)])
+  index = BM25Index.from_config([data.catalog.text(i) for i in range(data.num_items)], config.data)
   scores = bm25_catalogue_scores(index, query_texts, int(cfg.batch_size), progress=True)
   return {"search": row_protocol_metrics(scores, row_index, candidates)}
 
