@@ -101,19 +101,24 @@ def resolve_mesh_shape(mesh_shape: Mapping[str, int], num_devices: int) -> dict[
   return shape
 
 
+def full_mesh_shape(mesh_shape: Mapping[str, int]) -> dict[str, int]:
+  """`mesh_shape` with the standard axes (data, fsdp, model) it leaves out at size 1, standard axes first."""
+  given = dict(mesh_shape)
+  full = {axis: given.pop(axis, 1) for axis in MESH_AXES}
+  full.update(given)
+  return full
+
+
 def make_mesh(mesh_shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A mesh with explicit `AxisType.Auto` axes, e.g. make_mesh({"data": -1, "fsdp": 1, "model": 1}).
 
   Standard axes (data, fsdp, model) that `mesh_shape` leaves out get size 1, so the default rules apply.
   """
   devices = list(jax.devices() if devices is None else devices)
-  given = dict(mesh_shape)
-  full = {axis: given.pop(axis, 1) for axis in MESH_AXES}
-  full.update(given)
-  shape = resolve_mesh_shape(full, len(devices))
+  shape = resolve_mesh_shape(full_mesh_shape(mesh_shape), len(devices))
   names = tuple(shape)
   axis_types = (AxisType.Auto,) * len(names)
-  if len(devices) == jax.device_count():
+  if len(devices) == jax.device_count() and set(devices) == set(jax.devices()):   # topology-aware order
     return jax.make_mesh(tuple(shape.values()), names, axis_types=axis_types, devices=devices)
   return Mesh(np.asarray(devices).reshape(tuple(shape.values())), names, axis_types=axis_types)
 

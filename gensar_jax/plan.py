@@ -84,6 +84,8 @@ class LibtpuMissing(ValueError):
   """libtpu (the TPU compiler) is not installed: `pip install -e ".[tpu]"`."""
 
 
+PROGRAMS = ("train_step", "beam_search_sampled", "beam_search_full", "doc2query_sampling")
+
 COLLECTIVE_KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 
@@ -118,11 +120,12 @@ def libtpu_available() -> tuple[bool, str]:
 
 
 def topology_devices(topology: str) -> tuple[list, Chip]:
-  """The devices a slice `topology` (e.g. "v5e:8x8", "v4:2x2x4") exposes, and its chip figures.
+  """The compile devices of a slice `topology` (e.g. "v5e:8x8", "v4:2x2x4") and its chip figures.
 
-  Chips with two TensorCores (v4, v5p) run in megacore mode: the slice exposes one device per chip,
-  while the topology description lists one device per TensorCore; the first core of each chip stands
-  for the chip (a v4-32 is 16 devices of 32 GiB, not 32).
+  The topology description lists one device per TensorCore. Chips with two (v4, v5p) run in megacore
+  mode: the slice exposes one device per chip (a v4-32 is 16 devices of 32 GiB, not 32), while the TPU
+  compiler targets single TensorCores (half the chip's HBM each); `plan_mesh` splits each megacore
+  device's rows over its two cores, and `analyze` reports per chip.
   """
   ok, why = libtpu_available()
   if not ok:
@@ -138,19 +141,23 @@ def topology_devices(topology: str) -> tuple[list, Chip]:
   kind = devices[0].device_kind
   if kind not in CHIPS:
     raise ValueError(f"topology {topology!r}: no chip figures for device kind {kind!r} (known: {sorted(CHIPS)})")
-  chip = CHIPS[kind]
-  if chip.tensorcores > 1:
-    devices = [d for d in devices if getattr(d, "core_on_chip", 0) == 0]
-  return devices, chip
+  return devices, CHIPS[kind]
 
 
-def plan_mesh(config: ml_collections.ConfigDict, devices: list) -> jax.sharding.Mesh:
-  """The config's mesh (`parallel.mesh_shape`) on the slice's devices; a clear error if it does not match."""
+def plan_mesh(config: ml_collections.ConfigDict, devices: list, chip: Chip) -> tuple[jax.sharding.Mesh, dict]:
+  """(compile mesh, the config's mesh shape on the slice's exposed devices).
+
+  The config's `parallel.mesh_shape` must fit the devices the slice exposes (one per chip); on
+  megacore chips the compile mesh has `chip.tensorcores` times the data axis, one entry per core.
+  """
+  exposed = len(devices) // chip.tensorcores
   try:
-    return parallel.make_mesh(config.parallel.mesh_shape, devices)
+    shape = parallel.resolve_mesh_shape(parallel.full_mesh_shape(config.parallel.mesh_shape), exposed)
   except ValueError as e:
-    raise ValueError(f"parallel.mesh_shape {dict(config.parallel.mesh_shape)} does not fit the slice's "
-                     f"{len(devices)} devices: {e}") from None
+    raise ValueError(f"parallel.mesh_shape {dict(config.parallel.mesh_shape)} does not fit the slice's {exposed} "
+                     f"devices: {e}") from None
+  compile_shape = dict(shape, data=shape["data"] * chip.tensorcores)
+  return parallel.make_mesh(compile_shape, devices), shape
 
 
 # ------------------------------------------------------------------------------------------ analysis
@@ -263,19 +270,20 @@ def roofline(flops: float, hbm_bytes: float, ici_bytes: float, chip: Chip) -> di
           "mfu": compute / seconds if seconds > 0 else 0.0}
 
 
-def analyze(compiled, chip: Chip, num_devices: int, repeat: float = 1.0) -> dict:
-  """Memory, cost, collectives and roofline of one compiled program (per device).
+def analyze(compiled, chip: Chip, num_devices: int, repeat: float = 1.0, per_chip: int = 1) -> dict:
+  """Memory, cost, collectives and roofline of one compiled program, per chip.
 
-  repeat: how many times the program's while-loop body really runs beyond the once XLA counts
-  (1 = no loop); FLOPs, bytes and collective traffic are scaled by it.
+  num_devices: compile devices (TensorCores). repeat: how many times the program's while-loop body
+  really runs (1 = no loop; XLA counts a body once); FLOPs, bytes and collective traffic are scaled
+  by it. per_chip: compile devices per chip (2 on megacore chips: both cores' figures are summed).
   """
   hlo = compiled.as_text()
   cost = _cost(compiled)
   collectives = parse_collectives(hlo, num_devices)
-  flops = float(cost.get("flops", 0.0)) * repeat
-  hbm = float(cost.get("bytes accessed", 0.0)) * repeat
-  ici = sum(c["traffic_bytes"] for c in collectives) * repeat
-  memory = memory_figures(compiled)
+  flops = float(cost.get("flops", 0.0)) * repeat * per_chip
+  hbm = float(cost.get("bytes accessed", 0.0)) * repeat * per_chip
+  ici = sum(c["traffic_bytes"] for c in collectives) * repeat * per_chip
+  memory = {k: v * per_chip for k, v in memory_figures(compiled).items()}
   return {"memory": memory, "hbm_capacity_bytes": chip.hbm_bytes,
           "hbm_fraction": memory["peak_bytes"] / chip.hbm_bytes, "fits": memory["peak_bytes"] <= chip.hbm_bytes,
           "flops": flops, "bytes_accessed": hbm, "ici_traffic_bytes": ici, "collectives": collectives,
@@ -459,14 +467,14 @@ def training_budget(config: ml_collections.ConfigDict, examples: int) -> dict:
 
 # ------------------------------------------------------------------------------------------ advice
 
-def advice(name: str, result: dict, rows_per_device: int, config: ml_collections.ConfigDict, chip: Chip,
+def advice(name: str, result: dict, rows_per_device: int, config: ml_collections.ConfigDict,
            mesh_shape: Mapping[str, int]) -> list[str]:
-  """What would fit, for a program over (or close to) the device's HBM.
+  """What would fit, for a program over the device's HBM (`result["hbm_capacity_bytes"]`).
 
   The largest per-device batch is a linear extrapolation from this one compile: fixed bytes
   (arguments, outputs, code) plus temporaries proportional to the rows.
   """
-  mem, capacity = result["memory"], chip.hbm_bytes
+  mem, capacity = result["memory"], result["hbm_capacity_bytes"]
   fixed = mem["peak_bytes"] - mem["temp_bytes"]
   per_row = mem["temp_bytes"] / max(rows_per_device, 1)
   largest = int((capacity - fixed) // per_row) if per_row > 0 else rows_per_device
@@ -474,12 +482,16 @@ def advice(name: str, result: dict, rows_per_device: int, config: ml_collections
   if not result["fits"]:
     notes.append(f"{name} does not fit: {mem['peak_bytes'] / GIB:.1f} GiB peak per device against "
                  f"{capacity / GIB:.1f} GiB of HBM ({rows_per_device} rows per device).")
-  if name == "train_step" and not result["fits"]:
-    accum = math.ceil(rows_per_device / max(largest, 1)) if largest > 0 else None
-    notes.append(f"About {max(largest, 0)} rows per device would fit (linear in the rows); "
-                 + (f"keep the global batch with --set train.grad_accum_steps={accum}" if accum else
-                    "the fixed state alone exceeds HBM") + (", or --set train.bf16=True." if not
-                                                            config.train.bf16 else "."))
+    if name == "train_step":
+      accum = 1
+      while accum < rows_per_device and rows_per_device // accum > max(largest, 0):
+        accum *= 2
+      notes.append(f"About {max(largest, 0)} rows per device would fit (temporaries linear in the rows); keep the "
+                   f"global batch with --set train.grad_accum_steps={accum * int(config.train.grad_accum_steps)}"
+                   + (" or --set train.bf16=True." if not config.train.bf16 else "."))
+    elif name.startswith("beam_search") or name == "doc2query_sampling":
+      key = "eval.batch_size" if name.startswith("beam_search") else "doc2query.sampling.batch_size"
+      notes.append(f"About {max(largest, 0)} rows per device would fit: lower {key}.")
   state = mem["argument_bytes"]
   if name == "train_step" and mesh_shape.get("fsdp", 1) == 1 and state > 0.25 * capacity:
     notes.append(f"Parameters and optimizer state take {state / GIB:.1f} GiB per device, replicated: shard them "
@@ -487,11 +499,77 @@ def advice(name: str, result: dict, rows_per_device: int, config: ml_collections
   return notes
 
 
+def _compile_program(name: str, config, plan_cfg, model_cfg: T5Config, train_cfg, mesh, rules, devices: list,
+                     chip: Chip) -> tuple[dict, int]:
+  """Compiles one program of the plan; returns (its `analyze` result, rows per exposed device)."""
+  per_chip = chip.tensorcores
+  shape = {k: int(v) for k, v in mesh.shape.items()}
+  input_len, target_len = int(config.tasks.max_input_len), int(config.tasks.max_target_len)
+  eval_batch, num_beams = int(config.eval.batch_size), int(config.eval.num_beams)
+  if name == "train_step":
+    batch = int(config.train.batch_size)
+    compiled, seconds = _timed_compile(name, lambda: lower_train_step(
+        model_cfg, train_cfg, mesh, rules, batch, input_len, target_len))
+    result = analyze(compiled, chip, len(devices), repeat=float(train_cfg.grad_accum_steps), per_chip=per_chip)
+    rows = batch // (shape["data"] * shape["fsdp"]) * per_chip
+  elif name in ("beam_search_sampled", "beam_search_full"):
+    _, semantic_levels, _ = levels_from_config(config.identifiers)
+    codebook = int(config.identifiers.codebook_size)
+    catalogue, per_query = synthetic_tries(int(plan_cfg.num_items), len(semantic_levels), codebook, eval_batch,
+                                           int(plan_cfg.num_candidates),
+                                           model_cfg.vocab_size - len(semantic_levels) * codebook)
+    tables = per_query if name == "beam_search_sampled" else catalogue
+    params = abstract_params(model_cfg, mesh, rules)
+    compiled, seconds = _timed_compile(name, lambda: lower_beam_search(
+        model_cfg, params, tables, mesh, eval_batch, input_len, num_beams))
+    result = analyze(compiled, chip, len(devices), per_chip=per_chip)
+    rows = eval_batch // shape["data"] * per_chip
+  elif name == "doc2query_sampling":
+    d2q = config.doc2query
+    d2q_cfg = t5_config_from_section(config.model, int(config.data.vocab_size))
+    compiled, seconds = _timed_compile(name, lambda: lower_sampling(d2q_cfg, d2q, devices[0]))
+    step_compiled, step_seconds = _timed_compile(name + " (one token)", lambda: lower_sampling_step(
+        d2q_cfg, d2q, devices[0]))
+    result = analyze(compiled, chip, 1)
+    token = analyze(step_compiled, chip, 1)
+    extra = int(d2q.max_query_len) - 1     # loop iterations beyond the one XLA counted (upper bound)
+    result["flops"] += extra * token["flops"]
+    result["bytes_accessed"] += extra * token["bytes_accessed"]
+    result["roofline"] = roofline(result["flops"], result["bytes_accessed"], 0.0, chip)
+    result["per_token"] = {"flops": token["flops"], "bytes_accessed": token["bytes_accessed"]}
+    result["loop_repeat"] = f"+{extra} decoder steps (max_query_len, no early stop)"
+    result["note"] = "one device (one TensorCore on megacore chips), as the doc2query stage runs it: every host repeats it"
+    seconds += step_seconds
+    rows = int(d2q.sampling.batch_size)
+  else:
+    raise ValueError(f"unknown program {name!r}; expected one of {PROGRAMS}")
+  result["compile_seconds"] = round(seconds, 1)
+  return result, rows
+
+
+_UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def compile_failure(error: Exception, chip: Chip, per_chip: int) -> dict | None:
+  """A program the TPU compiler refused for lack of HBM -> a misfit result with the compiler's figures
+  (required temporaries, usable HBM), per chip; None for any other compile error."""
+  text = str(error)
+  match = re.search(r"\(([\d.]+)([KMGT]?)\)\s+exceeds available HBM \(([\d.]+)([KMGT]?)\)", text)
+  if "RESOURCE_EXHAUSTED" not in text or not match:
+    return None
+  required = float(match.group(1)) * _UNITS[match.group(2)] * per_chip
+  available = float(match.group(3)) * _UNITS[match.group(4)] * per_chip
+  memory = {"argument_bytes": 0, "output_bytes": 0, "alias_bytes": 0, "temp_bytes": int(required), "code_bytes": 0,
+            "peak_bytes": int(required)}
+  return {"memory": memory, "hbm_capacity_bytes": available, "hbm_fraction": required / available, "fits": False,
+          "compile_error": text.strip().splitlines()[0][:400], "flops": None, "bytes_accessed": None,
+          "ici_traffic_bytes": None, "collectives": [], "roofline": None}
+
+
 # ------------------------------------------------------------------------------------------ the plan
 
 def plan(config: ml_collections.ConfigDict, workdir: Path | None = None, topology: str | None = None,
-         programs: tuple[str, ...] = ("train_step", "beam_search_sampled", "beam_search_full",
-                                      "doc2query_sampling")) -> dict:
+         programs: tuple[str, ...] = PROGRAMS) -> dict:
   """Compiles `programs` for the config's slice and returns the report (see the module docstring)."""
   plan_cfg = section_with_defaults(config, "plan", plan_config())
   topology = topology or plan_cfg.topology
@@ -499,9 +577,8 @@ def plan(config: ml_collections.ConfigDict, workdir: Path | None = None, topolog
     raise ValueError(f"config {config.name!r} names no TPU slice: set plan.topology (e.g. --set "
                      "plan.topology=v5e:8x8) or pass --topology")
   devices, chip = topology_devices(topology)
-  mesh = plan_mesh(config, devices)
+  mesh, mesh_shape = plan_mesh(config, devices, chip)
   rules = parallel.rules_tuple(config.parallel.logical_axis_rules)
-  mesh_shape = {k: int(v) for k, v in mesh.shape.items()}
   vocab = vocab_size(config)
   model_cfg = t5_config_from_section(config.model, vocab)
   batch = int(config.train.batch_size)
@@ -512,59 +589,32 @@ def plan(config: ml_collections.ConfigDict, workdir: Path | None = None, topolog
   examples, examples_source = epoch_examples(config, plan_cfg, workdir)
   budget = training_budget(config, examples)
   report: dict[str, Any] = {
-      "config": config.name, "topology": topology, "chip": dataclasses.asdict(chip), "devices": len(devices),
-      "mesh": mesh_shape, "jax": jax.__version__, "libtpu": libtpu_available()[1],
+      "config": config.name, "topology": topology, "chip": dataclasses.asdict(chip),
+      "devices": len(devices) // chip.tensorcores, "tensorcores": len(devices), "mesh": mesh_shape, "jax": jax.__version__, "libtpu": libtpu_available()[1],
       "model": {"vocab_size": vocab, "d_model": model_cfg.d_model, "layers": [model_cfg.num_encoder_layers,
                 model_cfg.num_decoder_layers], "bf16_training": bool(config.train.bf16)},
       "shapes": {"global_batch": batch, "rows_per_device": batch // batch_axes, "input_len": input_len,
                  "target_len": target_len, "grad_accum_steps": int(config.train.grad_accum_steps)},
       "budget": dict(budget, epoch_source=examples_source), "programs": {}, "advice": []}
-  from gensar_jax.train import state as state_lib  # noqa: F401 -- imported for the train config
   train_cfg = ml_collections.ConfigDict(config.train.to_dict())
   train_cfg.num_steps = budget["num_steps"]
   eval_batch, num_beams = int(config.eval.batch_size), int(config.eval.num_beams)
   if eval_batch % mesh_shape["data"]:
     raise ValueError(f"eval.batch_size {eval_batch} is not divisible by the mesh's data axis ({mesh_shape['data']})")
-  _, semantic_levels, _ = levels_from_config(config.identifiers)
+  per_chip = chip.tensorcores
   for name in programs:
-    if name == "train_step":
-      compiled, seconds = _timed_compile(name, lambda: lower_train_step(
-          model_cfg, train_cfg, mesh, rules, batch, input_len, target_len))
-      result = analyze(compiled, chip, len(devices), repeat=float(train_cfg.grad_accum_steps))
-      rows = batch // batch_axes
-    elif name.startswith("beam_search"):
-      catalogue, per_query = synthetic_tries(int(plan_cfg.num_items), len(semantic_levels),
-                                             int(config.identifiers.codebook_size), eval_batch,
-                                             int(plan_cfg.num_candidates), vocab - len(semantic_levels) *
-                                             int(config.identifiers.codebook_size))
-      tables = per_query if name == "beam_search_sampled" else catalogue
-      params = abstract_params(model_cfg, mesh, rules)
-      compiled, seconds = _timed_compile(name, lambda: lower_beam_search(
-          model_cfg, params, tables, mesh, eval_batch, input_len, num_beams))
-      result = analyze(compiled, chip, len(devices))
-      rows = eval_batch // mesh_shape["data"]
-    elif name == "doc2query_sampling":
-      d2q = config.doc2query
-      d2q_cfg = t5_config_from_section(config.model, int(config.data.vocab_size))
-      compiled, seconds = _timed_compile(name, lambda: lower_sampling(d2q_cfg, d2q, devices[0]))
-      step_compiled, step_seconds = _timed_compile(name + " (one token)", lambda: lower_sampling_step(
-          d2q_cfg, d2q, devices[0]))
-      result = analyze(compiled, chip, 1)
-      token = analyze(step_compiled, chip, 1)
-      extra = int(d2q.max_query_len) - 1     # loop iterations beyond the one XLA counted (upper bound)
-      result["flops"] += extra * token["flops"]
-      result["bytes_accessed"] += extra * token["bytes_accessed"]
-      result["roofline"] = roofline(result["flops"], result["bytes_accessed"], 0.0, chip)
-      result["per_token"] = {"flops": token["flops"], "bytes_accessed": token["bytes_accessed"]}
-      result["loop_repeat"] = f"+{extra} decoder steps (max_query_len, no early stop)"
-      seconds += step_seconds
-      rows = int(d2q.sampling.batch_size)
-    else:
-      raise ValueError(f"unknown program {name!r}")
-    result["compile_seconds"] = round(seconds, 1)
+    try:
+      result, rows = _compile_program(name, config, plan_cfg, model_cfg, train_cfg, mesh, rules, devices, chip)
+    except jax.errors.JaxRuntimeError as e:
+      result = compile_failure(e, chip, per_chip)
+      if result is None:
+        raise
+      log.warning("plan: %s does not compile: %s", name, result["compile_error"])
+      rows = {"train_step": batch // batch_axes, "doc2query_sampling": int(config.doc2query.sampling.batch_size)
+              }.get(name, eval_batch // mesh_shape["data"])
     result["rows_per_device"] = rows
     report["programs"][name] = result
-    report["advice"] += advice(name, result, rows, config, chip, mesh_shape)
+    report["advice"] += advice(name, result, rows, config, mesh_shape)
   report["estimate"] = estimate(report, config, plan_cfg)
   report["fits"] = all(p["fits"] for p in report["programs"].values())
   for name, p in report["programs"].items():
@@ -581,6 +631,7 @@ def estimate(report: dict, config: ml_collections.ConfigDict, plan_cfg: ml_colle
   `eval.validation_rows` rows of each selection task), in days, chip-hours and list price."""
   programs, budget, chip = report["programs"], report["budget"], report["chip"]
   out: dict[str, Any] = {}
+  programs = {k: v for k, v in programs.items() if v.get("roofline")}
   if "train_step" in programs:
     step_s = programs["train_step"]["roofline"]["step_s"]
     out.update(step_s=step_s, mfu=programs["train_step"]["roofline"]["mfu"],
@@ -636,6 +687,10 @@ def format_plan(report: dict) -> str:
            "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: | --- | ---: |"]
   for name, p in report["programs"].items():
     m, r = p["memory"], p["roofline"]
+    if r is None:
+      lines.append(f"| {name} | {p['rows_per_device']} | - | {_gib(m['temp_bytes'])} | {_gib(m['peak_bytes'])} | "
+                   f"{p['hbm_fraction']:.0%} | NO (compiler: out of HBM) | - | - | - | - | - | - |")
+      continue
     lines.append(f"| {name} | {p['rows_per_device']} | {_gib(m['argument_bytes'])} | {_gib(m['temp_bytes'])} | "
                  f"{_gib(m['peak_bytes'])} | {p['hbm_fraction']:.0%} | {'yes' if p['fits'] else 'NO'} | "
                  f"{p['flops'] / 1e12:.3f} | {p['bytes_accessed'] / 1e9:.2f} | {format_collectives(p['collectives'])} "

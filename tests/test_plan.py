@@ -50,16 +50,27 @@ def test_roofline_takes_the_slower_of_compute_and_memory_plus_collectives():
 
 
 def test_advice_names_the_misfit_and_what_would_fit():
-  chip = plan.Chip("test", 1e12, 10 * plan.GIB, 1e11, 1e10, 1.0)
   memory = {"argument_bytes": 1 * plan.GIB, "output_bytes": 1 * plan.GIB, "alias_bytes": 1 * plan.GIB,
             "temp_bytes": 16 * plan.GIB, "code_bytes": 0}
   memory["peak_bytes"] = 17 * plan.GIB
-  result = {"memory": memory, "fits": False}
-  config = ml_collections.ConfigDict({"train": {"bf16": False}})
-  notes = plan.advice("train_step", result, 512, config, chip, {"data": 8, "fsdp": 1})
+  result = {"memory": memory, "fits": False, "hbm_capacity_bytes": 10 * plan.GIB}
+  config = ml_collections.ConfigDict({"train": {"bf16": False, "grad_accum_steps": 1}})
+  notes = plan.advice("train_step", result, 512, config, {"data": 8, "fsdp": 1})
   assert "train_step does not fit: 17.0 GiB peak per device against 10.0 GiB" in notes[0]
   # (10 - 1) GiB of room at 16 GiB / 512 rows -> 288 rows, so two micro-batches keep the global batch.
   assert "About 288 rows per device" in notes[1] and "grad_accum_steps=2" in notes[1] and "bf16" in notes[1]
+
+
+def test_compile_failure_turns_the_compilers_out_of_memory_into_a_misfit():
+  error = RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+                       "temporaries (59.16G) exceeds available HBM (15.25G).\nmore")
+  result = plan.compile_failure(error, plan.CHIPS["TPU v4"], per_chip=2)
+  assert not result["fits"] and result["memory"]["temp_bytes"] == int(2 * 59.16 * plan.GIB)
+  assert result["hbm_capacity_bytes"] == pytest.approx(2 * 15.25 * plan.GIB) and result["roofline"] is None
+  notes = plan.advice("train_step", dict(result), 512, ml_collections.ConfigDict(
+      {"train": {"bf16": True, "grad_accum_steps": 1}}), {"data": 16, "fsdp": 1})
+  assert "does not fit: 118.3 GiB" in notes[0] and "grad_accum_steps=4" in notes[1]
+  assert plan.compile_failure(RuntimeError("INTERNAL: something else"), plan.CHIPS["TPU v4"], 2) is None
 
 
 def test_epoch_examples_follow_the_task_sizes():
@@ -77,10 +88,15 @@ def v5e_2x2():
 
 
 @needs_libtpu
-def test_megacore_chips_expose_one_device_per_chip():
+def test_megacore_slices_expose_one_device_per_chip_and_compile_per_core():
   devices, chip = plan.topology_devices("v4:2x2x1")
-  assert chip.name == "v4" and len(devices) == 4      # 8 TensorCores, 4 megacore devices
-  assert len({tuple(d.coords) for d in devices}) == 4
+  assert chip.name == "v4" and chip.tensorcores == 2 and len(devices) == 8      # 8 TensorCores, 4 chips
+  config = ml_collections.ConfigDict({"parallel": {"mesh_shape": {"data": -1, "fsdp": 1, "model": 1}}})
+  mesh, shape = plan.plan_mesh(config, devices, chip)
+  assert shape == {"data": 4, "fsdp": 1, "model": 1} and dict(mesh.shape)["data"] == 8
+  config.parallel.mesh_shape.data = 8
+  with pytest.raises(ValueError, match="does not fit the slice's 4 devices"):
+    plan.plan_mesh(config, devices, chip)
 
 
 @needs_libtpu
