@@ -124,3 +124,69 @@ def test_build_model_from_section(tmp_path):
   section.pretrained_dir = ""
   with pytest.raises(ValueError, match="model.preset"):
     build_model(section, 50, jax.random.key(0))
+
+
+def _write_pretrained_dir(directory, texts, extra_ids=4, spare_rows=3):
+  """A HF-format T5 directory: random weights, a small SentencePiece model trained on `texts`
+  (T5's special ids), `extra_ids` sentinels and `spare_rows` unused embedding rows (as t5-small's 28).
+  Returns (the HF model, its SentencePiece processor)."""
+  import io
+  import sentencepiece as spm
+  proto = io.BytesIO()
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=proto, vocab_size=150,
+                                 model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                 hard_vocab_limit=False, num_threads=1, minloglevel=2)
+  sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
+  torch.manual_seed(3)
+  config = transformers.T5Config(vocab_size=sp.get_piece_size() + extra_ids + spare_rows, d_model=16, d_kv=4,
+                                 d_ff=24, num_layers=1, num_decoder_layers=1, num_heads=2,
+                                 relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                                 dropout_rate=0.0, decoder_start_token_id=0)
+  model = transformers.T5ForConditionalGeneration(config).eval()
+  model.save_pretrained(directory)
+  (directory / "spiece.model").write_bytes(proto.getvalue())
+  (directory / "tokenizer_config.json").write_text(json.dumps({"extra_ids": extra_ids}))
+  return model, sp
+
+
+def test_pretrained_dir_uses_the_checkpoints_tokenizer_and_keeps_its_embedding_rows(tmp_path, tiny_prepared):
+  """Issue 11 bug 3: with model.pretrained_dir, text is tokenized with the checkpoint's spiece.model, our
+  tokens come after its pieces and sentinels, and a piece's embedding row is the checkpoint's row."""
+  from gensar_jax.config import load_config
+  from gensar_jax.data.task_data import load_task_data
+  from gensar_jax.model.hf_import import build_model
+  data = tiny_prepared.dataset
+  texts = [data.catalog.text(i) for i in range(data.num_items)]
+  checkpoint = tmp_path / "t5"
+  model, sp = _write_pretrained_dir(checkpoint, texts)
+  workdir = tmp_path / "work"
+  workdir.mkdir()
+  (workdir / "prepare").symlink_to(tiny_prepared.directory, target_is_directory=True)
+  config = load_config("tiny")
+  config.model.pretrained_dir = str(checkpoint)
+  rng = np.random.default_rng(0)
+  codes = rng.integers(0, config.identifiers.codebook_size, (data.num_items, 4)).astype(np.int32)
+  td = load_task_data(workdir, config, {"semantic": codes, "collab": codes}, with_pseudo_queries=False)
+  assert td.tokenizer.rec_item_id == sp.get_piece_size() + 4          # after the pieces and the 4 sentinels
+  ids = td.tokenizer.encode_text(texts[0])
+  assert ids == sp.encode(texts[0])
+  np.testing.assert_array_equal(td.builder.item_text_ids[0], ids[:config.tasks.max_text_tokens])
+  _, params = build_model(config.model, td.vocab_size, jax.random.key(0))
+  assert params["token_embedder"].shape[0] == td.vocab_size
+  hf_rows = model.shared.weight.detach().numpy()
+  known = sp.piece_to_id(sp.id_to_piece(ids[0]))
+  np.testing.assert_array_equal(params["token_embedder"][known], hf_rows[known])
+  np.testing.assert_array_equal(params["token_embedder"][ids], hf_rows[ids])
+
+
+def test_pretrained_tokenizer_mismatch_is_a_clear_error(tmp_path, tiny_prepared):
+  from gensar_jax.model.hf_import import pretrained_tokenizer
+  texts = [tiny_prepared.dataset.catalog.text(i) for i in range(tiny_prepared.dataset.num_items)]
+  _, sp = _write_pretrained_dir(tmp_path, texts, extra_ids=4, spare_rows=0)
+  assert pretrained_tokenizer(tmp_path)[1] == sp.get_piece_size() + 4
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps({"extra_ids": 10}))
+  with pytest.raises(DataError, match="spiece.model: .* 10 sentinels .* vocab_size .* does not belong"):
+    pretrained_tokenizer(tmp_path)
+  (tmp_path / "spiece.model").unlink()
+  with pytest.raises(DataError, match="spiece.model: not found"):
+    pretrained_tokenizer(tmp_path)

@@ -18,6 +18,7 @@ from gensar_jax.data.tasks import ExampleBuilder
 from gensar_jax.data.tokenizer import GenSARTokenizer, levels_from_config
 from gensar_jax.decode.trie import NO_BEHAVIOUR_TOKEN
 from gensar_jax.io_utils import DataError, load_arrays
+from gensar_jax.model.hf_import import pretrained_tokenizer
 
 # Behaviour token and identifier view decoded for each main task.
 MAIN_TASKS = {"rec": ("nrip", "collab"), "search": ("nsip", "semantic")}
@@ -65,6 +66,16 @@ def load_pseudo_queries(path: Path) -> list[list[np.ndarray]]:
   return [[q[q > 0].astype(np.int32) for q in item if (q > 0).any()] or [np.zeros(0, np.int32)] for item in tokens]
 
 
+def load_tokenizer(prepared: Prepared, config: ml_collections.ConfigDict, levels: Sequence[str]) -> GenSARTokenizer:
+  """The dataset's SentencePiece model with our tokens, or with `model.pretrained_dir` the checkpoint's own
+  tokenizer with our tokens appended after it (its pretrained embeddings stay on their pieces)."""
+  pretrained = config.get("model", {}).get("pretrained_dir", "")
+  if pretrained:
+    sp_model, first_added_id = pretrained_tokenizer(pretrained)
+    return GenSARTokenizer(sp_model, levels, int(config.identifiers.codebook_size), first_added_id)
+  return GenSARTokenizer(prepared.sp_model, levels, int(config.identifiers.codebook_size))
+
+
 def load_task_data(workdir: str | Path, config: ml_collections.ConfigDict, codes: dict[str, np.ndarray] | None = None,
                    with_pseudo_queries: bool = True) -> TaskData:
   """Assembles TaskData; `codes` overrides the index stage's tables (tests use random tables)."""
@@ -81,7 +92,7 @@ def load_task_data(workdir: str | Path, config: ml_collections.ConfigDict, codes
   for view, names in (("semantic", semantic), ("collab", collab)):
     if codes[view].shape[1] != len(names):
       raise DataError(f"{view} identifiers have {codes[view].shape[1]} levels, config.identifiers implies {len(names)}")
-  tokenizer = GenSARTokenizer(prepared.sp_model, levels, int(ids.codebook_size))
+  tokenizer = load_tokenizer(prepared, config, levels)
   data, t = prepared.dataset, config.tasks
   builder = ExampleBuilder(tokenizer, [data.catalog.text(i) for i in range(data.num_items)], data.queries,
                            codes["semantic"], codes["collab"], semantic, collab, max_input_len=t.max_input_len,

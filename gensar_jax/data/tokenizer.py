@@ -1,9 +1,12 @@
 """Tokenizer: SentencePiece on the dataset's own text, then behaviour and identifier tokens as one
 contiguous id block after it.
 
-Layout: [0, sp_vocab) SentencePiece (pad=0, eos=1, unk=2, as T5); then `<rec_item>`, `<src_query>`,
-`<src_item>`; then one block of `codebook_size` ids per identifier level (level-major), so the token of
-(level l, code c) is `id_offset + l * codebook_size + c` and a level's codes are a slice of the vocabulary.
+Layout: [0, sp_vocab) SentencePiece (pad=0, eos=1, unk=2, as T5); with a pretrained checkpoint's
+tokenizer, its sentinel ids `<extra_id_*>` follow (HF's T5Tokenizer: [sp_vocab, first_added_id)); then
+`<rec_item>`, `<src_query>`, `<src_item>`; then one block of `codebook_size` ids per identifier level
+(level-major), so the token of (level l, code c) is `id_offset + l * codebook_size + c` and a level's
+codes are a slice of the vocabulary. This is where HF's `tokenizer.add_tokens` puts added tokens, so a
+pretrained embedding table keeps every row of its own pieces.
 """
 from __future__ import annotations
 
@@ -69,15 +72,25 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, seed_text_limit: 
 
 
 class GenSARTokenizer:
-  """Text <-> ids with the behaviour and identifier tokens of `levels` (see module docstring)."""
+  """Text <-> ids with the behaviour and identifier tokens of `levels` (see module docstring).
 
-  def __init__(self, sp_model: bytes, levels: Sequence[str], codebook_size: int):
+  Args:
+    sp_model: a serialized SentencePiece model (the dataset's own, or a pretrained checkpoint's).
+    first_added_id: id of the first added token (`<rec_item>`); None = right after the SentencePiece
+      vocabulary. A pretrained T5 tokenizer passes its full size (pieces + sentinels).
+  """
+
+  def __init__(self, sp_model: bytes, levels: Sequence[str], codebook_size: int, first_added_id: int | None = None):
     self.sp = spm.SentencePieceProcessor(model_proto=sp_model)
     self.sp_vocab_size = self.sp.get_piece_size()
+    self.first_added_id = self.sp_vocab_size if first_added_id is None else int(first_added_id)
+    if self.first_added_id < self.sp_vocab_size:
+      raise ValueError(f"first_added_id {self.first_added_id} lies inside the SentencePiece vocabulary of "
+                       f"{self.sp_vocab_size} pieces")
     self.levels = tuple(levels)
     self.codebook_size = codebook_size
-    self.behaviour_ids = {tok: self.sp_vocab_size + i for i, tok in enumerate(BEHAVIOUR_TOKENS)}
-    self.id_offset = self.sp_vocab_size + len(BEHAVIOUR_TOKENS)
+    self.behaviour_ids = {tok: self.first_added_id + i for i, tok in enumerate(BEHAVIOUR_TOKENS)}
+    self.id_offset = self.first_added_id + len(BEHAVIOUR_TOKENS)
     self.vocab_size = self.id_offset + len(self.levels) * codebook_size
 
   @property
@@ -141,8 +154,10 @@ class GenSARTokenizer:
         text_run.append(i)
         continue
       flush()
-      if i < self.id_offset:
-        parts.append(BEHAVIOUR_TOKENS[i - self.sp_vocab_size])
+      if i < self.first_added_id:              # a pretrained tokenizer's sentinel, HF numbering
+        parts.append(f"<extra_id_{self.first_added_id - 1 - i}>")
+      elif i < self.id_offset:
+        parts.append(BEHAVIOUR_TOKENS[i - self.first_added_id])
       elif i < self.vocab_size:
         level, code = divmod(i - self.id_offset, self.codebook_size)
         parts.append(f"<{self.levels[level]}_{code}>")

@@ -11,6 +11,11 @@ HF layout -> ours (Linear weights are stored [out, in] in HF):
                                                          -> {enc,dec}oder/relative_attention_bias
   *.{q,k,v}.weight [H*d_kv, D]                           -> [D, H, d_kv];  *.o.weight [D, H*d_kv] -> [H, d_kv, D]
   *.DenseReluDense.{wi, wi_0, wi_1}.weight [F, D] -> [D, F];  wo [D, F] -> [F, D]
+
+With a checkpoint, the tokenizer is the checkpoint's own (`spiece.model` plus HF's `<extra_id_*>`
+sentinels, `pretrained_tokenizer`), and our behaviour and identifier tokens are appended after it, as
+`tokenizer.add_tokens` + `model.resize_token_embeddings(len(tokenizer))` do in the reference: every
+piece keeps its pretrained embedding row.
 """
 from __future__ import annotations
 
@@ -27,6 +32,9 @@ from gensar_jax.io_utils import DataError
 from gensar_jax.model.t5 import T5Config, init_params, t5_config_from_section
 
 logger = logging.getLogger(__name__)
+
+# HF's T5Tokenizer default number of sentinel tokens (<extra_id_0> .. <extra_id_99>).
+DEFAULT_EXTRA_IDS = 100
 
 # Variance scale of HF's mean-resizing: new rows ~ N(mean, 1e-9 * covariance) of the old rows.
 MEAN_RESIZING_EPSILON = 1e-9
@@ -149,18 +157,57 @@ def load_hf_state_dict(checkpoint_dir: str | Path) -> dict[str, np.ndarray]:
 def load_hf_checkpoint(checkpoint_dir: str | Path, **config_overrides) -> tuple[T5Config, dict]:
   """A HF T5 checkpoint directory -> (T5Config, params). `config_overrides` e.g. dropout_rate, dtype."""
   checkpoint_dir = Path(checkpoint_dir)
-  config_path = checkpoint_dir / "config.json"
-  if not config_path.exists():
-    raise DataError(f"{checkpoint_dir}: config.json not found (expected a Hugging Face T5 checkpoint directory)")
-  try:
-    hf_config = json.loads(config_path.read_text(encoding="utf-8"))
-  except json.JSONDecodeError as e:
-    raise DataError(f"{config_path}: line {e.lineno}: invalid JSON ({e.msg})") from None
-  cfg = t5_config_from_hf(hf_config, **config_overrides)
+  cfg = t5_config_from_hf(read_hf_config(checkpoint_dir), **config_overrides)
   params = params_from_hf_state_dict(load_hf_state_dict(checkpoint_dir), cfg)
   logger.info("loaded HF T5 from %s: vocab %d, d_model %d, %d+%d layers", checkpoint_dir, cfg.vocab_size,
               cfg.d_model, cfg.num_encoder_layers, cfg.num_decoder_layers)
   return cfg, params
+
+
+def read_hf_config(checkpoint_dir: str | Path) -> dict:
+  """The `config.json` dict of a HF checkpoint directory (clear errors when missing or malformed)."""
+  config_path = Path(checkpoint_dir) / "config.json"
+  if not config_path.exists():
+    raise DataError(f"{checkpoint_dir}: config.json not found (expected a Hugging Face T5 checkpoint directory)")
+  try:
+    return json.loads(config_path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise DataError(f"{config_path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def pretrained_tokenizer(checkpoint_dir: str | Path) -> tuple[bytes, int]:
+  """The checkpoint's own tokenizer: (its `spiece.model` bytes, the id our first added token gets).
+
+  HF's T5Tokenizer numbers the SentencePiece pieces first, then `extra_ids` sentinels
+  (`tokenizer_config.json`, default 100); added tokens follow. Raises DataError naming the file when
+  `spiece.model` is missing, its special ids are not T5's (pad 0, eos 1), or it does not fit the
+  checkpoint's embedding table (`config.json` vocab_size): a checkpoint/tokenizer mismatch.
+  """
+  import sentencepiece as spm
+
+  checkpoint_dir = Path(checkpoint_dir)
+  spiece = checkpoint_dir / "spiece.model"
+  if not spiece.exists():
+    raise DataError(f"{spiece}: not found; model.pretrained_dir needs the checkpoint's own SentencePiece model "
+                    "(a Hugging Face T5 directory ships it), or its pretrained embeddings would sit on other pieces")
+  sp_model = spiece.read_bytes()
+  try:
+    sp = spm.SentencePieceProcessor(model_proto=sp_model)
+  except RuntimeError as e:
+    raise DataError(f"{spiece}: not a SentencePiece model ({e})") from None
+  if (sp.pad_id(), sp.eos_id()) != (0, 1):
+    raise DataError(f"{spiece}: pad id {sp.pad_id()} and eos id {sp.eos_id()}, expected T5's 0 and 1")
+  extra_ids = DEFAULT_EXTRA_IDS
+  tokenizer_config = checkpoint_dir / "tokenizer_config.json"
+  if tokenizer_config.exists():
+    extra_ids = int(json.loads(tokenizer_config.read_text(encoding="utf-8")).get("extra_ids", DEFAULT_EXTRA_IDS))
+  size = sp.get_piece_size() + extra_ids
+  rows = int(read_hf_config(checkpoint_dir).get("vocab_size", 0))
+  if size > rows:
+    raise DataError(f"{spiece}: {sp.get_piece_size()} pieces + {extra_ids} sentinels = {size} ids, but "
+                    f"{checkpoint_dir / 'config.json'} has vocab_size {rows}: the tokenizer does not belong to "
+                    "this checkpoint")
+  return sp_model, size
 
 
 def _mean_resized_rows(old_rows: np.ndarray, num_new: int, rng: jax.Array) -> np.ndarray:
@@ -209,8 +256,9 @@ def build_model(section: ml_collections.ConfigDict, vocab_size: int, rng: jax.Ar
   """(T5Config, params) for a `model` config section (`t5.model_config()`) and vocabulary size.
 
   With `pretrained_dir`, the checkpoint is imported and its vocabulary grown (or cut) to `vocab_size`
-  with `resize_vocab`; its SentencePiece model must then be the tokenizer's, so that shared ids mean the
-  same pieces. Otherwise parameters are freshly initialised from `rng`.
+  with `resize_vocab`; the tokenizer is then the checkpoint's (`pretrained_tokenizer`, which
+  `data.task_data.load_task_data` uses), so that shared ids mean the same pieces. Otherwise parameters
+  are freshly initialised from `rng`.
   """
   if not section.pretrained_dir:
     cfg = t5_config_from_section(section, vocab_size)
