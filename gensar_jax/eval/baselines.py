@@ -207,7 +207,7 @@ def encode_queries(queries: Sequence[str], item_texts: Sequence[str], text_cfg: 
   """
   try:
     encoder = load_sentence_encoder(text_cfg.model_dir or None, text_cfg.max_seq_length,
-                                    text_cfg.min_bucket_length, text_cfg.dtype)
+                                    text_cfg.min_bucket_length, text_cfg.dtype, pooling=text_cfg.get("pooling") or None)
   except FileNotFoundError:
     if text_cfg.fallback != "tfidf":
       raise
