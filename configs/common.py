@@ -19,7 +19,9 @@ def data_config() -> ml_collections.ConfigDict:
       name="",                   # lcrec file prefix, or the Amazon category (e.g. Electronics)
       category_dialect="auto",   # lcrec: 2014 (", " joined, root dropped) | 2018 ("," joined) | auto
       category_root="",          # lcrec 2014: root level to restore (e.g. "Office Products")
-      query_dir="",              # Ai et al. query files (query_text.txt.gz + *.qrels.gz); empty = generate
+      query_dir="",              # Ai et al. query files (query_text.txt.gz + train/test .qrels.gz)
+      queries="auto",            # real (the files in query_dir) | generated (category paths) | auto: real iff query_dir
+      singular_queries=True,     # singularize + de-duplicate query words (the reference's query handling)
       search_fraction=1.0,       # share of query-bearing purchases that become search sessions
       history_len=5,             # last N rec items and last N search sessions
       min_events=3,              # per task, users need >= this many kept events

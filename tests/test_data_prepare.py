@@ -108,3 +108,21 @@ def test_office_prepare_real_data(tmp_path, shared_data):
   assert stats["users"] == 4905 and 2400 <= stats["items"] <= 2420
   assert stats["rec_test"] == stats["rec_validation"] == 4905
   assert stats["search_test"] > 4000 and stats["negatives_per_event"] == [99]
+
+
+def test_real_queries_need_both_qrels_and_a_query_dir(shared_data):
+  """data.queries=real (the electronics default) refuses a missing query_dir and a partial download: the
+  shared Electronics folder lacks train.qrels.gz."""
+  from gensar_jax.data.prepare import query_source
+  config = load_config("electronics").data
+  with pytest.raises(DataError, match="data.queries='real' needs data.query_dir"):
+    query_source(config)
+  config.query_dir = str(shared_data / "amazon_product_search_ai2017" / "Electronics")
+  with pytest.raises(DataError, match="no train.qrels"):
+    query_source(config)
+  config.query_dir = str(shared_data / "amazon_product_search_ai2017" / "Cell_Phones_and_Accessories")
+  assert query_source(config) == "real"
+  config.queries = "generated"
+  assert query_source(config) == "generated"
+  config.queries, config.query_dir = "auto", ""
+  assert query_source(config) == "generated"

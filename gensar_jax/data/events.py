@@ -10,21 +10,24 @@ import numpy as np
 
 from gensar_jax.data.loaders import RawData
 from gensar_jax.data.schema import SARDataset
-from gensar_jax.data.text import query_from_category_path
+from gensar_jax.data.text import normalize_query, query_from_category_path
 
 
-def item_queries_from_categories(category_paths: list[list[tuple[str, ...]]], min_levels: int = 2) -> list[list[str]]:
-  """Per item, its distinct Ai et al. queries (one per category path with >= min_levels levels)."""
+def item_queries_from_categories(category_paths: list[list[tuple[str, ...]]], min_levels: int = 2,
+                                 singular: bool = False) -> list[list[str]]:
+  """Per item, its distinct Ai et al. queries (one per category path with >= min_levels levels; words
+  singularized when `singular`)."""
   out = []
   for paths in category_paths:
-    queries = [query_from_category_path(p, min_levels) for p in paths]
+    queries = [query_from_category_path(p, min_levels, singular) for p in paths]
     out.append(list(dict.fromkeys(q for q in queries if q)))
   return out
 
 
 def build_sar_dataset(raw: RawData, name: str, *, search_fraction: float = 1.0, seed: int = 0,
                       item_queries: list[list[str]] | None = None,
-                      user_item_queries: dict[tuple[str, str], list[str]] | None = None) -> SARDataset:
+                      user_item_queries: dict[tuple[str, str], list[str]] | None = None,
+                      singular_queries: bool = False) -> SARDataset:
   """Pairs purchases with queries.
 
   Args:
@@ -33,10 +36,15 @@ def build_sar_dataset(raw: RawData, name: str, *, search_fraction: float = 1.0, 
     item_queries: per item, candidate queries (e.g. from category paths).
     user_item_queries: real queries per (source user id, source item id) (Ai et al. qrels); when given,
       they replace `item_queries`.
+    singular_queries: singularize and de-duplicate the words of generated and real queries (the
+      reference's handling of the Ai et al. queries; see `text.singularize`).
   A purchase with several candidate queries gets one drawn with the seeded generator.
   """
   if item_queries is None and user_item_queries is None:
-    item_queries = item_queries_from_categories(raw.category_paths)
+    item_queries = item_queries_from_categories(raw.category_paths, singular=singular_queries)
+  if user_item_queries is not None and singular_queries:
+    user_item_queries = {pair: [normalize_query(q, singular=True) for q in queries]
+                         for pair, queries in user_item_queries.items()}
   p = raw.purchases
   if user_item_queries is not None:
     users, items = raw.user_ids, raw.catalog.item_ids

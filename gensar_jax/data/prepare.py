@@ -45,9 +45,35 @@ def load_dataset(cfg: ml_collections.ConfigDict, seed: int) -> SARDataset:
     raw = loaders.load_amazon2018(cfg.raw_dir, cfg.name)
   else:
     raise ValueError(f"data.source {source!r}: expected synthetic, lcrec, amazon2014 or amazon2018")
-  user_item_queries = loaders.load_ai_queries(cfg.query_dir) if cfg.query_dir else None
+  user_item_queries = loaders.load_ai_queries(cfg.query_dir) if query_source(cfg) == "real" else None
   return events.build_sar_dataset(raw, cfg.name, search_fraction=cfg.search_fraction, seed=seed,
-                                  user_item_queries=user_item_queries)
+                                  user_item_queries=user_item_queries,
+                                  singular_queries=bool(cfg.get("singular_queries", False)))
+
+
+QUERY_SOURCES = ("auto", "real", "generated")
+
+
+def query_source(cfg) -> str:
+  """"real" (Ai et al. files in data.query_dir) or "generated" (from category paths) for a `data` section.
+
+  data.queries "auto" is "real" when data.query_dir is set; "real" needs query_dir with the train and
+  test qrels (the reference joins both), so a partial download is an error, not a silent subset.
+  """
+  mode = cfg.get("queries", "auto")
+  if mode not in QUERY_SOURCES:
+    raise ValueError(f"data.queries {mode!r}: expected one of {QUERY_SOURCES}")
+  if mode == "generated" or (mode == "auto" and not cfg.query_dir):
+    return "generated"
+  if not cfg.query_dir:
+    raise DataError("data.queries='real' needs data.query_dir: the directory of Ai et al.'s query files "
+                    "(query_text.txt.gz, train.qrels.gz, test.qrels.gz; github.com/QingyaoAi/"
+                    "Amazon-Product-Search-Datasets), or set data.queries=generated")
+  for split in ("train", "test"):
+    if not any(Path(cfg.query_dir).glob(f"{split}.qrels*")):
+      raise DataError(f"{cfg.query_dir}: no {split}.qrels(.gz): the real queries need both the train and the test "
+                      "qrels of Ai et al. (the reference joins both); or set data.queries=generated")
+  return "real"
 
 
 REC_NEGATIVES = ("popularity", "uniform")

@@ -32,19 +32,44 @@ def clean_text(text: object) -> str:
   return _SPACES.sub(" ", _TAGS.sub(" ", text)).strip()
 
 
-def query_from_category_path(path: Sequence[str], min_levels: int = 2) -> str | None:
+# Singularization (`singularize`): the real Ai et al. query files are mostly singular ("accessory",
+# "computer", "cable": 726 of their 755 distinct words are fixed points of the rule) and the reference
+# code singularizes and de-duplicates query words again.
+_KEEP_ENDINGS = ("ss", "us", "is", "ics", "ous", "as")      # glass, bus, analysis, electronics, ..., atlas
+_INVARIANT = frozenset({"lens", "series", "news", "species", "gps", "tvs"})
+_IES_TO_IE = frozenset({"movies", "cookies", "hoodies"})
+
+
+def singularize(word: str) -> str:
+  """A lowercase English noun's singular by suffix rules: -ies -> -y (accessories), -ches/-shes/-xes/
+  -sses -> drop "es" (watches, boxes, glasses), else a final -s is dropped (cables), except short words
+  and endings that are not plurals (-ss, -us, -is, -ics, -ous, -as) and a few invariant words."""
+  if len(word) <= 3 or word in _INVARIANT or word.endswith(_KEEP_ENDINGS) or not word.endswith("s"):
+    return word
+  if word in _IES_TO_IE:
+    return word[:-1]
+  if word.endswith("ies") and len(word) > 4:
+    return word[:-3] + "y"
+  if word.endswith(("ches", "shes", "xes", "sses")):
+    return word[:-2]
+  return word[:-1]
+
+
+def query_from_category_path(path: Sequence[str], min_levels: int = 2, singular: bool = False) -> str | None:
   """Ai et al. query: concatenated category levels, lowercased, alphabetic tokens only, stopwords and
-  repeated words dropped (first occurrence kept, from the root down). Paths with fewer than
-  `min_levels` levels give no query (None)."""
+  repeated words dropped (first occurrence kept, from the root down), words singularized when
+  `singular`. Paths with fewer than `min_levels` levels give no query (None)."""
   if len(path) < min_levels:
     return None
-  return normalize_query(" ".join(path)) or None
+  return normalize_query(" ".join(path), singular) or None
 
 
-def normalize_query(text: str) -> str:
+def normalize_query(text: str, singular: bool = False) -> str:
+  """Lowercase alphabetic words without stopwords and repeats (first kept), singularized when `singular`."""
   seen: set[str] = set()
   words = []
   for word in _WORDS.findall(text.lower()):
+    word = singularize(word) if singular else word
     if word in STOPWORDS or word in seen:
       continue
     seen.add(word)
