@@ -26,6 +26,9 @@ def data_config() -> ml_collections.ConfigDict:
       history_len=5,             # last N rec items and last N search sessions
       min_events=3,              # per task, users need >= this many kept events
       split="leave_one_out",     # leave_one_out | chronological (8:1:1)
+      # True: the authors' history building with its leaks (METHOD.md section 7 (a), (c)), to measure them;
+      # False closes them (a search session never sees its own purchase; no cross-task train/test overlap).
+      reference_history=False,
       num_negatives=99,
       # Evaluation negatives, the reference's by default (METHOD.md section 7); the earlier defaults of this
       # project were rec_negatives=uniform, rec_negative_exclusion=all, search_negative_topup=uniform,

@@ -24,8 +24,9 @@ def _random_dataset(seed, num_users=40, num_items=30, max_len=14, time_range=6):
   return sar_from_purchase_queries(raw, "rand", queries, seed=seed)
 
 
-def _reference(data, history_len, min_events):
-  """Per-event loops straight from the written rules."""
+def _reference(data, history_len, min_events, reference_history=False):
+  """Per-event loops straight from the written rules (with `reference_history`, the authors' rules of
+  METHOD.md section 7: (a) own purchase dropped only when last, (c) no cross-task drop)."""
   out = {}
   n_rec, n_src = len(data.rec_user), len(data.search_user)
   for task in ("rec", "search"):
@@ -39,8 +40,11 @@ def _reference(data, history_len, min_events):
         item, query = data.rec_item[e], -1
       else:
         u, t = data.search_user[e], data.search_time[e]
-        recs = [r for r in range(n_rec) if data.rec_user[r] == u and data.rec_time[r] <= t
-                and r != data.search_purchase[e]]
+        recs = [r for r in range(n_rec) if data.rec_user[r] == u and data.rec_time[r] <= t]
+        if not reference_history:
+          recs = [r for r in recs if r != data.search_purchase[e]]
+        elif recs and recs[-1] == data.search_purchase[e]:
+          recs = recs[:-1]
         srcs = [s for s in range(n_src) if data.search_user[s] == u and s < e]
         item, query = data.search_item[e], data.search_query[e]
       if not recs or not srcs:
@@ -58,6 +62,8 @@ def _reference(data, history_len, min_events):
       later = sum(1 for j in kept[i + 1:] if j[0] == k[0])
       splits.append(TEST if later == 0 else VALID if later == 1 else TRAIN)
     out[task] = (kept, splits)
+  if reference_history:
+    return out
   # Cross-task leaks: a training row whose purchase is the other task's evaluation target is dropped.
   rec_eval = {k[1] for k, sp in zip(*out["rec"]) if sp != TRAIN}
   search_eval = {int(data.search_purchase[k[1]]) for k, sp in zip(*out["search"]) if sp != TRAIN}
@@ -67,11 +73,11 @@ def _reference(data, history_len, min_events):
   return out
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_histories_and_splits_match_reference(seed):
+@pytest.mark.parametrize("seed, reference_history", [(0, False), (1, False), (2, False), (0, True), (1, True)])
+def test_histories_and_splits_match_reference(seed, reference_history):
   data = _random_dataset(seed)
-  rec, search = build_task_samples(data, history_len=3, min_events=3)
-  ref = _reference(data, 3, 3)
+  rec, search = build_task_samples(data, history_len=3, min_events=3, reference_history=reference_history)
+  ref = _reference(data, 3, 3, reference_history)
   for task, got in (("rec", rec), ("search", search)):
     kept, split = ref[task]
     assert len(got) == len(kept) > 0
@@ -87,6 +93,24 @@ def test_histories_and_splits_match_reference(seed):
       assert got.hist_item[row, :n].tolist() == [h[1] for h in hist]
       assert got.hist_query[row, :n].tolist() == [h[2] for h in hist]
       assert (got.hist_kind[row, n:] == PAD).all() and (got.hist_item[row, n:] == -1).all()
+
+
+def test_reference_history_reproduces_the_authors_leaks():
+  """Issue 11 item 8: with data.reference_history, a search session whose purchase is not the last of its
+  same-time purchases keeps it in its input (a), and rec training rows can be search evaluation targets (c)."""
+  data = _random_dataset(4, num_users=60)
+  ours_rec, ours_search = build_task_samples(data, history_len=5, min_events=3)
+  rec, search = build_task_samples(data, history_len=5, min_events=3, reference_history=True)
+  own_purchase_item = data.rec_item[data.search_purchase[search.event]]
+
+  def own_in_history(s, own):
+    return sum(own[r] in s.hist_item[r][s.hist_kind[r] == REC] for r in range(len(s)))
+  leaks = own_in_history(search, own_purchase_item)
+  assert leaks > own_in_history(ours_search, data.rec_item[data.search_purchase[ours_search.event]])
+  search_eval = set(data.search_purchase[search.event[search.split != TRAIN]].tolist())
+  assert any(e in search_eval for e in rec.event[rec.split == TRAIN].tolist())                  # (c)
+  assert not any(e in set(data.search_purchase[ours_search.event[ours_search.split != TRAIN]].tolist())
+                 for e in ours_rec.event[ours_rec.split == TRAIN].tolist())
 
 
 def test_search_session_never_sees_its_own_purchase():

@@ -144,7 +144,8 @@ def prepare(config: ml_collections.ConfigDict, out_dir: Path) -> dict:
   log.info("prepare: %d users, %d items, %d queries, %d rec and %d search events",
            data.num_users, data.num_items, len(data.queries), len(data.rec_user), len(data.search_user))
   rec, search = splits.build_task_samples(data, history_len=cfg.history_len, min_events=cfg.min_events,
-                                          split_method=cfg.split)
+                                          split_method=cfg.split,
+                                          reference_history=bool(cfg.get("reference_history", False)))
   samples = {"rec": rec, "search": search}
   for task, s in samples.items():
     for split in range(3):

@@ -2,7 +2,14 @@
 
 For each event: the last `history_len` recommendation items and the last `history_len` search sessions
 before it, merged by time. Ordering rule at equal times: recommendation events come first, and a search
-session does not count its own purchase as history. Kept: events with at least one earlier rec and one
+session does not count its own purchase as history.
+
+`reference_history=True` reproduces the leakage of the authors' history building (METHOD.md section 7)
+that we close by default: (a) a search session drops its own purchase from its recommendation history
+only when that purchase is the last recommendation event up to its time, so with several same-time
+purchases its target can stay in its input; (c) training rows of one task whose purchase is an
+evaluation target of the other are kept. (b), rec rows whose history counters come from a (time,
+rating) order, needs the review ratings, which the loaders do not keep: it is not reproduced. Kept: events with at least one earlier rec and one
 earlier search event; per task, users with at least `min_events` kept events. Split: leave-one-out per
 user (last -> test, second to last -> validation) or chronological 8:1:1.
 """
@@ -116,8 +123,12 @@ def _filter_and_split(event, user, item, query, time, keep, hist, min_events, sp
 
 
 def build_task_samples(data: SARDataset, *, history_len: int = 5, min_events: int = 3,
-                       split_method: str = "leave_one_out") -> tuple[TaskSamples, TaskSamples]:
-  """Recommendation and search samples with histories and splits. Returns (rec, search)."""
+                       split_method: str = "leave_one_out", reference_history: bool = False
+                       ) -> tuple[TaskSamples, TaskSamples]:
+  """Recommendation and search samples with histories and splits. Returns (rec, search).
+
+  reference_history: the authors' history building with its leaks (see the module docstring).
+  """
   k = history_len
   time_min = int(min(data.rec_time.min(initial=0), data.search_time.min(initial=0)))
   rec_key = _event_keys(data.rec_user, data.rec_time, time_min)
@@ -141,19 +152,22 @@ def build_task_samples(data: SARDataset, *, history_len: int = 5, min_events: in
   own_start = np.searchsorted(data.rec_user, data.search_user, side="left")
   rec_end = np.searchsorted(rec_key, src_key, side="right")
   r_idx, r_valid = _window(rec_end, own_start, k + 1)
-  r_valid &= r_idx != data.search_purchase[:, None]
+  own = r_idx == data.search_purchase[:, None]
+  if reference_history:                   # (a): dropped only when it is the last rec event up to that time
+    own &= (rec_end - 1 == data.search_purchase)[:, None]
+  r_valid &= ~own
   r_idx, r_valid = _last_valid(r_idx, r_valid, k)
   src_start = np.searchsorted(data.search_user, data.search_user, side="left")
   s_idx, s_valid = _window(src_pos, src_start, k)
   src_hist = _merge_histories(r_idx, r_valid, s_idx, s_valid, data)
-  num_rec_before = rec_end - own_start - 1
+  num_rec_before = rec_end - own_start - (own.any(axis=1) if reference_history else 1)
   src_keep = (num_rec_before > 0) & (src_pos > src_start)
 
   rec = _filter_and_split(rec_pos, data.rec_user, data.rec_item, np.full(n_rec, -1, np.int32), data.rec_time,
                           rec_keep, rec_hist, min_events, split_method)
   search = _filter_and_split(src_pos, data.search_user, data.search_item, data.search_query, data.search_time,
                              src_keep, src_hist, min_events, split_method)
-  return drop_cross_task_leaks(data, rec, search)
+  return (rec, search) if reference_history else drop_cross_task_leaks(data, rec, search)
 
 
 def drop_cross_task_leaks(data: SARDataset, rec: TaskSamples, search: TaskSamples) -> tuple[TaskSamples, TaskSamples]:
