@@ -49,8 +49,9 @@ def data_config() -> ml_collections.ConfigDict:
 
 def tasks_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      # Rows per task per epoch: -1 = every row once. Reference: all rec rows, 100k search, ~1k others.
-      sizes=ml_collections.ConfigDict(dict(nrip=-1, nsip=100_000, nsqp=1000, desc2id=1000, id2desc=1000,
+      # Rows per task per epoch: -1 = every row once. Reference: all rec rows, 100k search, 2,000 each of
+      # desc2id / id2desc (METHOD.md section 7), ~1k of the others.
+      sizes=ml_collections.ConfigDict(dict(nrip=-1, nsip=100_000, nsqp=1000, desc2id=2000, id2desc=2000,
                                            adhoc=1000)),
       max_input_len=256,
       max_target_len=64,
