@@ -32,6 +32,7 @@ def get_config():
   d.queries = "real"            # the reference's search sessions; needs data.query_dir (an error without it)
   t = config.tasks
   t.max_input_len, t.max_target_len = 512, 64
+  t.max_text_tokens = 256       # the reference's item-text cap (its inputs reach 2048 tokens; ours stop at 512)
   # The reference's backbone: pretrained t5-small with its own SentencePiece vocabulary, our tokens appended
   # (`huggingface-cli download google-t5/t5-small --local-dir models/t5-small`); "" trains from scratch.
   config.model.pretrained_dir = T5_SMALL_DIR
@@ -49,4 +50,6 @@ def get_config():
   text.pooling = "cls"
   text.max_seq_length = 256
   text.fallback = "error"
+  # Pseudo-queries sampled as the reference samples msmarco-t5-base's (top-k 10, top-p 0.95, 20 per item).
+  config.doc2query.sampling.update(dict(top_k=10, top_p=0.95))
   return config
