@@ -1,13 +1,16 @@
 """The paper's Electronics setup on a 8-GPU node (80 GB cards), 1024 rows per GPU; on 40 GB cards add
 --set train.grad_accum_steps=2.
 
-Effective batch 8192 as the reference. Launch with launch/slurm_gpu.sbatch.
+Effective batch 8192 as the reference. Launch with launch/slurm_gpu.sbatch. `gensar plan --config
+configs/gpu_8x.py` compiles it for 8 H100s on any machine (needs `pip install jax-cuda12-plugin`).
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 from electronics import get_config as electronics_config  # noqa: E402
+
+from gensar_jax.plan import plan_config  # noqa: E402
 
 
 def get_config():
@@ -17,4 +20,6 @@ def get_config():
   config.train.batch_size = 8192
   config.train.bf16 = True
   config.eval.batch_size = 32
+  config.plan = plan_config()
+  config.plan.topology = "h100:8"   # `gensar plan` compiles for 8 H100s without a GPU (jax-cuda12-plugin)
   return config

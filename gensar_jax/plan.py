@@ -57,7 +57,7 @@ class Chip:
   hbm_bytes: float
   hbm_bandwidth: float
   ici_bandwidth: float
-  usd_per_chip_hour: float
+  usd_per_chip_hour: float | None
   tensorcores: int = 1
 
 
@@ -73,6 +73,27 @@ CHIPS: dict[str, Chip] = {
     "TPU v5 lite": Chip("v5e", 197e12, 16 * GIB, 819e9, 400e9, 1.20),
     "TPU v5": Chip("v5p", 459e12, 95 * GIB, 2765e9, 1200e9, 4.20, tensorcores=2),
     "TPU v6 lite": Chip("v6e", 918e12, 32e9, 1638e9, 800e9, 2.70),
+}
+
+# GPUs: XLA's GPU compiler compiles without a GPU given a target description (GpuTargetConfigProto, text):
+# the device properties XLA's own spec file lists (openxla/xla xla/tools/hlo_opt/gpu_specs/h100_sxm.txtpb).
+# Figures: NVIDIA H100 SXM datasheet (989 TFLOP/s dense bf16, 80 GB HBM3 at 3.35 TB/s, NVLink 900 GB/s
+# bidirectional); no list price (it varies by provider).
+H100_TARGET_CONFIG = """gpu_device_info {
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132 fpus_per_core: 128
+  block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535
+  memory_bandwidth: 3352320000000 l2_cache_size: 52428800 clock_rate_ghz: 1.98
+  device_memory_size: 84978434048 shared_memory_per_block_optin: 232448
+  cuda_compute_capability { major: 9 } registers_per_core_limit: 65536 registers_per_block_limit: 65536
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 8 }
+runtime_version { major: 12 minor: 8 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
+GPUS: dict[str, tuple[str, Chip]] = {
+    "h100": (H100_TARGET_CONFIG, Chip("h100", 989e12, 84978434048, 3.35e12, 900e9, None)),
 }
 
 # libtpu looks for Cloud TPU VM metadata when it loads; on any other machine that only prints warnings.
@@ -127,6 +148,8 @@ def topology_devices(topology: str) -> tuple[list, Chip]:
   compiler targets single TensorCores (half the chip's HBM each); `plan_mesh` splits each megacore
   device's rows over its two cores, and `analyze` reports per chip.
   """
+  if topology.partition(":")[0] in GPUS:
+    return gpu_topology_devices(topology)
   ok, why = libtpu_available()
   if not ok:
     raise LibtpuMissing(f"gensar plan compiles for TPU without a TPU and needs libtpu: {why}")
@@ -142,6 +165,23 @@ def topology_devices(topology: str) -> tuple[list, Chip]:
   if kind not in CHIPS:
     raise ValueError(f"topology {topology!r}: no chip figures for device kind {kind!r} (known: {sorted(CHIPS)})")
   return devices, CHIPS[kind]
+
+
+def gpu_topology_devices(topology: str) -> tuple[list, Chip]:
+  """Compile-only GPU devices for "h100:8" (one node of 8) or "h100:2x8" (2 nodes of 8), via the CUDA
+  PJRT plugin (`pip install jax-cuda12-plugin==<jax version>`: no GPU, driver or CUDA libraries needed)."""
+  import importlib.util
+  kind, _, shape = topology.partition(":")
+  nodes, _, per_node = shape.rpartition("x")
+  if not per_node.isdigit() or (nodes and not nodes.isdigit()):
+    raise ValueError(f"GPU topology {topology!r}: expected '{kind}:GPUS' or '{kind}:NODESxGPUS', e.g. '{kind}:8'")
+  if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
+    raise LibtpuMissing(f"GPU topology {topology!r} needs the CUDA compiler plugin: pip install "
+                        f"jax-cuda12-plugin=={jax.__version__} (no GPU or CUDA libraries needed)")
+  from jax.experimental import topologies
+  target, chip = GPUS[kind]
+  desc = topologies.get_topology_desc(platform="cuda", topology=f"1x{nodes or 1}x{per_node}", target_config=target)
+  return list(desc.devices), chip
 
 
 def plan_mesh(config: ml_collections.ConfigDict, devices: list, chip: Chip) -> tuple[jax.sharding.Mesh, dict]:
@@ -270,15 +310,21 @@ def roofline(flops: float, hbm_bytes: float, ici_bytes: float, chip: Chip) -> di
           "mfu": compute / seconds if seconds > 0 else 0.0}
 
 
-def analyze(compiled, chip: Chip, num_devices: int, repeat: float = 1.0, per_chip: int = 1) -> dict:
+def analyze(compiled, chip: Chip, num_devices: int, repeat: float = 1.0, per_chip: int = 1,
+            fallback_cost: Callable[[], dict] | None = None) -> dict:
   """Memory, cost, collectives and roofline of one compiled program, per chip.
 
   num_devices: compile devices (TensorCores). repeat: how many times the program's while-loop body
   really runs (1 = no loop; XLA counts a body once); FLOPs, bytes and collective traffic are scaled
   by it. per_chip: compile devices per chip (2 on megacore chips: both cores' figures are summed).
+  fallback_cost: per-device cost when the compiler gives none (XLA's GPU compiler): see `cpu_cost`.
   """
   hlo = compiled.as_text()
   cost = _cost(compiled)
+  source = "XLA cost analysis of the compiled program"
+  if "flops" not in cost and fallback_cost is not None:
+    cost, source = fallback_cost(), ("XLA CPU cost analysis of the unoptimized global program / devices "
+                                     "(no fusion: bytes are an upper bound)")
   collectives = parse_collectives(hlo, num_devices)
   flops = float(cost.get("flops", 0.0)) * repeat * per_chip
   hbm = float(cost.get("bytes accessed", 0.0)) * repeat * per_chip
@@ -287,15 +333,28 @@ def analyze(compiled, chip: Chip, num_devices: int, repeat: float = 1.0, per_chi
   return {"memory": memory, "hbm_capacity_bytes": chip.hbm_bytes,
           "hbm_fraction": memory["peak_bytes"] / chip.hbm_bytes, "fits": memory["peak_bytes"] <= chip.hbm_bytes,
           "flops": flops, "bytes_accessed": hbm, "ici_traffic_bytes": ici, "collectives": collectives,
-          "while_loops": count_while_loops(hlo), "loop_repeat": repeat,
+          "while_loops": count_while_loops(hlo), "loop_repeat": repeat, "cost_source": source,
           "xla_optimal_seconds": float(cost["optimal_seconds"]) * repeat if "optimal_seconds" in cost else None,
           "roofline": roofline(flops, hbm, ici, chip)}
 
 
-def _timed_compile(name: str, lower: Callable[[], Any]) -> tuple[Any, float]:
+def cpu_cost(lower_on: Callable[[Any], Any], num_devices: int) -> dict:
+  """Per-device FLOPs and bytes of a program from XLA's CPU cost analysis of its unoptimized global
+  HLO (lowered on one CPU device, nothing compiled), divided by the devices that share the work."""
+  cpu = jax.devices("cpu")[0]
+  cost = dict(lower_on(cpu).cost_analysis() or {})
+  return {"flops": float(cost.get("flops", 0.0)) / num_devices,
+          "bytes accessed": float(cost.get("bytes accessed", 0.0)) / num_devices}
+
+
+# Deviceless GPU compiles cannot autotune Triton GEMM tilings (small dots fail to tile): use cuBLAS GEMMs.
+GPU_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+
+
+def _timed_compile(name: str, lower: Callable[[], Any], options: dict | None = None) -> tuple[Any, float]:
   t0 = time.perf_counter()
   log.info("plan: compiling %s ...", name)
-  compiled = lower().compile()
+  compiled = lower().compile(compiler_options=options) if options else lower().compile()
   seconds = time.perf_counter() - t0
   log.info("plan: %s compiled in %.1fs", name, seconds)
   return compiled, seconds
@@ -503,14 +562,17 @@ def _compile_program(name: str, config, plan_cfg, model_cfg: T5Config, train_cfg
                      chip: Chip) -> tuple[dict, int]:
   """Compiles one program of the plan; returns (its `analyze` result, rows per exposed device)."""
   per_chip = chip.tensorcores
+  options = GPU_COMPILER_OPTIONS if chip.name in GPUS else None
   shape = {k: int(v) for k, v in mesh.shape.items()}
   input_len, target_len = int(config.tasks.max_input_len), int(config.tasks.max_target_len)
   eval_batch, num_beams = int(config.eval.batch_size), int(config.eval.num_beams)
   if name == "train_step":
     batch = int(config.train.batch_size)
-    compiled, seconds = _timed_compile(name, lambda: lower_train_step(
-        model_cfg, train_cfg, mesh, rules, batch, input_len, target_len))
-    result = analyze(compiled, chip, len(devices), repeat=float(train_cfg.grad_accum_steps), per_chip=per_chip)
+    def lower(on_mesh):
+      return lower_train_step(model_cfg, train_cfg, on_mesh, rules, batch, input_len, target_len)
+    compiled, seconds = _timed_compile(name, lambda: lower(mesh), options)
+    result = analyze(compiled, chip, len(devices), repeat=float(train_cfg.grad_accum_steps), per_chip=per_chip,
+                     fallback_cost=lambda: cpu_cost(lambda cpu: lower(_cpu_mesh(cpu)), len(devices)))
     rows = batch // (shape["data"] * shape["fsdp"]) * per_chip
   elif name in ("beam_search_sampled", "beam_search_full"):
     _, semantic_levels, _ = levels_from_config(config.identifiers)
@@ -519,19 +581,23 @@ def _compile_program(name: str, config, plan_cfg, model_cfg: T5Config, train_cfg
                                            int(plan_cfg.num_candidates),
                                            model_cfg.vocab_size - len(semantic_levels) * codebook)
     tables = per_query if name == "beam_search_sampled" else catalogue
-    params = abstract_params(model_cfg, mesh, rules)
-    compiled, seconds = _timed_compile(name, lambda: lower_beam_search(
-        model_cfg, params, tables, mesh, eval_batch, input_len, num_beams))
-    result = analyze(compiled, chip, len(devices), per_chip=per_chip)
+    def lower(on_mesh):
+      params = abstract_params(model_cfg, on_mesh, rules)
+      return lower_beam_search(model_cfg, params, tables, on_mesh, eval_batch, input_len, num_beams)
+    compiled, seconds = _timed_compile(name, lambda: lower(mesh), options)
+    result = analyze(compiled, chip, len(devices), per_chip=per_chip,
+                     fallback_cost=lambda: cpu_cost(lambda cpu: lower(_cpu_mesh(cpu)), len(devices)))
     rows = eval_batch // shape["data"] * per_chip
   elif name == "doc2query_sampling":
     d2q = config.doc2query
     d2q_cfg = t5_config_from_section(config.model, int(config.data.vocab_size))
-    compiled, seconds = _timed_compile(name, lambda: lower_sampling(d2q_cfg, d2q, devices[0]))
+    compiled, seconds = _timed_compile(name, lambda: lower_sampling(d2q_cfg, d2q, devices[0]), options)
     step_compiled, step_seconds = _timed_compile(name + " (one token)", lambda: lower_sampling_step(
-        d2q_cfg, d2q, devices[0]))
-    result = analyze(compiled, chip, 1)
-    token = analyze(step_compiled, chip, 1)
+        d2q_cfg, d2q, devices[0]), options)
+    result = analyze(compiled, chip, 1, fallback_cost=lambda: cpu_cost(
+        lambda cpu: lower_sampling(d2q_cfg, d2q, cpu), 1))
+    token = analyze(step_compiled, chip, 1, fallback_cost=lambda: cpu_cost(
+        lambda cpu: lower_sampling_step(d2q_cfg, d2q, cpu), 1))
     extra = int(d2q.max_query_len) - 1     # loop iterations beyond the one XLA counted (upper bound)
     result["flops"] += extra * token["flops"]
     result["bytes_accessed"] += extra * token["bytes_accessed"]
@@ -545,6 +611,10 @@ def _compile_program(name: str, config, plan_cfg, model_cfg: T5Config, train_cfg
     raise ValueError(f"unknown program {name!r}; expected one of {PROGRAMS}")
   result["compile_seconds"] = round(seconds, 1)
   return result, rows
+
+
+def _cpu_mesh(cpu_device) -> jax.sharding.Mesh:
+  return parallel.make_mesh({"data": 1}, [cpu_device])
 
 
 _UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
@@ -590,7 +660,8 @@ def plan(config: ml_collections.ConfigDict, workdir: Path | None = None, topolog
   budget = training_budget(config, examples)
   report: dict[str, Any] = {
       "config": config.name, "topology": topology, "chip": dataclasses.asdict(chip),
-      "devices": len(devices) // chip.tensorcores, "tensorcores": len(devices), "mesh": mesh_shape, "jax": jax.__version__, "libtpu": libtpu_available()[1],
+      "devices": len(devices) // chip.tensorcores, "tensorcores": len(devices), "mesh": mesh_shape, "jax": jax.__version__,
+      "compiler": libtpu_available()[1] if chip.name not in GPUS else "jax-cuda12-plugin",
       "model": {"vocab_size": vocab, "d_model": model_cfg.d_model, "layers": [model_cfg.num_encoder_layers,
                 model_cfg.num_decoder_layers], "bf16_training": bool(config.train.bf16)},
       "shapes": {"global_batch": batch, "rows_per_device": batch // batch_axes, "input_len": input_len,
@@ -649,7 +720,8 @@ def estimate(report: dict, config: ml_collections.ConfigDict, plan_cfg: ml_colle
     out["budget_s"] = total
     out["budget_days"] = total / 86400
     out["chip_hours"] = total / 3600 * report["devices"]
-    out["list_price_usd"] = out["chip_hours"] * chip["usd_per_chip_hour"]
+    price = chip["usd_per_chip_hour"]
+    out["list_price_usd"] = out["chip_hours"] * price if price is not None else None
   return out
 
 
@@ -678,7 +750,7 @@ def format_plan(report: dict) -> str:
   chip, est = report["chip"], report["estimate"]
   lines = [f"gensar plan: {report['config']} on {report['topology']} ({report['devices']} x {chip['name']} devices, "
            f"{_gib(chip['hbm_bytes'])} GiB HBM each), mesh {report['mesh']}, jax {report['jax']}, "
-           f"libtpu {report['libtpu']}",
+           f"compiler {report['compiler']}",
            f"global batch {report['shapes']['global_batch']} ({report['shapes']['rows_per_device']} rows per "
            f"device), input {report['shapes']['input_len']}, target {report['shapes']['target_len']}, "
            f"bf16 training {report['model']['bf16_training']}, vocabulary {report['model']['vocab_size']}", "",
@@ -701,8 +773,8 @@ def format_plan(report: dict) -> str:
   if "budget_s" in est:
     lines.append(f"estimate: {_duration(est['step_s'])} per step, {_duration(est['epoch_s'])} per epoch, training "
                  f"{_duration(est['train_s'])} + validation {_duration(est.get('all_validations_s', 0.0))} = "
-                 f"{est['budget_days']:.2f} days, {est['chip_hours']:,.0f} chip-hours, about "
-                 f"${est['list_price_usd']:,.0f} at list price")
+                 f"{est['budget_days']:.2f} days, {est['chip_hours']:,.0f} chip-hours"
+                 + (f", about ${est['list_price_usd']:,.0f} at list price" if est["list_price_usd"] is not None else ""))
   if "doc2query_sampling_s" in est:
     lines.append(f"doc2query pseudo-queries for the catalogue on one device: {_duration(est['doc2query_sampling_s'])}")
   lines.append("roofline: max(FLOPs / peak, bytes / HBM bandwidth) + collective traffic / ICI bandwidth; an "

@@ -2,19 +2,24 @@
 # Train GenSAR on a multi-host Cloud TPU VM slice (e.g. v4-32, v5litepod-64): one process per host.
 #
 #   launch/tpu_pod.sh setup TPU_NAME ZONE                 # copy this repo to every worker, install it
-#   launch/tpu_pod.sh train TPU_NAME ZONE CONFIG [--set k=v ...]   # run `gensar train` on all workers
+#   launch/tpu_pod.sh plan  TPU_NAME ZONE CONFIG [--set k=v ...]   # `gensar plan` here only (no TPU used)
+#   launch/tpu_pod.sh train TPU_NAME ZONE CONFIG [--set k=v ...]   # plan, then `gensar train` on all workers
 #   launch/tpu_pod.sh stop  TPU_NAME ZONE                 # kill a running training on all workers
+#
+# `train` first runs `gensar plan` on this machine (deviceless compile for the config's slice, needs
+# `pip install -e ".[tpu]"`; a few minutes on a laptop) and stops before touching the pod when a program
+# does not fit in HBM or the config does not compile for the slice. SKIP_PLAN=1 skips that check.
 #
 # Each worker runs the same command; gensar_jax.parallel.maybe_initialize_distributed() sees
 # GENSAR_DISTRIBUTED=auto and calls jax.distributed.initialize(), which finds the coordinator and the
 # process ids from the TPU metadata. Data must be readable on every host (same path on each VM, or
 # gs://), and the work directory must be shared (gs://bucket/...) so Orbax checkpoints land in one place.
-# Suggested meshes (global batch 8192): v4-32 (16 chips, 4 hosts): parallel.mesh_shape={"data": 16,
-# "fsdp": 1, "model": 1}, 512 rows per chip; v5litepod-64 (64 chips, 16 hosts): {"data": 64, ...},
-# 128 rows per chip. t5-small (60M params) needs no model or fsdp sharding.
+# Presets (global batch 8192; README "Before you rent a pod" has their measured plans): configs/tpu_v4_32.py,
+# tpu_v5e_64.py, tpu_v5e_256.py and the cheapest for the paper's budget. t5-small (60M params) needs no
+# model or fsdp sharding: activations, not parameters, fill the HBM.
 set -euo pipefail
 
-action=${1:?"usage: $0 setup|train|stop TPU_NAME ZONE [CONFIG overrides...]"}
+action=${1:?"usage: $0 setup|plan|train|stop TPU_NAME ZONE [CONFIG overrides...]"}
 tpu=${2:?TPU_NAME}
 zone=${3:?ZONE}
 shift 3
@@ -34,11 +39,28 @@ case "$action" in
     gcloud compute tpus tpu-vm scp "$archive" "$tpu:gensar_jax.tar.gz" --zone "$zone" "${project_flag[@]}" --worker=all
     rm -f "$archive"
     ssh_all "mkdir -p $remote_dir && tar -xzf gensar_jax.tar.gz -C $remote_dir && cd $remote_dir && \
-      pip install -U 'jax[tpu]' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html && pip install -e ."
+      pip install -e '.[tpu]'"
+    ;;
+  plan)
+    config=${1:?CONFIG}
+    shift
+    (cd "$repo_root" && gensar plan --config "$config" --workdir "${PLAN_WORKDIR:-runs/plan}" "$@")
     ;;
   train)
     config=${1:?CONFIG}
     shift
+    if [[ "${SKIP_PLAN:-0}" != 1 ]]; then
+      status=0
+      (cd "$repo_root" && gensar plan --config "$config" --workdir "${PLAN_WORKDIR:-runs/plan}" "$@") || status=$?
+      if [[ $status -eq 3 ]]; then
+        echo "gensar plan: a program does not fit on this slice (table and advice above); not launching." >&2
+        exit 3
+      elif [[ $status -ne 0 ]]; then
+        echo "gensar plan failed (exit $status, see above); not launching. Install the compiler with" \
+             "pip install -e '.[tpu]', or set SKIP_PLAN=1 to launch unchecked." >&2
+        exit "$status"
+      fi
+    fi
     overrides=$(printf ' %q' "$@")
     log="train_$(date +%Y%m%d_%H%M%S).log"
     # nohup: the run survives a dropped ssh session; each worker logs locally, process 0 shows progress.
@@ -50,7 +72,7 @@ case "$action" in
     ssh_all "pkill -f 'gensar train' || true"
     ;;
   *)
-    echo "unknown action $action (expected setup, train or stop)" >&2
+    echo "unknown action $action (expected setup, plan, train or stop)" >&2
     exit 2
     ;;
 esac
