@@ -34,6 +34,13 @@ TEST_REQUIRES = [
     "sentence-transformers>=3",
 ]
 
+# `gensar plan` compiles for TPU slices on any machine with libtpu; jax[tpu] pins libtpu to its own jax
+# release, so the extra pins jax[tpu] to the jax this project is tested with.
+JAX_VERSION = "0.10.2"
+TPU_REQUIRES = [f"jax[tpu]=={JAX_VERSION}"]
+# `gensar plan --topology h100:8`: XLA's GPU compiler as a PJRT plugin (no GPU or CUDA libraries needed).
+GPU_PLAN_REQUIRES = [f"jax-cuda12-plugin=={JAX_VERSION}"]
+
 setup(
     name="gensar_jax",
     version="0.1.0",
@@ -43,6 +50,6 @@ setup(
     packages=find_packages(include=["gensar_jax", "gensar_jax.*"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "tpu": TPU_REQUIRES, "gpu-plan": GPU_PLAN_REQUIRES},
     entry_points={"console_scripts": ["gensar=gensar_jax.cli:main"]},
 )

@@ -1,9 +1,11 @@
 """The paper's Electronics setup on a TPU v4-32 slice: 16 chips in megacore mode (16 devices of 32 GiB,
-not 32 TensorCores), 4 hosts, 512 rows per device, bfloat16 compute.
+not 32 TensorCores), 4 hosts, 512 rows per device in 4 micro-batches of 128, bfloat16 compute.
 
 Effective batch 8192 as the reference. `gensar plan --config configs/tpu_v4_32.py` compiles it for the
-slice on any machine (float32 at 512 rows per device needed ~51 GB of temporaries and did not fit);
-launch with launch/tpu_pod.sh, which runs the plan first.
+slice on any machine. The earlier preset (float32, 512 rows per device at once) did not fit: the TPU
+compiler asked for 59 GB of temporaries per TensorCore against 15.25 GB (attention probabilities of
+512-token inputs and the 33.5k-token logits are the bulk: about 0.12 GB per row in bfloat16); launch
+with launch/tpu_pod.sh, which runs the plan first.
 """
 import os
 import sys
@@ -20,6 +22,7 @@ def get_config():
   config.parallel.mesh_shape.update(dict(data=16, fsdp=1, model=1))
   config.train.batch_size = 8192
   config.train.bf16 = True
+  config.train.grad_accum_steps = 4      # 128 rows per device (64 per TensorCore) per micro-batch
   config.eval.batch_size = 64
   config.plan = plan_config()
   config.plan.topology = "v4:2x2x4"

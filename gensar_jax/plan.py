@@ -184,6 +184,15 @@ def gpu_topology_devices(topology: str) -> tuple[list, Chip]:
   return list(desc.devices), chip
 
 
+def slice_hosts(topology: str, chip: Chip, chips: int) -> int:
+  """Hosts (VMs, one process each) of a slice: TPU slices of up to 8 chips are one VM (v4-8: 4 chips,
+  v5e/v6e-8: 8), larger ones have 4 chips per host; GPU topologies name their nodes ("h100:2x8")."""
+  if topology.partition(":")[0] in GPUS:
+    nodes = topology.partition(":")[2].rpartition("x")[0]
+    return int(nodes) if nodes else 1
+  return 1 if chips <= 8 else chips // 4
+
+
 def plan_mesh(config: ml_collections.ConfigDict, devices: list, chip: Chip) -> tuple[jax.sharding.Mesh, dict]:
   """(compile mesh, the config's mesh shape on the slice's exposed devices).
 
@@ -660,7 +669,8 @@ def plan(config: ml_collections.ConfigDict, workdir: Path | None = None, topolog
   budget = training_budget(config, examples)
   report: dict[str, Any] = {
       "config": config.name, "topology": topology, "chip": dataclasses.asdict(chip),
-      "devices": len(devices) // chip.tensorcores, "tensorcores": len(devices), "mesh": mesh_shape, "jax": jax.__version__,
+      "devices": len(devices) // chip.tensorcores, "tensorcores": len(devices), "mesh": mesh_shape,
+      "hosts": slice_hosts(topology, chip, len(devices) // chip.tensorcores), "jax": jax.__version__,
       "compiler": libtpu_available()[1] if chip.name not in GPUS else "jax-cuda12-plugin",
       "model": {"vocab_size": vocab, "d_model": model_cfg.d_model, "layers": [model_cfg.num_encoder_layers,
                 model_cfg.num_decoder_layers], "bf16_training": bool(config.train.bf16)},
@@ -706,7 +716,8 @@ def estimate(report: dict, config: ml_collections.ConfigDict, plan_cfg: ml_colle
   if "train_step" in programs:
     step_s = programs["train_step"]["roofline"]["step_s"]
     out.update(step_s=step_s, mfu=programs["train_step"]["roofline"]["mfu"],
-               epoch_s=step_s * budget["steps_per_epoch"], train_s=step_s * budget["num_steps"])
+               epoch_s=step_s * budget["steps_per_epoch"], train_s=step_s * budget["num_steps"],
+               host_examples_per_s=budget["global_batch"] / report["hosts"] / step_s)
   if "beam_search_sampled" in programs:
     batches = math.ceil(int(config.eval.validation_rows) * len(config.train.selection_tasks)
                         / int(config.eval.batch_size))
@@ -775,6 +786,9 @@ def format_plan(report: dict) -> str:
                  f"{_duration(est['train_s'])} + validation {_duration(est.get('all_validations_s', 0.0))} = "
                  f"{est['budget_days']:.2f} days, {est['chip_hours']:,.0f} chip-hours"
                  + (f", about ${est['list_price_usd']:,.0f} at list price" if est["list_price_usd"] is not None else ""))
+  if "host_examples_per_s" in est:
+    lines.append(f"input pipeline: each of the {report['hosts']} hosts must feed {est['host_examples_per_s']:,.0f} "
+                 "examples/s to keep up")
   if "doc2query_sampling_s" in est:
     lines.append(f"doc2query pseudo-queries for the catalogue on one device: {_duration(est['doc2query_sampling_s'])}")
   lines.append("roofline: max(FLOPs / peak, bytes / HBM bandwidth) + collective traffic / ICI bandwidth; an "

@@ -1,0 +1,256 @@
+"""Electronics-scale rehearsal on this CPU: a synthetic world with the paper's Electronics counts
+(62,882 items, 192,403 users, ~1.3M purchases) through `prepare`, `embed` and `index`, and the grain
+pipeline's examples/s per host against what one TPU host must feed at the plan's step time.
+
+  python benchmarks/electronics_rehearsal.py [--workdir /tmp/electronics_rehearsal] [--parts prepare,text,...]
+
+Each part runs in its own process; the parent records its wall time and peak RSS (`os.wait4`). Long
+loops are timed on a part and extrapolated, and the JSON says so for each: the text encoder on a
+random sample of the item texts, SASRec (40 epochs) on its first epoch(s), the RQ-VAE (500 epochs)
+on a few epochs plus one evaluation. Writes results/benchmarks/electronics_rehearsal.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "results" / "benchmarks" / "electronics_rehearsal.json"
+PARTS = ("prepare", "text", "sasrec", "rqvae", "pipeline")
+# METHOD.md section 5: Electronics 5-core counts.
+ELECTRONICS = {"items": 62_882, "users": 192_403, "purchases": 1_300_000}
+
+
+def rehearsal_config():
+  """configs/electronics.py (the paper's settings) on a synthetic world of Electronics' size: ~6.8
+  purchases per user (5-core: at least 5) gives ~1.3M purchases."""
+  from gensar_jax.config import load_config
+  config = load_config("electronics")
+  config.name = "electronics_rehearsal"
+  config.data.source = "synthetic"
+  config.data.raw_dir = ""
+  config.data.synthetic.update(dict(num_items=ELECTRONICS["items"], num_users=ELECTRONICS["users"],
+                                    mean_sequence_length=ELECTRONICS["purchases"] / ELECTRONICS["users"],
+                                    min_sequence_length=5, max_sequence_length=60))
+  return config
+
+
+# ------------------------------------------------------------------------------------------ parts (child)
+
+def part_prepare(workdir: Path) -> dict:
+  """The whole `prepare` stage (world, histories, splits, BM25 negatives, SentencePiece, ArrayRecords)."""
+  from gensar_jax import stages
+  config = rehearsal_config()
+  stats = stages.run_stage(stages.STAGES["prepare"], config, workdir)
+  keys = ("users", "items", "queries", "rec_interactions", "rec_train", "search_train", "rec_validation",
+          "search_validation")
+  return {"measured": "whole stage", "stats": {k: stats[k] for k in keys if k in stats}}
+
+
+def _prepared(workdir: Path):
+  from gensar_jax.data.prepare import load_prepared
+  return load_prepared(workdir / "prepare")
+
+
+def part_text(workdir: Path, sample: int) -> dict:
+  """MiniLM (the embed stage's encoder and settings) on a random sample of the catalogue's texts,
+  extrapolated linearly to every item (compile of the length buckets included in the sample's time)."""
+  import numpy as np
+  from gensar_jax.embed.text_encoder import load_sentence_encoder
+  config = rehearsal_config()
+  data = _prepared(workdir).dataset
+  rng = np.random.default_rng(0)
+  rows = rng.choice(data.num_items, min(sample, data.num_items), replace=False)
+  texts = [data.catalog.text(int(i)) for i in rows]
+  cfg = config.embed.text
+  t0 = time.perf_counter()
+  encoder = load_sentence_encoder(cfg.model_dir or None, cfg.max_seq_length, cfg.min_bucket_length, cfg.dtype)
+  load_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  encoder.encode(texts, batch_size=int(cfg.batch_size), progress=False)
+  sample_s = time.perf_counter() - t0
+  per_item = sample_s / len(texts)
+  return {"measured": f"{len(texts)} of {data.num_items} item texts (random sample), extrapolated linearly",
+          "sample_items": len(texts), "sample_seconds": round(sample_s, 1), "load_seconds": round(load_s, 1),
+          "mean_words_per_text": round(float(np.mean([len(t.split()) for t in texts])), 1),
+          "extrapolated_seconds": round(load_s + per_item * data.num_items, 1)}
+
+
+def part_sasrec(workdir: Path, epochs: int) -> dict:
+  """SASRec at the embed stage's settings on the real training sequences for `epochs` epochs (no
+  validation), extrapolated to `embed.sasrec.epochs` plus its validations."""
+  import ml_collections
+  import numpy as np
+  from gensar_jax.data.splits import VALID
+  from gensar_jax.embed import sasrec
+  from gensar_jax.embed.stage import rec_eval_inputs, rec_training_sequences
+  config = rehearsal_config()
+  prepared = _prepared(workdir)
+  cfg = ml_collections.ConfigDict(config.embed.sasrec.to_dict())
+  sequences = rec_training_sequences(prepared)
+  full_epochs, eval_every = int(cfg.epochs), int(cfg.eval_every)
+  t0 = time.perf_counter()
+  cfg.epochs, cfg.eval_every = 1, 0
+  sasrec.train_sasrec(sequences, prepared.dataset.num_items, cfg, seed=0, progress=False)   # compile + 1 epoch
+  first_s = time.perf_counter() - t0
+  cfg.epochs = epochs
+  t0 = time.perf_counter()
+  model = sasrec.train_sasrec(sequences, prepared.dataset.num_items, cfg, seed=0, progress=False)
+  per_epoch = (time.perf_counter() - t0) / epochs
+  histories, candidates = rec_eval_inputs(prepared, VALID, int(cfg.max_len))
+  t0 = time.perf_counter()
+  sasrec.score_candidates(model, histories, candidates, int(cfg.eval_batch_size))
+  eval_s = time.perf_counter() - t0
+  validations = math.ceil(full_epochs / eval_every) if eval_every > 0 else 0
+  windows = sum(max(len(s) - 1, 0) for s in sequences)
+  return {"measured": f"1 epoch with compile, then {epochs} epoch(s) timed, one validation; extrapolated to "
+                      f"{full_epochs} epochs and {validations} validations",
+          "users": len(sequences), "training_positions": int(windows), "items": prepared.dataset.num_items,
+          "first_epoch_with_compile_seconds": round(first_s, 1), "seconds_per_epoch": round(per_epoch, 1),
+          "validation_seconds": round(eval_s, 1), "validation_rows": int(len(histories)),
+          "full_softmax_logits_per_batch_gib": round(int(cfg.batch_size) * int(cfg.max_len) *
+                                                     prepared.dataset.num_items * 4 / 2 ** 30, 2),
+          "extrapolated_seconds": round(first_s + per_epoch * (full_epochs - 1) + eval_s * validations, 1)}
+
+
+def part_rqvae(epochs: int) -> dict:
+  """The RQ-VAE at the index stage's settings on 62,882 items (clustered 384-d + 64-d vectors, as in
+  benchmarks/rqvae.py): `epochs` epochs and one evaluation timed, extrapolated to `identifiers.epochs`."""
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import jax
+  import numpy as np
+  from rqvae import synthetic_table, time_ours
+  from gensar_jax.identifiers import rqvae, rqvae_train
+  config = rehearsal_config().identifiers
+  table = synthetic_table(ELECTRONICS["items"])
+  t0 = time.perf_counter()
+  per_epoch = time_ours(table, config, epochs)
+  total_s = time.perf_counter() - t0
+  spec = rqvae.spec_from_config(config, 384, 64)
+  params = rqvae.init_params(jax.random.PRNGKey(0), spec)
+  inputs = {view: jax.numpy.asarray(v) for view, v in table.items()}
+  encoder = rqvae_train.make_encoder(spec)
+  rqvae_train.encode_items(params, spec, inputs, encoder=encoder)       # compile
+  t0 = time.perf_counter()
+  codes, _ = rqvae_train.encode_items(params, spec, inputs, encoder=encoder)
+  rqvae_train.mean_collision_rate({k: np.asarray(v) for k, v in codes.items()})
+  eval_s = time.perf_counter() - t0
+  full, every = int(config.epochs), int(config.eval_every_epochs)
+  return {"measured": f"{epochs} epochs (after one compile epoch) and one evaluation timed; extrapolated to {full} "
+                      f"epochs with an evaluation every {every}",
+          "items": ELECTRONICS["items"], "batch_size": int(config.batch_size),
+          "seconds_per_epoch": round(per_epoch, 2), "evaluation_seconds": round(eval_s, 2),
+          "timed_part_seconds": round(total_s, 1),
+          "extrapolated_seconds": round(per_epoch * full + eval_s * (full // every), 1)}
+
+
+def part_pipeline(workdir: Path, batches: int) -> dict:
+  """grain batches of the task mixture (random identifiers) at one host's share of the global batch
+  of the plans in results/plan/, against the rows per second that host must feed."""
+  import numpy as np
+  from gensar_jax.data import pipeline
+  from gensar_jax.data.task_data import load_task_data
+  config = rehearsal_config()
+  n = _prepared(workdir).dataset.num_items
+  rng = np.random.default_rng(0)
+  codes = rng.integers(0, config.identifiers.codebook_size, (n, 4)).astype(np.int32)
+  task_data = load_task_data(workdir, config, codes={"semantic": codes, "collab": codes}, with_pseudo_queries=False)
+  source = task_data.mixture(config.tasks.sizes.to_dict(), 1, 0)
+  plans = feed_requirements(int(config.train.batch_size))
+  host_batch = min((p["rows_per_host"] for p in plans), default=512)
+  it = pipeline.make_train_iterator(source, host_batch)
+  next(it)                                                  # start-up (threads, first reads)
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  rate = batches * host_batch / (time.perf_counter() - t0)
+  for p in plans:
+    p["pipeline_examples_per_s"] = round(rate, 1)
+    p["headroom"] = round(rate / p["required_examples_per_s"], 2) if p["required_examples_per_s"] else None
+  return {"measured": f"{batches} batches of {host_batch} rows after the first, one process on this 2-core CPU",
+          "epoch_examples": len(source), "host_batch": host_batch, "examples_per_s": round(rate, 1),
+          "against_plans": plans}
+
+
+def feed_requirements(global_batch: int) -> list[dict]:
+  """Per plan in results/plan/: hosts, rows per host per step and the examples/s one host must feed at
+  the plan's estimated step time."""
+  out = []
+  for path in sorted((ROOT / "results" / "plan").glob("*.json")):
+    plan = json.loads(path.read_text())
+    step_s = plan.get("estimate", {}).get("step_s")
+    if not step_s:
+      continue
+    hosts = plan.get("hosts", 1)
+    rows = plan["shapes"]["global_batch"] // hosts
+    out.append({"plan": path.stem, "hosts": hosts, "rows_per_host": rows, "step_s": step_s,
+                "required_examples_per_s": round(rows / step_s, 1)})
+  return out
+
+
+# ------------------------------------------------------------------------------------------ parent
+
+def run_part(part: str, args) -> dict:
+  """Runs one part in a child process; its JSON plus wall seconds and peak RSS."""
+  cmd = [sys.executable, __file__, "--child", part, "--workdir", str(args.workdir), "--text_sample",
+         str(args.text_sample), "--sasrec_epochs", str(args.sasrec_epochs), "--rqvae_epochs", str(args.rqvae_epochs),
+         "--batches", str(args.batches)]
+  t0 = time.perf_counter()
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+  out = proc.stdout.read()
+  _, status, usage = os.wait4(proc.pid, 0)
+  wall = time.perf_counter() - t0
+  if status != 0:
+    raise RuntimeError(f"rehearsal part {part} failed (status {status}); output tail: {out[-2000:]}")
+  result = json.loads(out.strip().splitlines()[-1])
+  result.update(part=part, wall_seconds=round(wall, 1), peak_rss_gib=round(usage.ru_maxrss / 2 ** 20, 2))
+  print(json.dumps(result), flush=True)
+  return result
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", type=Path, default=Path("/tmp/electronics_rehearsal"))
+  parser.add_argument("--parts", default=",".join(PARTS))
+  parser.add_argument("--text_sample", type=int, default=2000)
+  parser.add_argument("--sasrec_epochs", type=int, default=1)
+  parser.add_argument("--rqvae_epochs", type=int, default=3)
+  parser.add_argument("--batches", type=int, default=20)
+  parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import logging
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    result = {"prepare": lambda: part_prepare(args.workdir), "text": lambda: part_text(args.workdir, args.text_sample),
+              "sasrec": lambda: part_sasrec(args.workdir, args.sasrec_epochs),
+              "rqvae": lambda: part_rqvae(args.rqvae_epochs),
+              "pipeline": lambda: part_pipeline(args.workdir, args.batches)}[args.child]()
+    print(json.dumps(result))
+    return
+  parts = [p for p in args.parts.split(",") if p]
+  unknown = sorted(set(parts) - set(PARTS))
+  if unknown:
+    raise SystemExit(f"--parts: unknown {unknown}; expected some of {PARTS}")
+  previous = json.loads(OUT.read_text()) if OUT.exists() else {"parts": {}}
+  results = dict(previous.get("parts", {}))
+  for part in parts:
+    results[part] = run_part(part, args)
+    report = {"world": ELECTRONICS, "machine": f"{os.cpu_count()} CPU cores (shared with other jobs while measured)",
+              "note": "wall seconds and peak RSS per part, each in its own process; 'extrapolated_seconds' is the "
+                      "stage's full length estimated from the timed part ('measured' says what was timed)",
+              "parts": results}
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(report, indent=1) + "\n")
+  print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+  main()

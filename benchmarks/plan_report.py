@@ -1,0 +1,126 @@
+"""README tables from measured files: the pod presets' plans (results/plan/*.json, written by
+`gensar plan`) and the Electronics rehearsal (results/benchmarks/electronics_rehearsal.json).
+
+  python benchmarks/plan_report.py            # print both tables
+  python benchmarks/plan_report.py --readme   # and replace them in README.md between their markers
+
+No number is typed by hand: every cell comes from those JSON files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PLANS = ROOT / "results" / "plan"
+REHEARSAL = ROOT / "results" / "benchmarks" / "electronics_rehearsal.json"
+MARKERS = {"plan": ("<!-- plan-table:start -->", "<!-- plan-table:end -->"),
+           "rehearsal": ("<!-- rehearsal-table:start -->", "<!-- rehearsal-table:end -->")}
+GIB = 2 ** 30
+
+
+def _duration(seconds: float | None) -> str:
+  if seconds is None:
+    return "-"
+  if seconds >= 86400:
+    return f"{seconds / 86400:.2f} d"
+  if seconds >= 3600:
+    return f"{seconds / 3600:.1f} h"
+  if seconds >= 60:
+    return f"{seconds / 60:.1f} min"
+  return f"{seconds * 1e3:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def _collectives(program: dict) -> str:
+  items = program.get("collectives") or []
+  return ", ".join(f"{c['count']}x {c['kind']} ({c['bytes'] / 2 ** 20:.0f} MiB)" for c in items) or "none"
+
+
+def plan_row(plan: dict) -> str:
+  """One markdown row: a preset's slice, train-step memory, cost, collectives, estimate and budget."""
+  train = plan["programs"].get("train_step", {})
+  beam = plan["programs"].get("beam_search_sampled", {})
+  est, chip, shapes = plan.get("estimate", {}), plan["chip"], plan["shapes"]
+  accum = max(shapes["grad_accum_steps"], 1)
+  price = est.get("list_price_usd")
+  cells = [f"`{plan['config']}`",
+           f"{plan['topology']}: {plan['devices']} x {chip['name']}, {plan.get('hosts', '?')} host(s)",
+           f"{shapes['rows_per_device']} ({shapes['rows_per_device'] // accum} x {accum})",
+           f"{train['memory']['peak_bytes'] / GIB:.1f} / {chip['hbm_bytes'] / GIB:.0f} "
+           f"({'yes' if train.get('fits') else '**no**'})" if train else "-",
+           f"{beam['memory']['peak_bytes'] / GIB:.1f}" if beam else "-",
+           f"{train['flops'] / 1e12:.1f}" if train.get("flops") else "-",
+           _collectives(train) if train else "-",
+           _duration(est.get("step_s")),
+           f"{est['mfu']:.0%}" if est.get("mfu") is not None else "-",
+           _duration(est.get("validation_s")),
+           f"{est['budget_days']:.2f}" if "budget_days" in est else "-",
+           f"{est['chip_hours']:,.0f}" if "chip_hours" in est else "-",
+           f"${price:,.0f}" if price is not None else "-"]
+  return "| " + " | ".join(cells) + " |"
+
+
+HEADER = ("preset", "slice", "rows/chip (micro x accum)", "train step peak GiB / HBM (fits)",
+          "validation beam search peak GiB", "train TFLOP/chip/step", "train step collectives", "est. step", "MFU",
+          "one validation", "days for the budget", "chip-hours", "list price")
+
+
+def plan_table(plans: list[dict]) -> str:
+  lines = ["| " + " | ".join(HEADER) + " |", "|" + " --- |" * len(HEADER)]
+  lines += [plan_row(p) for p in plans]
+  if plans:
+    b = plans[0]["budget"]
+    lines += ["", f"Budget of every preset: {b['num_steps']:,} steps of {b['global_batch']:,} ({b['steps_per_epoch']} "
+                  f"per epoch of {b['epoch_examples']:,} examples), {b['validations']} validations; row counts from "
+                  f"{b['epoch_source']}."]
+  return "\n".join(lines)
+
+
+def rehearsal_table(report: dict) -> str:
+  lines = ["| stage (part) | what was timed | wall time of the part | peak RSS | full stage (extrapolated) |",
+           "| --- | --- | ---: | ---: | ---: |"]
+  for name, part in report["parts"].items():
+    full = part.get("extrapolated_seconds", part["wall_seconds"] if part.get("measured") == "whole stage" else None)
+    lines.append(f"| {name} | {part.get('measured', '')} | {_duration(part['wall_seconds'])} | "
+                 f"{part['peak_rss_gib']:.1f} GiB | {_duration(full)} |")
+  pipe = report["parts"].get("pipeline")
+  if pipe:
+    lines.append("")
+    lines.append(f"grain pipeline: {pipe['examples_per_s']:,.0f} examples/s in one process at {pipe['host_batch']} "
+                 "rows per batch; one host must feed:")
+    for p in pipe["against_plans"]:
+      lines.append(f"- `{p['plan']}`: {p['required_examples_per_s']:,.0f} examples/s ({p['rows_per_host']} rows per host "
+                   f"every {_duration(p['step_s'])}); this CPU's pipeline gives {p['headroom']}x that")
+  return "\n".join(lines)
+
+
+def replace_between(text: str, markers: tuple[str, str], body: str) -> str:
+  start, end = markers
+  pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+  if not pattern.search(text):
+    raise SystemExit(f"README.md has no {start} ... {end} markers")
+  return pattern.sub(lambda _: f"{start}\n{body}\n{end}", text)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
+  args = parser.parse_args()
+  plans = [json.loads(p.read_text()) for p in sorted(PLANS.glob("*.json"))]
+  tables = {"plan": plan_table(plans)}
+  if REHEARSAL.exists():
+    tables["rehearsal"] = rehearsal_table(json.loads(REHEARSAL.read_text()))
+  for body in tables.values():
+    print(body, end="\n\n")
+  if args.readme:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    for name, body in tables.items():
+      text = replace_between(text, MARKERS[name], body)
+    readme.write_text(text)
+
+
+if __name__ == "__main__":
+  main()

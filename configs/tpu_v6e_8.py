@@ -1,0 +1,28 @@
+"""The paper's Electronics setup on one TPU v6e-8 host (8 Trillium chips of 32 GB, a single VM): 1024
+rows per chip in 8 micro-batches of 128, bfloat16. The cheapest of the planned presets for the paper's
+budget (README "Before you rent a pod": v6e has the lowest list price per bf16 FLOP, and at 1024 rows
+per chip the gradient all-reduce is a small share of the step); one host needs no multi-host launch.
+
+Effective batch 8192 as the reference. `gensar plan --config configs/tpu_v6e_8.py` compiles it for the
+slice on any machine; launch with launch/tpu_pod.sh (one worker), which runs the plan first.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from electronics import get_config as electronics_config  # noqa: E402
+
+from gensar_jax.plan import plan_config  # noqa: E402
+
+
+def get_config():
+  config = electronics_config()
+  config.name = "tpu_v6e_8"
+  config.parallel.mesh_shape.update(dict(data=8, fsdp=1, model=1))
+  config.train.batch_size = 8192
+  config.train.bf16 = True
+  config.train.grad_accum_steps = 8      # 128 rows per chip per micro-batch
+  config.eval.batch_size = 256
+  config.plan = plan_config()
+  config.plan.topology = "v6e:2x4"
+  return config
