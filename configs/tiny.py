@@ -23,7 +23,7 @@ def get_config():
   config.model.preset = "tiny"
   config.train.update(dict(batch_size=16, num_epochs=2, eval_every=60, checkpoint_every=60, log_every=20,
                            async_checkpointing=False))
-  config.eval.update(dict(num_beams=8, batch_size=16, validation_rows=32))
+  config.eval.update(dict(num_beams=10, batch_size=16, validation_rows=32))   # HR@10 needs >= 10 beams
   config.doc2query.update(dict(num_pseudo_queries=2, max_input_len=32, max_query_len=12))
   config.doc2query.train.update(dict(batch_size=16, num_epochs=1, log_every=10, checkpoint_every=1000,
                                      async_checkpointing=False))

@@ -1,7 +1,8 @@
 """Configs: `configs/<name>.py` files whose `get_config()` returns an ml_collections.ConfigDict.
 
-Overrides are dotted assignments, e.g. `--set data.num_negatives=49 --set train.steps=10`; values
-are parsed as Python literals when possible (numbers, booleans, tuples, None), else kept as strings.
+Overrides are dotted assignments, e.g. `--set data.num_negatives=49 --set train.num_steps=10`; each value
+is parsed as its default's type (`coerce_like`): a value of another type is an error naming the key.
+`check_config` then checks ranges and cross-field rules before any stage runs.
 """
 from __future__ import annotations
 
@@ -26,42 +27,255 @@ def resolve_config_path(name_or_path: str) -> Path:
   return path
 
 
-def _parse_value(text: str):
+_TRUE, _FALSE = ("true",), ("false",)
+
+
+def _parse_literal(text: str):
   try:
     return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
+  except (ValueError, SyntaxError, MemoryError, RecursionError):
     return text
 
 
+def _type_name(like) -> str:
+  return "a tuple" if isinstance(like, tuple) else type(like).__name__
+
+
+def coerce_like(value, like, where: str):
+  """`value` converted to the type of the default `like`, or a ValueError naming `where` and the type.
+
+  bool takes True/False (or the strings true/false in any case); int rejects fractions (a whole float
+  such as 1e5 is taken); float takes ints; str takes anything textual; a tuple takes a list or tuple whose
+  elements match the default's element types (int -> float where the default holds floats); None (no
+  default) takes anything.
+  """
+  def fail():
+    expected = "true or false" if isinstance(like, bool) else _type_name(like) + (
+        f" like {like!r}" if like not in ((), "") else "")
+    raise ValueError(f"{where}={value!r}: expected {expected}")
+  if like is None:
+    return value
+  if isinstance(like, bool):
+    if isinstance(value, bool):
+      return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+      return value.strip().lower() in _TRUE
+    fail()
+  if isinstance(like, int):
+    if isinstance(value, bool):
+      fail()
+    if isinstance(value, int):
+      return value
+    if isinstance(value, float) and value.is_integer():
+      return int(value)
+    fail()
+  if isinstance(like, float):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      return float(value)
+    fail()
+  if isinstance(like, str):
+    return value if isinstance(value, str) else fail()
+  if isinstance(like, tuple):
+    if not isinstance(value, (list, tuple)):
+      fail()
+    if not like:
+      return tuple(value)
+    return tuple(_coerce_element(v, like, f"{where}[{i}]") for i, v in enumerate(value))
+  return value
+
+
+def _kind(value) -> object:
+  return tuple(_kind(v) for v in value) if isinstance(value, tuple) else type(value)
+
+
+def _coerce_element(value, like: tuple, where: str):
+  """One element of a tuple field, checked against each kind of element the default tuple holds."""
+  if value is None and any(e is None for e in like):
+    return None
+  first_error = None
+  for example in {_kind(e): e for e in like if e is not None}.values():
+    try:
+      return coerce_like(value, example, where)
+    except ValueError as e:
+      first_error = first_error or e
+  raise first_error or ValueError(f"{where}={value!r}: expected None")
+
+
+def parse_override(raw: str, like, where: str):
+  """The text of `--set where=raw` as a value of the default's type (see `coerce_like`)."""
+  text = raw.strip()
+  if isinstance(like, str):
+    return text
+  if isinstance(like, bool):
+    return coerce_like(text if text.lower() in _TRUE + _FALSE else _parse_literal(text), like, where)
+  value = _parse_literal(text)
+  if isinstance(like, tuple) and isinstance(value, str) and like and all(isinstance(e, str) for e in like):
+    value = tuple(part.strip() for part in text.split(",") if part.strip())   # a,b,c for a tuple of strings
+  return coerce_like(value, like, where)
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> ml_collections.ConfigDict:
-  """Applies `a.b.c=value` assignments; unknown keys are an error (typos must not pass silently)."""
+  """Applies `a.b.c=value` assignments, each parsed as the default's type; unknown keys and values of the
+  wrong type are errors (typos must not pass silently)."""
   for item in overrides:
     key, sep, raw = item.partition("=")
     if not sep:
       raise ValueError(f"override {item!r}: expected KEY=VALUE, e.g. data.num_negatives=49")
-    *parents, leaf = key.strip().split(".")
+    key = key.strip()
+    *parents, leaf = key.split(".")
     node = config
     for i, part in enumerate(parents):
-      if part not in node:
-        raise KeyError(f"override {item!r}: no config field {'.'.join(parents[:i + 1])!r}")
+      if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+        raise KeyError(f"override {item!r}: no config section {'.'.join(parents[:i + 1])!r}")
       node = node[part]
     if leaf not in node:
       raise KeyError(f"override {item!r}: no config field {key!r}")
-    value = _parse_value(raw.strip())
     old = node[leaf]
-    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-      value = float(value)
-    if isinstance(old, str) and not isinstance(value, str):
-      value = raw.strip()
-    if isinstance(old, tuple) and isinstance(value, list):
-      value = tuple(value)
+    if isinstance(old, ml_collections.ConfigDict):
+      raise ValueError(f"override {item!r}: {key!r} is a config section; set its fields (e.g. {key}.<field>=...)")
+    if old is None:    # a placeholder: None, or a value of its declared type
+      declared = node.get_type(leaf)
+      example = {int: 0, float: 0.0, str: "", bool: False}.get(declared)
+      if raw.strip() == "None" or example is None:
+        value = _parse_literal(raw.strip())
+      else:
+        try:
+          value = parse_override(raw, example, f"--set {key}")
+        except ValueError:
+          raise ValueError(f"--set {key}={raw.strip()!r}: expected None or {declared.__name__}") from None
+    else:
+      value = parse_override(raw, old, f"--set {key}")
     with node.ignore_type():
       node[leaf] = value
   return config
 
 
-def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-  """Loads `get_config()` from a config file, applies overrides, and fills `config.name`."""
+# ------------------------------------------------------------------------------------ value checks
+
+def _at_least(low):
+  return (lambda v: v >= low), f">= {low}"
+
+
+def _between(low, high):
+  return (lambda v: low <= v <= high), f"between {low} and {high}"
+
+
+def _positive():
+  return (lambda v: v > 0), "> 0"
+
+
+def _one_of(*choices):
+  return (lambda v: v in choices), f"one of {list(choices)}"
+
+
+def _subset_of(*choices):
+  return (lambda v: bool(v) and set(v) <= set(choices)), f"a non-empty subset of {list(choices)}"
+
+
+# Ranges and choices of every field a stage would otherwise only find wrong after hours of work.
+# (dotted key, (check, what is expected)); keys a config does not have are skipped.
+VALUE_RULES = (
+    ("seed", _at_least(0)),
+    ("data.source", _one_of("synthetic", "lcrec", "amazon2014", "amazon2018")),
+    ("data.search_fraction", _between(0.0, 1.0)),
+    ("data.history_len", _at_least(1)),
+    ("data.min_events", _at_least(1)),
+    ("data.split", _one_of("leave_one_out", "chronological")),
+    ("data.num_negatives", _at_least(1)),
+    ("data.vocab_size", _at_least(100)),
+    ("tasks.max_input_len", _at_least(8)),
+    ("tasks.max_target_len", _at_least(2)),
+    ("tasks.max_text_tokens", _at_least(1)),
+    *((f"tasks.sizes.{task}", ((lambda v: v == -1 or v >= 0), "-1 (every row) or >= 0"))
+      for task in ("nrip", "nsip", "nsqp", "desc2id", "id2desc", "adhoc")),
+    ("identifiers.mode", _one_of("dual", "semantic", "collab")),
+    ("identifiers.codebook_size", _at_least(2)),
+    ("identifiers.num_shared_levels", _at_least(0)),
+    ("identifiers.num_specific_levels", _at_least(0)),
+    ("identifiers.epochs", _at_least(1)),
+    ("identifiers.batch_size", _at_least(1)),
+    ("identifiers.learning_rate", _positive()),
+    ("model.dtype", _one_of("float32", "bfloat16")),
+    ("model.dropout_rate", _between(0.0, 1.0)),
+    ("doc2query.num_pseudo_queries", _at_least(1)),
+    ("doc2query.sampling.method", _one_of("sample", "greedy")),
+    ("doc2query.sampling.temperature", _positive()),
+    ("doc2query.sampling.top_k", _at_least(0)),
+    ("doc2query.sampling.top_p", ((lambda v: 0 < v <= 1), "in (0, 1]")),
+    ("eval.num_beams", ((lambda v: v >= 10), ">= 10 (HR@10 and NDCG@10 rank the 10 best beams)")),
+    ("eval.batch_size", _at_least(1)),
+    ("eval.validation_rows", _at_least(1)),
+    ("eval.split", _one_of("validation", "test")),
+    ("eval.protocols", _subset_of("sampled", "full")),
+    ("eval.limit", ((lambda v: v is None or v >= 1), "None (every row) or >= 1")),
+    ("train.selection_tasks", _subset_of("rec", "search")),
+    *(rule for section in ("train", "doc2query.train") for rule in (
+        (f"{section}.batch_size", _at_least(1)),
+        (f"{section}.learning_rate", _positive()),
+        (f"{section}.schedule", _one_of("cosine", "linear", "constant")),
+        (f"{section}.warmup_fraction", _between(0.0, 1.0)),
+        (f"{section}.weight_decay", _at_least(0.0)),
+        (f"{section}.max_grad_norm", _at_least(0.0)),
+        (f"{section}.label_smoothing", ((lambda v: 0 <= v < 1), "in [0, 1)")),
+        (f"{section}.grad_accum_steps", _at_least(1)),
+        (f"{section}.log_every", _at_least(1)),
+        (f"{section}.eval_every", _at_least(0)),
+        (f"{section}.checkpoint_every", _at_least(1)),
+        (f"{section}.keep_checkpoints", _at_least(1)),
+        (f"{section}.best_mode", _one_of("max", "min")))),
+)
+
+
+def _lookup(config: ml_collections.ConfigDict, key: str):
+  node = config
+  for part in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return _MISSING
+    node = node[part]
+  return node
+
+
+_MISSING = object()
+
+
+def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks ranges, choices and cross-field rules; raises one ValueError listing every problem."""
+  problems = []
+  for key, (check, expected) in VALUE_RULES:
+    value = _lookup(config, key)
+    if value is _MISSING:
+      continue
+    try:
+      ok = check(value)
+    except TypeError:
+      ok = False
+    if not ok:
+      problems.append(f"{key}={value!r}: expected {expected}")
+  for section in ("train", "doc2query.train"):
+    steps, epochs = _lookup(config, f"{section}.num_steps"), _lookup(config, f"{section}.num_epochs")
+    if steps is not _MISSING and epochs is not _MISSING and steps <= 0 and epochs < 1:
+      problems.append(f"{section}.num_steps={steps!r} and {section}.num_epochs={epochs!r}: "
+                      "expected num_steps > 0, or num_epochs >= 1 when num_steps <= 0")
+    batch, accum = _lookup(config, f"{section}.batch_size"), _lookup(config, f"{section}.grad_accum_steps")
+    if batch is not _MISSING and accum is not _MISSING and accum >= 1 and batch % accum:
+      problems.append(f"{section}.batch_size={batch} is not a multiple of {section}.grad_accum_steps={accum}")
+  levels = [_lookup(config, f"identifiers.num_{kind}_levels") for kind in ("shared", "specific")]
+  if _MISSING not in levels and sum(levels) < 1:
+    problems.append("identifiers.num_shared_levels + identifiers.num_specific_levels: expected >= 1")
+  items = _lookup(config, "data.synthetic.num_items")
+  negatives = _lookup(config, "data.num_negatives")
+  if _lookup(config, "data.source") == "synthetic" and _MISSING not in (items, negatives) and negatives >= items:
+    problems.append(f"data.num_negatives={negatives}: expected fewer than the catalogue's "
+                    f"data.synthetic.num_items={items}")
+  if problems:
+    name = config.get("name") or "config"
+    raise ValueError(f"{name}: {len(problems)} invalid value(s):\n  " + "\n  ".join(problems))
+  return config
+
+
+def load_config(name_or_path: str, overrides: Iterable[str] = (), check: bool = True) -> ml_collections.ConfigDict:
+  """Loads `get_config()` from a config file, applies overrides, fills `config.name` and (by default)
+  checks every value (`check_config`) so that a stage never starts on a config that cannot work."""
   path = resolve_config_path(name_or_path)
   spec = importlib.util.spec_from_file_location(f"gensar_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
@@ -69,7 +283,8 @@ def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> ml_collecti
   config = module.get_config()
   if not config.get("name"):
     config.name = path.stem
-  return apply_overrides(config, overrides)
+  config = apply_overrides(config, overrides)
+  return check_config(config) if check else config
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
