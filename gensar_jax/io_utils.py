@@ -76,6 +76,12 @@ def read_json(path: str | os.PathLike) -> Any:
     raise DataError(f"{path}: file not found") from None
   except json.JSONDecodeError as e:
     raise DataError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}: not UTF-8 text (byte offset {e.start}); expected a JSON file written by gensar") from None
+  except RecursionError:
+    raise DataError(f"{path}: JSON nested too deeply to parse") from None
+  except IsADirectoryError:
+    raise DataError(f"{path}: is a directory, expected a JSON file") from None
 
 
 def save_arrays(path: str | os.PathLike, **arrays: np.ndarray) -> None:
@@ -92,8 +98,14 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
   path = Path(path)
   if not path.exists():
     raise DataError(f"{path}: file not found (run the stage that writes it first)")
-  with np.load(path, allow_pickle=False) as z:
-    return {k: z[k] for k in z.files}
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      return {k: z[k] for k in z.files}
+  except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+    # Never load it with pickling enabled (numpy's advice for object arrays): that would run its code.
+    reason = "holds Python objects, not plain arrays" if "allow_pickle" in str(e) else f"{type(e).__name__}: {e}"
+    raise DataError(f"{path}: damaged or not an array file written by gensar ({reason}); re-run the stage that "
+                    "writes it") from None
 
 
 def fingerprint(*parts: Any) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 from gensar_jax.data.loaders import RawData
 from gensar_jax.data.schema import SARDataset
 from gensar_jax.data.text import normalize_query, query_from_category_path
+from gensar_jax.io_utils import DataError
 
 
 def item_queries_from_categories(category_paths: list[list[tuple[str, ...]]], min_levels: int = 2,
@@ -49,8 +50,17 @@ def build_sar_dataset(raw: RawData, name: str, *, search_fraction: float = 1.0, 
   if user_item_queries is not None:
     users, items = raw.user_ids, raw.catalog.item_ids
     candidates = [user_item_queries.get((users[u], items[i]), []) for u, i in zip(p.user.tolist(), p.item.tolist())]
+    if not any(candidates):
+      example = next(iter(user_item_queries), None)
+      raise DataError(f"{name}: the data yields no search sessions: none of the {len(p):,} purchases (users like "
+                      f"{users[0]!r}, items like {items[0]!r}) is among the {len(user_item_queries):,} (user, item) "
+                      f"pairs of the query files (e.g. {example}); check that data.query_dir is for this dataset")
   else:
     candidates = [item_queries[i] for i in p.item.tolist()]
+    if not any(candidates):
+      raise DataError(f"{name}: the data yields no search sessions: queries are generated from category paths "
+                      "(Ai et al.), and no purchased item has a category path of at least 2 levels; give the "
+                      "items categories or real queries (data.query_dir)")
   return sar_from_purchase_queries(raw, name, candidates, search_fraction=search_fraction, seed=seed)
 
 
@@ -68,12 +78,17 @@ def sar_from_purchase_queries(raw: RawData, name: str, candidates: list[list[str
       texts.append(cands[int(picks[j] * len(cands))])
   vocab = sorted(set(texts))
   qid = {q: k for k, q in enumerate(vocab)}
+  if not rows:
+    with_query = sum(1 for cands in candidates if cands)
+    why = (f"{with_query:,} of {len(p):,} purchases have a query, and data.search_fraction={search_fraction} "
+           "drew none of them" if with_query else f"none of the {len(p):,} purchases has a query")
+    raise DataError(f"{name}: the data yields no search sessions: {why}")
   rows = np.asarray(rows, dtype=np.int64)
   dataset = SARDataset(
       name=name, catalog=raw.catalog, user_ids=raw.user_ids, queries=vocab,
       rec_user=p.user.astype(np.int32), rec_item=p.item.astype(np.int32), rec_time=p.time.astype(np.int64),
       search_user=p.user[rows].astype(np.int32), search_query=np.asarray([qid[q] for q in texts], dtype=np.int32),
       search_item=p.item[rows].astype(np.int32), search_time=p.time[rows].astype(np.int64),
-      search_purchase=rows)
+      search_purchase=rows, duplicates_dropped=dict(raw.duplicates))
   dataset.validate()
   return dataset

@@ -9,10 +9,13 @@ Sources:
 from __future__ import annotations
 
 import ast
+import collections
 import dataclasses
 import gzip
 import json
 import logging
+import re
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -27,17 +30,79 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class RawData:
-  """What a loader returns. `category_paths[i]`: the item's category paths, root first (may be empty)."""
+  """What a loader returns. `category_paths[i]`: the item's category paths, root first (may be empty).
+  `duplicates`: how many duplicate records of each kind were dropped (see `_Duplicates`)."""
   catalog: Catalog
   user_ids: list[str]
   purchases: Purchases
   category_paths: list[list[tuple[str, ...]]]
+  duplicates: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-def _open_text(path: Path):
+# Records that appear twice. The rule (README "Data sources"): an exact duplicate (an identical review
+# line, an identical metadata record, an identical user list) is dropped and counted in prepare's
+# stats.json; two different records under the same key (an item id with two different metadata records,
+# a user key with two different purchase lists) are refused, naming both places, because no rule can
+# tell which one is right. The same item bought again by a user at another time is a repeat purchase
+# and is kept.
+class _Duplicates:
+  def __init__(self):
+    self.counts: dict[str, int] = collections.Counter()
+    self.examples: dict[str, str] = {}
+
+  def drop(self, kind: str, where: str) -> None:
+    self.counts[kind] += 1
+    self.examples.setdefault(kind, where)
+
+  def report(self) -> dict[str, int]:
+    for kind, count in self.counts.items():
+      log.warning("dropped %d exact duplicate %s (first at %s)", count, kind.replace("_", " "), self.examples[kind])
+    return dict(self.counts)
+
+
+def _open_binary(path: Path):
   if not path.exists():
     raise DataError(f"{path}: file not found")
-  return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+  return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _decode(raw: bytes, path: Path, lineno: int) -> str:
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r} at column {e.start + 1}); "
+                    "expected UTF-8 encoded JSON") from None
+
+
+def _damaged(path: Path, after_line: int, error: Exception) -> DataError:
+  return DataError(f"{path}: damaged or truncated file after line {after_line:,} ({type(error).__name__}: {error}); "
+                   "download or copy it again")
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
+  """(line number, text) of a UTF-8 text file (gzip by suffix), with one-line errors naming the file and
+  line for damaged gzip data and bytes that are not UTF-8."""
+  lineno = 0
+  try:
+    with _open_binary(path) as f:
+      for lineno, raw in enumerate(f, start=1):
+        yield lineno, _decode(raw, path, lineno)
+  except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+    raise _damaged(path, lineno, e) from None
+
+
+def _read_whole_text(path: Path) -> str:
+  try:
+    with _open_binary(path) as f:
+      raw = f.read()
+  except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+    raise _damaged(path, 0, e) from None
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    lineno = raw.count(b"\n", 0, e.start) + 1
+    raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r}); "
+                    "expected UTF-8 encoded JSON") from None
 
 
 def _find(directory: Path, *names: str) -> Path:
@@ -51,17 +116,18 @@ def _find(directory: Path, *names: str) -> Path:
 
 def _iter_records(path: Path, parse: Callable[[str], Any]) -> Iterator[tuple[int, dict]]:
   """Yields (line number, record dict) of a one-record-per-line file, with file:line errors."""
-  with _open_text(path) as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        record = parse(line)
-      except (ValueError, SyntaxError) as e:
-        raise DataError(f"{path}:{lineno}: malformed record ({type(e).__name__}: {e})") from None
-      if not isinstance(record, dict):
-        raise DataError(f"{path}:{lineno}: expected an object/dict, got {type(record).__name__}")
-      yield lineno, record
+  for lineno, line in _read_lines(path):
+    if not line.strip():
+      continue
+    try:
+      record = parse(line)
+    except (ValueError, SyntaxError, TypeError) as e:
+      raise DataError(f"{path}:{lineno}: malformed record ({type(e).__name__}: {e})") from None
+    except (RecursionError, MemoryError):
+      raise DataError(f"{path}:{lineno}: record nested too deeply to parse (expected a flat object)") from None
+    if not isinstance(record, dict):
+      raise DataError(f"{path}:{lineno}: expected an object/dict, got {type(record).__name__}")
+    yield lineno, record
 
 
 def _require(record: dict, field: str, path: Path, lineno: int) -> Any:
@@ -122,8 +188,9 @@ def load_lcrec(directory: str | Path, name: str, dialect: str = "auto",
   directory = Path(directory)
   item_path = _find(directory, f"{name}.item.json.gz", f"{name}.item.json")
   inter_path = _find(directory, f"{name}.inter.json.gz", f"{name}.inter.json")
-  items = _load_whole_json(item_path, dict)
-  inter = _load_whole_json(inter_path, dict)
+  duplicates = _Duplicates()
+  items = _load_whole_json(item_path, dict, duplicates, "item_records")
+  inter = _load_whole_json(inter_path, dict, duplicates, "user_lists")
   if dialect == "auto":
     dialect = detect_category_dialect(str(v.get("categories", "")) for v in items.values() if isinstance(v, dict))
   meta = {}
@@ -143,30 +210,81 @@ def load_lcrec(directory: str | Path, name: str, dialect: str = "auto",
       raise DataError(f"{inter_path}: user {user!r}: expected a list of item ids, got {type(seq).__name__}")
     seqs[str(user)] = [(t, str(a)) for t, a in enumerate(seq)]
   log.info("loaded %s: %d items with metadata, %d users (category dialect %s)", name, len(meta), len(seqs), dialect)
-  return _assemble(meta, seqs, str(inter_path))
+  raw = _assemble(meta, seqs, str(inter_path))
+  raw.duplicates = duplicates.report()
+  return raw
 
 
-def _load_whole_json(path: Path, expected: type) -> Any:
-  with _open_text(path) as f:
-    try:
-      obj = json.load(f)
-    except json.JSONDecodeError as e:
-      raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+def _key_lines(text: str, key: str) -> list[int]:
+  """Line numbers where `"key":` appears in JSON text (to point at duplicate keys)."""
+  pattern = re.compile(re.escape(json.dumps(key)) + r"\s*:")
+  return [text.count("\n", 0, m.start()) + 1 for m in pattern.finditer(text)]
+
+
+def _load_whole_json(path: Path, expected: type, duplicates: _Duplicates | None = None, kind: str = "") -> Any:
+  """A whole-file JSON document; a top-level key given twice is dropped if both values are equal and
+  refused otherwise (json would silently keep the last)."""
+  text = _read_whole_text(path)
+  repeated: dict[str, list] = {}
+
+  def unique_keys(pairs):
+    obj = {}
+    for key, value in pairs:
+      if key in obj:
+        repeated.setdefault(key, [obj[key]]).append(value)
+      obj[key] = value
+    return obj
+  try:
+    obj = json.loads(text, object_pairs_hook=unique_keys)
+  except json.JSONDecodeError as e:
+    raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+  except RecursionError:
+    raise DataError(f"{path}: JSON nested too deeply to parse (expected an object of flat records)") from None
   if not isinstance(obj, expected):
     raise DataError(f"{path}: expected a JSON {expected.__name__} at top level, got {type(obj).__name__}")
+  conflicting = [key for key, values in repeated.items() if any(v != values[0] for v in values[1:])]
+  if conflicting:
+    key = conflicting[0]
+    lines = _key_lines(text, key)
+    raise DataError(f"{path}: key {key!r} appears {len(repeated[key])} times with different values (lines "
+                    f"{', '.join(map(str, lines)) or '?'}); {len(conflicting)} key(s) conflict. Expected each "
+                    "item/user once: remove the wrong record")
+  for key, values in repeated.items():
+    if duplicates is not None and isinstance(obj, dict) and key in obj:
+      for _ in values[1:]:
+        duplicates.drop(kind, f"{path}:{(_key_lines(text, key) or ['?'])[-1]}")
   return obj
 
 
-def _load_reviews(path: Path) -> dict[str, list[tuple[int, str]]]:
+def _load_reviews(path: Path, duplicates: _Duplicates) -> dict[str, list[tuple[int, str]]]:
+  """{user: [(time, item id), ...]}; a second review line with the same user, item and time is dropped."""
   seqs: dict[str, list[tuple[int, str]]] = {}
+  seen: set[tuple[str, str, int]] = set()
   for lineno, r in _iter_records(path, json.loads):
     user = _require(r, "reviewerID", path, lineno)
     asin = _require(r, "asin", path, lineno)
     t = _require(r, "unixReviewTime", path, lineno)
-    if not isinstance(t, int):
+    if not isinstance(t, int) or isinstance(t, bool):
       raise DataError(f"{path}:{lineno}: field 'unixReviewTime' must be an integer, got {t!r}")
+    event = (str(user), str(asin), t)
+    if event in seen:
+      duplicates.drop("review_events", f"{path}:{lineno}")
+      continue
+    seen.add(event)
     seqs.setdefault(str(user), []).append((t, str(asin)))
   return seqs
+
+
+def _add_item(meta: dict[str, dict], where: dict[str, str], asin: str, record: dict, path: Path, lineno: int,
+              duplicates: _Duplicates) -> None:
+  """Adds one metadata record; an identical repeat is dropped, a different one is refused."""
+  if asin in meta:
+    if meta[asin] != record:
+      raise DataError(f"{path}:{lineno}: item {asin!r} already has a different metadata record at {where[asin]}; "
+                      "expected each item once: remove the wrong record")
+    duplicates.drop("item_records", f"{path}:{lineno}")
+    return
+  meta[asin], where[asin] = record, f"{path}:{lineno}"
 
 
 def load_amazon2014(directory: str | Path, category: str) -> RawData:
@@ -174,17 +292,21 @@ def load_amazon2014(directory: str | Path, category: str) -> RawData:
   directory = Path(directory)
   reviews = _find(directory, f"reviews_{category}_5.json.gz", f"reviews_{category}_5.json")
   meta_path = _find(directory, f"meta_{category}.json.gz", f"meta_{category}.json")
-  seqs = _load_reviews(reviews)
-  meta = {}
+  duplicates = _Duplicates()
+  seqs = _load_reviews(reviews, duplicates)
+  meta, where = {}, {}
   for lineno, r in _iter_records(meta_path, ast.literal_eval):
     asin = str(_require(r, "asin", meta_path, lineno))
     cats = r.get("categories", [])
     if not isinstance(cats, list) or not all(isinstance(c, list) for c in cats):
       raise DataError(f"{meta_path}:{lineno}: field 'categories' must be a list of category paths (lists)")
     paths = [tuple(clean_text(level) for level in c if clean_text(level)) for c in cats]
-    meta[asin] = _meta(r.get("title", ""), r.get("description", ""), r.get("brand", ""), [p for p in paths if p])
+    _add_item(meta, where, asin, _meta(r.get("title", ""), r.get("description", ""), r.get("brand", ""),
+                                       [p for p in paths if p]), meta_path, lineno, duplicates)
   log.info("loaded Amazon 2014 %s: %d items with metadata, %d users", category, len(meta), len(seqs))
-  return _assemble(meta, seqs, str(reviews))
+  raw = _assemble(meta, seqs, str(reviews))
+  raw.duplicates = duplicates.report()
+  return raw
 
 
 def load_amazon2018(directory: str | Path, category: str) -> RawData:
@@ -192,39 +314,74 @@ def load_amazon2018(directory: str | Path, category: str) -> RawData:
   directory = Path(directory)
   reviews = _find(directory, f"{category}_5.json.gz", f"{category}_5.json")
   meta_path = _find(directory, f"meta_{category}.json.gz", f"meta_{category}.json")
-  seqs = _load_reviews(reviews)
-  meta = {}
+  duplicates = _Duplicates()
+  seqs = _load_reviews(reviews, duplicates)
+  meta, where = {}, {}
   for lineno, r in _iter_records(meta_path, json.loads):
     asin = str(_require(r, "asin", meta_path, lineno))
     cat = r.get("category", [])
     if not isinstance(cat, list):
       raise DataError(f"{meta_path}:{lineno}: field 'category' must be a list of levels")
     path = tuple(clean_text(level) for level in cat if clean_text(level))
-    meta[asin] = _meta(r.get("title", ""), r.get("description", ""), r.get("brand", ""), [path] if path else [])
+    _add_item(meta, where, asin, _meta(r.get("title", ""), r.get("description", ""), r.get("brand", ""),
+                                       [path] if path else []), meta_path, lineno, duplicates)
   log.info("loaded Amazon 2018 %s: %d items with metadata, %d users", category, len(meta), len(seqs))
-  return _assemble(meta, seqs, str(reviews))
+  raw = _assemble(meta, seqs, str(reviews))
+  raw.duplicates = duplicates.report()
+  return raw
 
 
 def load_ai_queries(directory: str | Path) -> dict[tuple[str, str], list[str]]:
   """Ai et al. query files: {(reviewerID, asin): [query text, ...]} from all `*.qrels.gz` in `directory`."""
   directory = Path(directory)
+  query_path, qrels = _ai_query_files(directory)
+  queries = [line.strip() for _, line in _read_lines(query_path)]
+  pairs: dict[tuple[str, str], list[str]] = {}
+  for path in qrels:
+    for lineno, line in _read_lines(path):
+      parts = line.split()
+      if not parts:
+        continue
+      if len(parts) != 4 or "_" not in parts[0]:
+        raise DataError(f"{path}:{lineno}: expected '<reviewerID>_<query line> 0 <asin> 1', got {line.strip()!r}")
+      user, _, qid = parts[0].rpartition("_")
+      if not qid.isdigit() or int(qid) >= len(queries):
+        raise DataError(f"{path}:{lineno}: query id {qid!r} is not a line of {query_path} ({len(queries)} lines)")
+      if not queries[int(qid)]:
+        raise DataError(f"{path}:{lineno}: query id {qid} refers to line {int(qid) + 1} of {query_path}, which is "
+                        "empty; expected the query's words there")
+      found = pairs.setdefault((user, parts[2]), [])
+      if queries[int(qid)] not in found:          # the same (user, item, query) listed twice counts once
+        found.append(queries[int(qid)])
+  return pairs
+
+
+def _ai_query_files(directory: Path) -> tuple[Path, list[Path]]:
   query_path = _find(directory, "query_text.txt.gz", "query_text.txt")
-  with _open_text(query_path) as f:
-    queries = [line.strip() for line in f]
   qrels = sorted(directory.glob("*.qrels.gz")) + sorted(directory.glob("*.qrels"))
   if not qrels:
     raise DataError(f"{directory}: no *.qrels(.gz) files found next to {query_path.name}")
-  pairs: dict[tuple[str, str], list[str]] = {}
-  for path in qrels:
-    with _open_text(path) as f:
-      for lineno, line in enumerate(f, start=1):
-        parts = line.split()
-        if not parts:
-          continue
-        if len(parts) != 4 or "_" not in parts[0]:
-          raise DataError(f"{path}:{lineno}: expected '<reviewerID>_<query line> 0 <asin> 1', got {line.strip()!r}")
-        user, _, qid = parts[0].rpartition("_")
-        if not qid.isdigit() or int(qid) >= len(queries):
-          raise DataError(f"{path}:{lineno}: query id {qid!r} is not a line of {query_path} ({len(queries)} lines)")
-        pairs.setdefault((user, parts[2]), []).append(queries[int(qid)])
-  return pairs
+  return query_path, qrels
+
+
+def source_files(cfg) -> list[Path]:
+  """The raw files the `data` config section reads (their contents enter prepare's fingerprint)."""
+  files: list[Path] = []
+  directory = Path(cfg.raw_dir) if cfg.get("raw_dir") else None
+  if cfg.source != "synthetic":
+    if directory is None:
+      raise DataError(f"data.raw_dir is empty: source {cfg.source!r} needs the directory with the raw files")
+    name = cfg.name
+    if cfg.source == "lcrec":
+      files += [_find(directory, f"{name}.item.json.gz", f"{name}.item.json"),
+                _find(directory, f"{name}.inter.json.gz", f"{name}.inter.json")]
+    elif cfg.source == "amazon2014":
+      files += [_find(directory, f"reviews_{name}_5.json.gz", f"reviews_{name}_5.json"),
+                _find(directory, f"meta_{name}.json.gz", f"meta_{name}.json")]
+    elif cfg.source == "amazon2018":
+      files += [_find(directory, f"{name}_5.json.gz", f"{name}_5.json"),
+                _find(directory, f"meta_{name}.json.gz", f"meta_{name}.json")]
+  if cfg.get("query_dir") and cfg.get("queries", "auto") != "generated":
+    query_path, qrels = _ai_query_files(Path(cfg.query_dir))
+    files += [query_path, *qrels]
+  return files

@@ -133,6 +133,7 @@ def dataset_stats(data: SARDataset, samples: dict[str, splits.TaskSamples], negs
     stats[f"{task}_avg_rec_history"] = float((s.hist_kind == splits.REC).sum(1).mean()) if len(s) else 0.0
     stats[f"{task}_avg_search_history"] = float((s.hist_kind == splits.SEARCH).sum(1).mean()) if len(s) else 0.0
   stats["negatives_per_event"] = sorted({int(v.shape[1]) for v in negs.values()})
+  stats["duplicates_dropped"] = dict(data.duplicates_dropped)
   return stats
 
 
@@ -153,6 +154,9 @@ def prepare(config: ml_collections.ConfigDict, out_dir: Path) -> dict:
         raise DataError(f"{data.name}: no {task} {splits.SPLIT_NAMES[split]} samples left after filtering "
                         f"(need events with earlier rec and search events, users with >= {cfg.min_events} of them)")
   log.info("prepare: %d rec and %d search samples after filtering", len(rec), len(search))
+  if cfg.num_negatives >= data.num_items:
+    raise DataError(f"data.num_negatives={cfg.num_negatives}: expected fewer than the catalogue's {data.num_items} "
+                    "items (each evaluation query ranks its target among num_negatives other items)")
   negs, topup = build_negatives(data, samples, cfg, seed)
   log.info("prepare: %d negatives per event; random top-up share of search negatives %.3f",
            cfg.num_negatives, topup["test"])

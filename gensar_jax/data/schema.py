@@ -68,6 +68,8 @@ class SARDataset:
   search_item: np.ndarray
   search_time: np.ndarray
   search_purchase: np.ndarray  # int64[num_search]: index of the rec event that is the session's click
+  # Exact duplicate source records dropped while loading, by kind (loaders.py); reported in stats.json.
+  duplicates_dropped: dict = dataclasses.field(default_factory=dict)
 
   @property
   def num_items(self) -> int:

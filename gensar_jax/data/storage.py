@@ -8,6 +8,7 @@ validation/test; empty for train).
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,8 @@ def write_samples(data_dir: Path, samples: dict[str, TaskSamples], negatives: di
                           data_dir=str(data_dir), file_format="array_record")
   tfds.disable_progress_bar()
   absl_logging.set_verbosity(absl_logging.WARNING)
-  with _deterministic_serialization():
+  # tfds prints "Downloading and preparing ..." to stdout; stdout is for results (`gensar prepare | ...`).
+  with _deterministic_serialization(), contextlib.redirect_stdout(sys.stderr):
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
   return Path(builder.data_dir)
 
