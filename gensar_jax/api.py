@@ -22,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from gensar_jax import stages
 from gensar_jax.data.splits import PAD, REC, SEARCH
 from gensar_jax.data.task_data import TaskData, load_task_data
 from gensar_jax.decode import trie as trie_lib
@@ -59,6 +60,7 @@ class GenSAR:
     config_path = workdir / "train" / "config.json"
     if not config_path.exists():
       raise DataError(f"{workdir}: no trained model (expected {config_path}); run `gensar train` first")
+    stages.check_consistent(workdir, ["train"])     # the model, its tokenizer and its codes belong together
     config = ml_collections.ConfigDict(read_json(config_path))
     params, model_cfg = load_model(workdir / "train" / "model")
     task_data = load_task_data(workdir, config, with_pseudo_queries=False)
@@ -95,6 +97,8 @@ class GenSAR:
             "hist_query": np.asarray([e[3] for e in entries] or [-1], np.int32)}
 
   def _decode(self, task: str, inputs: np.ndarray, k: int) -> list[Retrieved]:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+      raise ValueError(f"k={k!r}: expected a whole number of results >= 1")
     start = time.perf_counter()
     tokens = self.data.builder.to_features(inputs, np.zeros(0, np.int32))["encoder_input_tokens"][None]
     out = constrained_beam_search(self.params, self.model_cfg, tokens, self._tries[task], max(self.num_beams, k))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gensar_jax import stages
 from gensar_jax.config import load_config
-from gensar_jax.io_utils import DataError
+from gensar_jax.io_utils import DataError, read_json
 
 log = logging.getLogger("gensar")
 
@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                "-> <workdir>/reproduce/ (tables.md, results.json, tradeoff.png)")
   _common_args(reproduce)
   add_reproduce_args(reproduce)
+  plan = sub.add_parser("plan", help="compile the train step, beam search and doc2query sampling for the config's "
+                                     "TPU slice on this machine (no TPU needed): memory, FLOPs, collectives, "
+                                     "step time and days for the budget -> <workdir>/plan/plan.json")
+  _common_args(plan)
+  plan.add_argument("--topology", default=None, help="TPU slice, e.g. v5e:8x8 (default: the config's plan.topology)")
+  plan.add_argument("--programs", default=None,
+                    help="comma-separated subset of train_step,beam_search_sampled,beam_search_full,doc2query_sampling")
   search = sub.add_parser("search", help="personalized search with a trained model")
   search.add_argument("query")
   recommend = sub.add_parser("recommend", help="next-item recommendation with a trained model")
@@ -48,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default=None, help="user id as in the source data (their history is used)")
     p.add_argument("--history", default=None,
                    help="comma-separated purchased item ids, oldest first (instead of --user)")
-    p.add_argument("-k", type=int, default=10, help="number of results")
+    p.add_argument("-k", type=_positive_int, default=10, help="number of results (>= 1)")
   return parser
 
 
@@ -68,17 +75,74 @@ def format_stats_table(stats: dict) -> str:
   return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+  return value
+
+
+def quiet_library_chatter() -> None:
+  """Results go to stdout; our log and progress bars to stderr; other libraries' notices are dropped
+  (jax's "Unable to initialize backend 'tpu'" on a CPU machine, tfds' "Downloading and preparing")."""
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                      stream=sys.stderr)
+  for name in ("jax._src.xla_bridge", "absl", "tensorflow_datasets", "orbax", "orbax.checkpoint", "grain",
+               "etils", "jax._src.distributed", "tensorboardX"):
+    logging.getLogger(name).setLevel(logging.WARNING)
+  try:
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  except ImportError:
+    pass
+
+
+def check_upstream_fresh(names, config, workdir: Path, command: str) -> None:
+  """Refuses to run `command` on stage outputs that are stale for this config (the eval settings aside,
+  which `gensar eval` may change freely), naming what changed and what to run."""
+  for name in stages.upstream(names):
+    changes = [c for c in stages.explain_changes(stages.STAGES[name], config, workdir) if not c.startswith("config eval.")]
+    if changes:
+      raise DataError(f"{workdir / name} is stale for this config ({'; '.join(changes)}); `gensar {command}` would "
+                      f"read it. Run `gensar run --config {config.name} --workdir {workdir}` to bring every stage "
+                      "up to date.")
+
+
+def _print_run_result(workdir: Path, seconds: float) -> None:
+  metrics_md = workdir / "eval" / "metrics.md"
+  if metrics_md.exists():
+    split = read_json(workdir / "eval" / "stats.json").get("split", "?")
+    print(f"GenSAR metrics ({split} split) from {metrics_md}:\n")
+    print(metrics_md.read_text())
+  print(f"total time {seconds:.0f} s; outputs in {workdir}")
+
+
 def main(argv: list[str] | None = None) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+  quiet_library_chatter()
   args = build_parser().parse_args(argv)
+  start = time.time()
   try:
     config = load_config(args.config, args.set)
     workdir = Path(args.workdir or Path("runs") / config.name)
     if args.command == "reproduce":
       from gensar_jax.reproduce import reproduce_main
+      stages.check_workdir(workdir)
       reproduce_main(config, workdir, args.suite)
-      print((workdir / "reproduce" / "tables.md").read_text())
+      out = workdir / "reproduce"
+      print((out / "tables.md").read_text())
+      print(f"tables: {out / 'tables.md'}\nresults: {out / 'results.json'}\nplot: {out / 'tradeoff.png'}\n"
+            f"total time {time.time() - start:.0f} s")
       return 0
+    if args.command == "plan":   # exit 3 when a program does not fit (launch/tpu_pod.sh stops on it)
+      from gensar_jax.plan import format_plan, plan
+      programs = tuple(p.strip() for p in args.programs.split(",")) if args.programs else None
+      report = plan(config, workdir, args.topology, **({"programs": programs} if programs else {}))
+      print(format_plan(report))
+      print(f"plan: {workdir / 'plan' / 'plan.json'}")
+      return 0 if report["fits"] else 3
     if args.command in ("search", "recommend"):
       from gensar_jax.api import GenSAR, format_results
       model = GenSAR.load(workdir)
@@ -88,10 +152,12 @@ def main(argv: list[str] | None = None) -> int:
       print(format_results(results))
       return 0
     if args.command == "stats":
-      from gensar_jax.io_utils import read_json
       print(format_stats_table(read_json(workdir / "prepare" / "stats.json")))
       return 0
+    stages.check_workdir(workdir)
     todo = list(stages.STAGES) if args.command == "run" else [args.command]
+    if args.command != "run":
+      check_upstream_fresh(stages.STAGES[args.command].deps, config, workdir, args.command)
     for name in todo:
       stage = stages.STAGES[name]
       if args.command == "run" and stages.is_fresh(stage, config, workdir):
@@ -102,8 +168,13 @@ def main(argv: list[str] | None = None) -> int:
       log.info("%s: done in %.1fs -> %s", name, time.time() - t0, workdir / name)
       if name == "prepare":
         print(format_stats_table(stats))
+    if args.command == "run":
+      _print_run_result(workdir, time.time() - start)
   except (DataError, FileNotFoundError, KeyError, ValueError) as e:
     log.error("%s", e.args[0] if isinstance(e, KeyError) and e.args else e)   # KeyError's str() adds quotes
+    return 2
+  except OSError as e:                      # a full disk, a read-only or vanished directory, ...
+    log.error("%s%s", f"{e.filename}: " if e.filename else "", e.strerror or e)
     return 2
   return 0
 
