@@ -1,5 +1,8 @@
 """Stages through the CLI on the tiny config: caching, Orbax persistence, end-to-end outputs."""
 import json
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -7,7 +10,7 @@ import pytest
 
 from gensar_jax import cli
 from gensar_jax.identifiers.stage import load_rqvae_params
-from gensar_jax.io_utils import load_arrays
+from gensar_jax.io_utils import DataError, load_arrays
 
 
 @pytest.mark.slow
@@ -72,3 +75,28 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     model.recommend()
   assert cli.main(["recommend", "--config", "tiny", "--workdir", str(workdir), "--history", ",".join(ids[:3])]) == 0
   assert cli.main(["recommend", "--config", "tiny", "--workdir", str(tmp_path / "none"), "--user", "x"]) == 2
+
+  # Safety: a re-run of a changed training config killed half-way leaves the trained model intact.
+  model_bytes = {p.relative_to(workdir): p.read_bytes() for p in (workdir / "train").rglob("*") if p.is_file()}
+  metrics_text = (workdir / "eval" / "metrics.json").read_text()
+  killed = subprocess.Popen([sys.executable, "-m", "gensar_jax.cli", "train", "--config", "tiny", "--workdir",
+                             str(workdir), "--set", "train.learning_rate=0.002", "--set", "train.checkpoint_every=3"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  while not list(workdir.glob(".train.partial-*/checkpoints/*/_CHECKPOINT_METADATA")) and time.time() < deadline:
+    assert killed.poll() is None, "the re-run ended before it was interrupted"
+    time.sleep(0.5)
+  killed.kill()
+  killed.wait()
+  assert {p.relative_to(workdir): p.read_bytes() for p in (workdir / "train").rglob("*") if p.is_file()} == model_bytes
+  assert len(list(workdir.glob(".train.partial-*"))) == 1          # the unfinished run is kept to resume
+  assert GenSAR.load(workdir).recommend(user=user, k=2)
+  # A prepared dataset with another tokenizer makes the model stale: eval, search and recommend refuse
+  # (saying what changed), and the good metrics stay.
+  assert cli.main(["prepare", "--config", "tiny", "--workdir", str(workdir), "--set", "data.vocab_size=550"]) == 0
+  with pytest.raises(DataError, match=r"train is stale: .*config data.vocab_size: 600 -> 550"):
+    GenSAR.load(workdir)
+  assert cli.main(["eval", "--config", "tiny", "--workdir", str(workdir), "--set", "data.vocab_size=550"]) == 2
+  assert cli.main(["eval", "--config", "tiny", "--workdir", str(workdir)]) == 2
+  assert cli.main(["search", "pens", "--config", "tiny", "--workdir", str(workdir)]) == 2
+  assert (workdir / "eval" / "metrics.json").read_text() == metrics_text
