@@ -1,9 +1,11 @@
 """The `train` and `doc2query` stages: the multi-task GenSAR model, and the item-text -> query model
 whose samples become pseudo-queries for the ad-hoc search task.
 
-Both train with the sharded loop of `train/loop.py` directly in `<workdir>/<stage>/` (checkpoints there
-survive interruption; rerunning resumes, unless the stage's inputs or config changed, in which case
-the stale run is cleared), then export the selected parameters to `<stage>/model` (`model/export.py`).
+Both train with the sharded loop of `train/loop.py` directly in the directory `stages.run_stage` gives
+them: `<workdir>/<stage>/` when re-running the same inputs and config, else a partial directory
+`<workdir>/.<stage>.partial-<fingerprint>/` that replaces `<stage>/` only once the run succeeded.
+Checkpoints there survive interruption and a rerun of the same config resumes from them; then the
+selected parameters are exported to `<dir>/model` (`model/export.py`).
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ log = logging.getLogger(__name__)
 
 
 def _clear_stale_run(out_dir: Path, fingerprint: str) -> None:
-  """Removes checkpoints of a run with other inputs/config, so resuming never mixes runs."""
+  """Removes checkpoints of a run with other inputs/config in `out_dir`, so resuming never mixes runs
+  (`run_stage` gives each fingerprint its own directory, so this only meets runs of older versions)."""
   marker = out_dir / "run_fingerprint.json"
   if out_dir.exists() and (not marker.exists() or read_json(marker)["fingerprint"] != fingerprint):
     log.info("%s: inputs or config changed since the last run; starting afresh", out_dir)
