@@ -7,18 +7,23 @@
     on the same batch. Target <= 3x.
 (c) catalogue scaling: catalogue tries for 10k / 100k / 1M items (random 4-level IDs, codebook 256):
     build time, table bytes, decode queries/s. Target: 1M within 1.5x of 10k.
-Batches alternate between the compared methods so that load changes hit both alike; medians are
-reported. Example: `python benchmarks/decode.py --sections a,b --hf-batches 2`.
+Every side runs in its own worker process via `benchmarks/harness.py` (same CPU affinity and thread
+count on both sides, at 1 thread and at all cores; interleaved rounds; medians with min/max; the
+matmul peak and FLOPs per call for the achieved fraction of peak). Each side makes one warm-up call
+(compile / a two-query generate) in its setup, before the harness' own warm-up calls.
+Results: results/benchmarks/decode.json (a, b) and decode_catalogue.json (c).
+
+  python -m benchmarks.decode --sections a,b --repeats 5 --warmup 0
 """
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import jax
 import numpy as np
 
+from benchmarks import harness
 from gensar_jax.decode import trie as trie_lib
 from gensar_jax.decode.beam_search import constrained_beam_search
 from gensar_jax.model.t5 import T5, T5Config, init_params
@@ -96,76 +101,112 @@ def ours_candidates(params, config, tokens, candidates, codes, num_beams):
   return constrained_beam_search(params, config, tokens, tables, num_beams)
 
 
-def section_a_b(args, rng):
-  import torch
-  torch.set_num_threads(os.cpu_count())
-  config = model_config(args.model)
-  model, params = hf_model_and_params(config, seed=0)
-  codes = rng.integers(0, CODEBOOK, size=(args.num_items, 4))
-  batches = [(random_queries(rng, args.batch, args.input_length),
-              np.stack([rng.choice(args.num_items, args.candidates, replace=False) for _ in range(args.batch)]))
-             for _ in range(max(args.hf_batches, args.our_batches))]
-  _, compile_s = timed(ours_candidates, params, config, *batches[0], codes, args.beams)
+def make_batches(spec: dict):
+  """The catalogue codes and `spec['batches']` (tokens, candidates) batches, identical in every worker."""
+  rng = np.random.default_rng(spec.get("seed", 0))
+  codes = rng.integers(0, CODEBOOK, size=(spec["num_items"], 4))
+  batches = [(random_queries(rng, spec["batch"], spec["input_length"]),
+              np.stack([rng.choice(spec["num_items"], spec["candidates"], replace=False)
+                        for _ in range(spec["batch"])]))
+             for _ in range(spec["batches"])]
+  return codes, batches
+
+
+def cycling(batches):
+  """A callable returning the batches in turn (call i of every side sees batch i mod len)."""
+  state = {"next": 0}
+
+  def take():
+    batch = batches[state["next"] % len(batches)]
+    state["next"] += 1
+    return batch
+  return take
+
+
+def make_reference(spec: dict) -> harness.Workload:
+  """Side (a) baseline: HF generate + prefix_allowed_tokens_fn on a t5-small-shaped torch model."""
+  config = model_config(spec["model"])
+  model, _ = hf_model_and_params(config, seed=0)
+  codes, batches = make_batches(spec)
+  tokens, candidates = batches[0]
+  hf_generate(model, tokens[:2], candidates[:2], codes, spec["beams"])   # warm-up on two queries
+  take = cycling(batches)
+
+  def run():
+    tokens, candidates = take()
+    return hf_generate(model, tokens, candidates, codes, spec["beams"])[:, 0].tolist()
+  return harness.Workload(run, {"queries_per_call": spec["batch"]})
+
+
+def make_ours(spec: dict) -> harness.Workload:
+  """Our jitted constrained beam search (per-batch trie tables built inside the timed call)."""
+  from gensar_jax.decode.beam_search import _search
+  config = model_config(spec["model"])
+  _, params = hf_model_and_params(config, seed=0)   # the same weights as the reference side
+  codes, batches = make_batches(spec)
+  tokens, candidates = batches[0]
+  tables = trie_lib.build_candidate_tries(candidates, codes, BEHAVIOUR, OFFSETS, CODEBOOK)
+  compiled = _search.lower(params, jax.numpy.asarray(tokens), tables, config=config,
+                           num_beams=spec["beams"]).compile()
+  _, compile_s = timed(ours_candidates, params, config, tokens, candidates, codes, spec["beams"])
+  take = cycling(batches)
+
+  def run():
+    out = ours_candidates(params, config, *take(), codes, spec["beams"])
+    return np.asarray(jax.block_until_ready(out).sequences)[:, 0].tolist()
+  return harness.Workload(run, {"queries_per_call": spec["batch"], "flops_per_call": harness.xla_flops(compiled),
+                                "flops_source": "XLA cost_analysis of the jitted search (no loops in it)",
+                                "compile_seconds": compile_s})
+
+
+def make_encoder_only(spec: dict) -> harness.Workload:
+  """Section (b) reference: a jitted encoder-only forward on the same batches."""
+  config = model_config(spec["model"])
+  _, params = hf_model_and_params(config, seed=0)
+  _, batches = make_batches(spec)
   encode = jax.jit(lambda p, t: T5(config).apply({"params": p}, t, method=T5.encode))
+  compiled = encode.lower(params, batches[0][0]).compile()
   timed(encode, params, batches[0][0])
-  print(f"[setup] model {args.model} ({config.d_model}d, {config.num_encoder_layers}+{config.num_decoder_layers} "
-        f"layers, vocab {VOCAB}), batch {args.batch}, beam {args.beams}, {args.candidates} candidates, input "
-        f"{args.input_length}; our first call (compile) {compile_s:.1f}s; {jax.devices()[0].platform}, "
-        f"{os.cpu_count()} cores", flush=True)
-  ours_s, hf_s, encode_s, agree = [], [], [], []
-  for i in range(max(args.hf_batches, args.our_batches)):
-    tokens, candidates = batches[i]
-    if i < args.our_batches:
-      out, seconds = timed(ours_candidates, params, config, tokens, candidates, codes, args.beams)
-      ours_s.append(seconds)
-      encode_s.append(timed(encode, params, tokens)[1])
-    if "a" in args.sections and i < args.hf_batches:
-      hf_sequences, seconds = timed(hf_generate, model, tokens, candidates, codes, args.beams)
-      hf_s.append(seconds)
-      if i < args.our_batches:
-        agree.append(np.mean(np.all(np.asarray(out.sequences)[:, 0] == hf_sequences[:, 0], axis=-1)))
-      print(f"  batch {i}: HF {seconds:.2f}s, ours {ours_s[-1]:.3f}s", flush=True)
-  ours_qps = args.batch / np.median(ours_s)
-  if hf_s:
-    hf_qps = args.batch / np.median(hf_s)
-    print(f"(a) HF generate + prefix_allowed_tokens_fn: {hf_qps:.2f} queries/s ({len(hf_s)} batches); "
-          f"ours: {ours_qps:.2f} queries/s ({len(ours_s)} batches) -> {ours_qps / hf_qps:.1f}x "
-          f"(target >= 10x); top-beam tokens identical on {100 * np.mean(agree):.0f}% of queries", flush=True)
-  print(f"(b) our constrained decode {np.median(ours_s):.3f}s / encoder-only forward {np.median(encode_s):.3f}s "
-        f"per batch = {np.median(ours_s) / np.median(encode_s):.2f}x (target <= 3x)", flush=True)
+  take = cycling(batches)
+
+  def run():
+    jax.block_until_ready(encode(params, take()[0]))
+  return harness.Workload(run, {"queries_per_call": spec["batch"], "flops_per_call": harness.xla_flops(compiled),
+                                "flops_source": "XLA cost_analysis"})
 
 
-def section_c(args, rng):
-  config = model_config(args.catalogue_model)
+def make_catalogue(spec: dict) -> harness.Workload:
+  """Section (c): decode against a shared catalogue trie of `spec['size']` random 4-level IDs."""
+  config = model_config(spec["model"])
   params = jax.jit(lambda key: init_params(config, key))(jax.random.key(0))
-  tokens = [random_queries(rng, args.batch, args.input_length) for _ in range(args.our_batches)]
-  results = {}
-  for size in args.catalogue_sizes:
-    codes = rng.integers(0, CODEBOOK, size=(size, 4))
-    start = time.perf_counter()
-    tables = trie_lib.build_catalogue_trie(codes, BEHAVIOUR, OFFSETS, CODEBOOK)
-    build_s = time.perf_counter() - start
-    tables = jax.device_put(tables)
-    _, compile_s = timed(constrained_beam_search, params, config, tokens[0], tables, args.beams)
-    results[size] = (build_s, tables.nbytes, compile_s, tables)
-  # Decode timings interleaved across catalogue sizes (one batch each per round).
-  seconds = {size: [] for size in args.catalogue_sizes}
-  for batch in tokens:
-    for size in args.catalogue_sizes:
-      seconds[size].append(timed(constrained_beam_search, params, config, batch, results[size][3], args.beams)[1])
-  base = args.batch / np.median(seconds[args.catalogue_sizes[0]])
-  print(f"(c) catalogue scaling, model {args.catalogue_model}, batch {args.batch}, beam {args.beams}:")
-  for size in args.catalogue_sizes:
-    build_s, nbytes, compile_s, tables = results[size]
-    qps = args.batch / np.median(seconds[size])
-    print(f"  {size:>8} items: build {build_s:.2f}s, tables {nbytes / 2**20:.1f} MB "
-          f"(fan-outs {[t.shape[2] for t in tables.child_codes]}), compile {compile_s:.1f}s, "
-          f"{qps:.1f} queries/s = {base / qps:.2f}x the time of {args.catalogue_sizes[0]} items", flush=True)
+  rng = np.random.default_rng(spec.get("seed", 0))
+  batches = [random_queries(rng, spec["batch"], spec["input_length"]) for _ in range(spec["batches"])]
+  codes = rng.integers(0, CODEBOOK, size=(spec["size"], 4))
+  start = time.perf_counter()
+  tables = trie_lib.build_catalogue_trie(codes, BEHAVIOUR, OFFSETS, CODEBOOK)
+  build_s = time.perf_counter() - start
+  tables = jax.device_put(tables)
+  _, compile_s = timed(constrained_beam_search, params, config, batches[0], tables, spec["beams"])
+  take = cycling(batches)
+
+  def run():
+    jax.block_until_ready(constrained_beam_search(params, config, take(), tables, spec["beams"]))
+  return harness.Workload(run, {"queries_per_call": spec["batch"], "build_seconds": build_s,
+                                "table_bytes": int(tables.nbytes), "compile_seconds": compile_s})
+
+
+def top_beam_agreement(run: dict) -> dict:
+  """Fraction of queries whose top beam's tokens are identical on both sides, over the timed calls."""
+  ours, reference = run["sides"]["ours"].get("outputs"), run["sides"].get("reference", {}).get("outputs")
+  if not ours or not reference:
+    return {}
+  same = [a == b for ours_call, ref_call in zip(ours, reference) for a, b in zip(ours_call, ref_call)]
+  return {"top_beam_identical_fraction": float(np.mean(same)), "queries_compared": len(same)}
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--sections", default="a,b,c", help="comma-separated subset of a,b,c")
+  parser.add_argument("--sections", default="a,b", help="'a,b' (reference, ours, encoder-only) and/or 'c'")
   parser.add_argument("--model", default="small", help="small (t5-small shape) or mini, for (a) and (b)")
   parser.add_argument("--catalogue-model", default="mini", help="model for (c): small or mini")
   parser.add_argument("--batch", type=int, default=32)
@@ -173,17 +214,31 @@ def main():
   parser.add_argument("--candidates", type=int, default=100)
   parser.add_argument("--input-length", type=int, default=128)
   parser.add_argument("--num-items", type=int, default=10_000, help="catalogue the candidates come from in (a)")
-  parser.add_argument("--hf-batches", type=int, default=2)
-  parser.add_argument("--our-batches", type=int, default=3)
+  parser.add_argument("--batches", type=int, default=3, help="distinct batches, cycled through by every side")
   parser.add_argument("--catalogue-sizes", default="10000,100000,1000000")
+  harness.common_arguments(parser)
   args = parser.parse_args()
-  args.sections = set(args.sections.split(","))
-  args.catalogue_sizes = [int(s) for s in args.catalogue_sizes.split(",")]
-  rng = np.random.default_rng(0)
-  if args.sections & {"a", "b"}:
-    section_a_b(args, rng)
-  if "c" in args.sections:
-    section_c(args, rng)
+  sections = set(args.sections.split(","))
+  spec = {"model": args.model, "batch": args.batch, "beams": args.beams, "candidates": args.candidates,
+          "input_length": args.input_length, "num_items": args.num_items, "batches": args.batches, "seed": 0}
+  if sections & {"a", "b"}:
+    sides = {"ours": ("benchmarks.decode:make_ours", spec)}
+    ratios = {}
+    if "a" in sections:
+      sides["reference"] = ("benchmarks.decode:make_reference", spec)
+      ratios["ours_speedup_vs_hf_generate"] = ("reference", "ours")
+    if "b" in sections:
+      sides["encoder_only"] = ("benchmarks.decode:make_encoder_only", spec)
+      ratios["decode_over_encoder_only"] = ("ours", "encoder_only")
+    harness.compare("decode", sides, ratios=ratios, settings=spec, derive=top_beam_agreement,
+                    **harness.harness_options(args))
+  if "c" in sections:
+    sizes = [int(s) for s in args.catalogue_sizes.split(",")]
+    catalogue = {f"catalogue_{size}": ("benchmarks.decode:make_catalogue",
+                                       {**spec, "model": args.catalogue_model, "size": size}) for size in sizes}
+    ratios = {f"catalogue_{size}_over_{sizes[0]}": (f"catalogue_{size}", f"catalogue_{sizes[0]}") for size in sizes[1:]}
+    harness.compare("decode_catalogue", catalogue, ratios=ratios,
+                    settings={**spec, "model": args.catalogue_model, "sizes": sizes}, **harness.harness_options(args))
 
 
 if __name__ == "__main__":
