@@ -1,20 +1,24 @@
 """Data pipeline throughput: synthetic world generation at scale, prepare per config, batch assembly.
 
-  python benchmarks/data_pipeline.py [--items 100000 --users 90000]
+  python -m benchmarks.data_pipeline [--items 100000 --users 100000 --repeats 5]
 
 Targets (issue: dataset pipeline): 100k items / 1M events generated in under a minute; the default
 synthetic config prepared in under 30 s, tiny in under 5 s. Baseline in the same run: reading the
 prepared samples back (the floor any pipeline pays) next to building batches from them.
+Every part runs as a pinned worker of `benchmarks/harness.py` (1 thread and all cores, interleaved
+calls, median/min/max). Results: results/benchmarks/data_pipeline.json.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks import harness
 from gensar_jax.config import load_config
 from gensar_jax.data import pipeline
 from gensar_jax.data.events import sar_from_purchase_queries
@@ -23,48 +27,74 @@ from gensar_jax.data.splits import build_task_samples
 from gensar_jax.data.synthetic import WorldSpec, generate_world
 from gensar_jax.data.task_data import load_task_data
 
+BATCH = 64
 
-def _timed(fn, *args, **kwargs):
-  t = time.perf_counter()
-  out = fn(*args, **kwargs)
-  return out, time.perf_counter() - t
+
+def make_world(spec: dict) -> harness.Workload:
+  """One call = generating the synthetic world, pairing queries and building histories + splits."""
+  def run():
+    raw, queries = generate_world(WorldSpec(num_items=spec["items"], num_users=spec["users"],
+                                            mean_sequence_length=11.5))
+    data = sar_from_purchase_queries(raw, "bench", queries)
+    rec, search = build_task_samples(data)
+    return {"items": len(raw.catalog), "purchases": len(raw.purchases), "rec": len(rec), "search": len(search)}
+  return harness.Workload(run, {})
+
+
+def make_prepare(spec: dict) -> harness.Workload:
+  """One call = `prepare` of the named config into a fresh temporary directory."""
+  config = load_config(spec["config"])
+
+  def run():
+    with tempfile.TemporaryDirectory() as tmp:
+      prepare(config, Path(tmp) / "prepare")
+  return harness.Workload(run, {"config": spec["config"]})
+
+
+def _task_data(workdir: Path):
+  """The prepared synthetic config's task data with random identifiers (workdir removed at exit)."""
+  atexit.register(shutil.rmtree, workdir, True)
+  config = load_config("synthetic")
+  prepare(config, workdir / "prepare")
+  n = load_prepared(workdir / "prepare").dataset.num_items
+  codes = np.random.default_rng(0).integers(0, config.identifiers.codebook_size, (n, 4)).astype(np.int32)
+  return config, load_task_data(workdir, config, codes={"semantic": codes, "collab": codes})
+
+
+def make_batches(spec: dict) -> harness.Workload:
+  """One call = `spec['batches']` grain training batches of 64 from the synthetic config's mixture."""
+  tmp = tempfile.mkdtemp()
+  config, task_data = _task_data(Path(tmp))
+  it = pipeline.make_train_iterator(task_data.mixture(config.tasks.sizes.to_dict(), 1, 0), BATCH)
+  next(it)
+  return harness.Workload(lambda: [next(it) for _ in range(spec["batches"])],
+                          {"examples_per_call": spec["batches"] * BATCH})
+
+
+def make_record_reads(spec: dict) -> harness.Workload:
+  """The floor any pipeline pays: reading as many raw rec records as the batches hold."""
+  tmp = tempfile.mkdtemp()
+  _, task_data = _task_data(Path(tmp))
+  source = task_data.sources["rec_train"]
+  count = spec["batches"] * BATCH
+  return harness.Workload(lambda: [source[i % len(source)] for i in range(count)], {"examples_per_call": count})
 
 
 def main():
-  parser = argparse.ArgumentParser()
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--items", type=int, default=100_000)
   parser.add_argument("--users", type=int, default=100_000)
   parser.add_argument("--batches", type=int, default=50)
+  harness.common_arguments(parser)
   args = parser.parse_args()
-
-  (raw, queries), t_gen = _timed(generate_world, WorldSpec(num_items=args.items, num_users=args.users,
-                                                           mean_sequence_length=11.5))
-  data, t_pair = _timed(sar_from_purchase_queries, raw, "bench", queries)
-  (rec, search), t_split = _timed(build_task_samples, data)
-  print(f"world: {len(raw.catalog):,} items, {len(raw.purchases):,} purchases; generate {t_gen:.1f}s, "
-        f"queries {t_pair:.1f}s, histories+splits {t_split:.1f}s ({len(rec):,} rec, {len(search):,} search samples); "
-        f"total {t_gen + t_pair + t_split:.1f}s (target < 60s)")
-
-  with tempfile.TemporaryDirectory() as tmp:
-    for name in ("tiny", "synthetic"):
-      _, t = _timed(prepare, load_config(name), Path(tmp) / name / "prepare")
-      print(f"prepare {name}: {t:.1f}s (target < {5 if name == 'tiny' else 30}s)")
-    config = load_config("synthetic")
-    n = load_prepared(Path(tmp) / "synthetic" / "prepare").dataset.num_items
-    rng = np.random.default_rng(0)
-    codes = rng.integers(0, config.identifiers.codebook_size, (n, 4)).astype(np.int32)
-    task_data = load_task_data(Path(tmp) / "synthetic", config, codes={"semantic": codes, "collab": codes})   # random identifiers
-    src = task_data.mixture(config.tasks.sizes.to_dict(), 1, 0)
-    sources = task_data.sources
-    batch = 64
-    # Baseline first: grain's iterator keeps prefetching in background threads once started.
-    rec_src = sources["rec_train"]
-    _, t_read = _timed(lambda: [rec_src[i % len(rec_src)] for i in range(args.batches * batch)])
-    it = pipeline.make_train_iterator(src, batch)
-    _, t_batches = _timed(lambda: [next(it) for _ in range(args.batches)])
-    eps = args.batches * batch / t_batches
-    print(f"grain batches: {eps:,.0f} examples/s; raw record reads: {args.batches * batch / t_read:,.0f} records/s; "
-          f"building examples costs {t_batches / t_read:.1f}x reading the records")
+  spec = {"items": args.items, "users": args.users, "batches": args.batches}
+  sides = {"world": ("benchmarks.data_pipeline:make_world", spec),
+           "prepare_tiny": ("benchmarks.data_pipeline:make_prepare", {"config": "tiny"}),
+           "prepare_synthetic": ("benchmarks.data_pipeline:make_prepare", {"config": "synthetic"}),
+           "grain_batches": ("benchmarks.data_pipeline:make_batches", spec),
+           "record_reads": ("benchmarks.data_pipeline:make_record_reads", spec)}
+  harness.compare("data_pipeline", sides, ratios={"batches_over_record_reads": ("grain_batches", "record_reads")},
+                  settings={**spec, "batch": BATCH}, **harness.harness_options(args))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Embedding benchmarks on Amazon Office 2014 (2,420 items, 4,905 users), with same-run baselines.
 
-  python benchmarks/embed.py text    # Flax MiniLM vs sentence-transformers (torch CPU): time + parity
-  python benchmarks/embed.py sasrec  # SASRec leave-one-out (99 uniform negatives) vs popularity
-  python benchmarks/embed.py all --set epochs=40 --set learning_rate=0.002
+  python -m benchmarks.embed text    # Flax MiniLM vs sentence-transformers (torch CPU): time + parity
+  python -m benchmarks.embed sasrec  # SASRec leave-one-out (99 uniform negatives) vs popularity
+  python -m benchmarks.embed all --set epochs=40 --set learning_rate=0.002
 
-Prints one JSON line per part.
+`text` runs on `benchmarks/harness.py` (pinned workers, same threads on every side, interleaved calls)
+and writes results/benchmarks/embed_text.json; `sasrec` is a quality benchmark (no timing
+comparison) and prints one JSON line.
 """
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ import gzip
 import html
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks import harness
 from gensar_jax.config import apply_overrides
 from gensar_jax.embed import sasrec, text_encoder, tfidf
 from gensar_jax.eval.metrics import ranking_metrics, ranks_from_scores
@@ -36,33 +40,57 @@ def office_sequences(data_dir: Path) -> list[np.ndarray]:
   return [np.asarray(users[str(u)], np.int64) for u in range(len(users))]
 
 
-def bench_text(data_dir: Path, batch_size: int) -> dict:
-  texts = office_texts(data_dir)
+def _texts(spec: dict) -> list[str]:
+  """The Office item texts, the first `spec['items']` of them when given."""
+  texts = office_texts(Path(spec["data_dir"]))
+  return texts[:spec["items"]] if spec.get("items") else texts
+
+
+def make_flax(spec: dict) -> harness.Workload:
+  """Our Flax MiniLM encoder; one call = encoding every text. The setup's first encode (compiles
+  every length bucket) is saved for the parity check."""
+  texts = _texts(spec)
   encoder = text_encoder.load_sentence_encoder()
   start = time.perf_counter()
-  ours = encoder.encode(texts, batch_size=batch_size)
-  ours_seconds = time.perf_counter() - start
-  start = time.perf_counter()
-  again = encoder.encode(texts, batch_size=batch_size, progress=False)
-  ours_warm_seconds = time.perf_counter() - start
+  first = encoder.encode(texts, batch_size=spec["batch_size"], progress=False)
+  np.save(Path(spec["outputs_dir"]) / "flax.npy", first)
+  info = {"items_per_call": len(texts), "first_call_seconds_with_compile": time.perf_counter() - start}
+  return harness.Workload(lambda: encoder.encode(texts, batch_size=spec["batch_size"], progress=False), info)
 
+
+def make_sentence_transformers(spec: dict) -> harness.Workload:
+  """The reference: sentence-transformers (torch CPU) on the same model directory."""
   import sentence_transformers
+  texts = _texts(spec)
   model = sentence_transformers.SentenceTransformer(str(text_encoder.default_model_dir()), device="cpu")
-  start = time.perf_counter()
-  reference = model.encode(texts, batch_size=batch_size, normalize_embeddings=True)
-  torch_seconds = time.perf_counter() - start
+  encode = lambda: model.encode(texts, batch_size=spec["batch_size"], normalize_embeddings=True)
+  np.save(Path(spec["outputs_dir"]) / "reference.npy", encode())
+  return harness.Workload(encode, {"items_per_call": len(texts)})
 
-  start = time.perf_counter()
-  tfidf.tfidf_svd_embeddings(texts, 384, seed=0)
-  tfidf_seconds = time.perf_counter() - start
-  cosine = (ours * reference).sum(1)
-  return {"part": "text", "items": len(texts), "dim": int(ours.shape[1]),
-          "flax_seconds_with_compile": round(ours_seconds, 1), "flax_seconds_warm": round(ours_warm_seconds, 1),
-          "sentence_transformers_torch_seconds": round(torch_seconds, 1),
-          "speed_ratio_torch_over_flax_warm": round(torch_seconds / ours_warm_seconds, 2),
-          "min_cosine_vs_sentence_transformers": float(cosine.min()),
-          "warm_rerun_identical": bool(np.array_equal(ours, again)),
-          "tfidf_svd_384_seconds": round(tfidf_seconds, 1)}
+
+def make_tfidf(spec: dict) -> harness.Workload:
+  """TF-IDF + SVD to 384 dimensions (the text-free fallback), same texts."""
+  texts = _texts(spec)
+  return harness.Workload(lambda: tfidf.tfidf_svd_embeddings(texts, 384, seed=0), {"items_per_call": len(texts)})
+
+
+def text_parity(outputs_dir: Path) -> dict:
+  """Minimum cosine between our embeddings and sentence-transformers' (setup calls of both)."""
+  ours, reference = np.load(outputs_dir / "flax.npy"), np.load(outputs_dir / "reference.npy")
+  return {"min_cosine_vs_sentence_transformers": float((ours * reference).sum(1).min())}
+
+
+def bench_text(args: argparse.Namespace) -> dict:
+  """Flax vs sentence-transformers vs TF-IDF on the harness; writes results/benchmarks/embed_text.json."""
+  with tempfile.TemporaryDirectory() as outputs_dir:
+    spec = {"data_dir": str(args.data_dir), "batch_size": args.batch_size, "items": args.items,
+            "outputs_dir": outputs_dir}
+    sides = {"ours": ("benchmarks.embed:make_flax", spec),
+             "reference": ("benchmarks.embed:make_sentence_transformers", spec),
+             "tfidf_svd": ("benchmarks.embed:make_tfidf", spec)}
+    return harness.compare("embed_text", sides, ratios={"ours_speedup_vs_sentence_transformers": ("reference", "ours")},
+                           settings={k: v for k, v in spec.items() if k != "outputs_dir"},
+                           derive=lambda run: text_parity(Path(outputs_dir)), **harness.harness_options(args))
 
 
 def popularity_metrics(split: dict, num_items: int) -> dict:
@@ -94,10 +122,12 @@ def main() -> None:
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--set", action="append", default=[], help="sasrec config override, e.g. epochs=40")
+  parser.add_argument("--items", type=int, default=None, help="text: encode only the first N items")
+  harness.common_arguments(parser)
   args = parser.parse_args()
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
   if args.part in ("text", "all"):
-    print(json.dumps(bench_text(args.data_dir, args.batch_size)), flush=True)
+    bench_text(args)
   if args.part in ("sasrec", "all"):
     print(json.dumps(bench_sasrec(args.data_dir, args.set, args.seed)), flush=True)
 

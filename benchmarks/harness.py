@@ -331,6 +331,7 @@ def compare(name: str, sides: dict[str, tuple[str, dict]], *, threads_list: list
     print(f"warning: {repeats} repeats (< 5) for {name}", file=sys.stderr)
   threads_list = threads_list or sorted({1, len(os.sched_getaffinity(0))})
   started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  git = git_info()   # before the runs: what the workers import
   runs = [run_at_threads(sides, threads, repeats, warmup, nice) for threads in threads_list]
   for run in runs:
     run["ratios"] = {ratio: run["sides"][slow]["median"] / run["sides"][fast]["median"]
@@ -339,7 +340,7 @@ def compare(name: str, sides: dict[str, tuple[str, dict]], *, threads_list: list
       run["derived"] = derive(run)
   record = {"name": name, "started_utc": started,
             "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "git": git_info(), "machine": machine_info(), "versions": package_versions(),
+            "git": git, "machine": machine_info(), "versions": package_versions(),
             "settings": settings or {}, "ratio_definitions": ratios or {}, "worker_niceness": os.nice(0) + nice, "runs": runs}
   output_dir.mkdir(parents=True, exist_ok=True)
   path = output_dir / f"{name}.json"

@@ -6,8 +6,12 @@ loop over batches, float64 exp-domain Sinkhorn on the last specific levels, Adam
 clipping), on synthetic tables of Office size (2,420 items) and Electronics size (62,882 items), with
 384-d semantic and 64-d collaborative inputs.
 
-  python benchmarks/rqvae.py                      # both sizes
-  python benchmarks/rqvae.py --sizes office --epochs 20 --baseline-epochs 3
+Both sides run as pinned worker processes of `benchmarks/harness.py` (same affinity and thread count,
+1 thread and all cores, interleaved epochs, median/min/max, matmul peak in the same run); one timed
+call is one epoch. Results: results/benchmarks/rqvae_<size>.json.
+
+  python -m benchmarks.rqvae                      # both sizes
+  python -m benchmarks.rqvae --sizes office --repeats 5
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import jax
 import numpy as np
 import torch
 
+from benchmarks import harness
 from gensar_jax.identifiers import rqvae, rqvae_train
 
 SIZES = {"office": 2420, "electronics": 62882}
@@ -34,24 +39,46 @@ def synthetic_table(num_items: int, seed: int = 0) -> dict[str, np.ndarray]:
   return {"semantic": semantic.astype(np.float32), "collab": collab.astype(np.float32)}
 
 
-def time_ours(table: dict[str, np.ndarray], config, epochs: int) -> float:
-  """Seconds per epoch of our jitted epoch (compile excluded)."""
+def make_ours(spec: dict) -> harness.Workload:
+  """Our jitted RQ-VAE epoch (one `lax.scan` over the shuffled batches); one call = one epoch."""
+  config = rqvae.identifiers_config()  # the reference settings
+  table = synthetic_table(SIZES[spec["size"]])
   num_items = table["semantic"].shape[0]
-  spec = rqvae.spec_from_config(config, 384, 64)
+  model_spec = rqvae.spec_from_config(config, 384, 64)
   inputs = {view: jax.numpy.asarray(values) for view, values in table.items()}
-  params = rqvae.init_params(jax.random.PRNGKey(0), spec)
+  params = rqvae.init_params(jax.random.PRNGKey(0), model_spec)
   first = {view: values[:config.batch_size] for view, values in inputs.items()}
-  params = rqvae.init_codebooks(jax.random.PRNGKey(1), params, spec, first, None, config.kmeans_iters)
+  params = rqvae.init_codebooks(jax.random.PRNGKey(1), params, model_spec, first, None, config.kmeans_iters)
   optimizer = rqvae_train.make_optimizer(config, math.ceil(num_items / config.batch_size))
   opt_state = optimizer.init(params)
-  train_epoch = rqvae_train.make_train_epoch(spec, optimizer, config.batch_size)
-  params, opt_state, losses = train_epoch(params, opt_state, inputs, jax.random.PRNGKey(2))
-  jax.block_until_ready(losses)
+  train_epoch = rqvae_train.make_train_epoch(model_spec, optimizer, config.batch_size)
+  info = epoch_flops(train_epoch, params, opt_state, inputs, config.batch_size)
   start = time.perf_counter()
-  for epoch in range(epochs):
-    params, opt_state, losses = train_epoch(params, opt_state, inputs, jax.random.PRNGKey(3 + epoch))
+  state = {"params": params, "opt_state": opt_state, "epoch": 0}
+  state["params"], state["opt_state"], losses = train_epoch(params, opt_state, inputs, jax.random.PRNGKey(2))
   jax.block_until_ready(losses)
-  return (time.perf_counter() - start) / epochs
+  info["compile_seconds"] = time.perf_counter() - start
+
+  def run():
+    state["epoch"] += 1
+    state["params"], state["opt_state"], losses = train_epoch(state["params"], state["opt_state"], inputs,
+                                                              jax.random.PRNGKey(2 + state["epoch"]))
+    jax.block_until_ready(losses)
+  return harness.Workload(run, {**info, "items_per_call": num_items})
+
+
+def epoch_flops(train_epoch, params, opt_state, inputs, batch_size: int) -> dict:
+  """FLOPs of one epoch: XLA's cost analysis counts a scan body once, so the one-batch epoch's FLOPs
+  (one scan step) are multiplied by the number of steps; the full epoch's raw figure is kept too."""
+  num_items = next(iter(inputs.values())).shape[0]
+  steps = math.ceil(num_items / batch_size)
+  one_batch = {view: values[:batch_size] for view, values in inputs.items()}
+  key = jax.random.PRNGKey(0)
+  per_step = harness.xla_flops(train_epoch.lower(params, opt_state, one_batch, key).compile())
+  whole = harness.xla_flops(train_epoch.lower(params, opt_state, inputs, key).compile())
+  return {"flops_per_call": None if per_step is None else per_step * steps, "steps_per_epoch": steps,
+          "flops_one_batch_epoch": per_step, "flops_full_epoch_as_reported": whole,
+          "flops_source": "XLA cost_analysis of a one-batch epoch x steps per epoch (scan body counted once)"}
 
 
 class TorchReference(torch.nn.Module):
@@ -115,8 +142,10 @@ class TorchReference(torch.nn.Module):
     return recon + self.config.quant_loss_weight * torch.stack(losses).mean()
 
 
-def time_torch_reference(table: dict[str, np.ndarray], config, epochs: int) -> float:
-  """Seconds per epoch of the eager PyTorch reference loop (one warm-up batch excluded)."""
+def make_reference(spec: dict) -> harness.Workload:
+  """The eager PyTorch reference loop; one call = one epoch (one warm-up batch made in setup)."""
+  config = rqvae.identifiers_config()
+  table = synthetic_table(SIZES[spec["size"]])
   torch.manual_seed(0)
   model = TorchReference(config, {v: x.shape[1] for v, x in table.items()})
   data = {v: torch.from_numpy(x) for v, x in table.items()}
@@ -139,39 +168,25 @@ def time_torch_reference(table: dict[str, np.ndarray], config, epochs: int) -> f
       schedule.step()
 
   run_epoch(limit=1)
-  start = time.perf_counter()
-  for _ in range(epochs):
-    run_epoch()
-  return (time.perf_counter() - start) / epochs
+  return harness.Workload(run_epoch, {"items_per_call": num_items})
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-  parser.add_argument("--epochs", type=int, default=10, help="timed epochs of ours (office); electronics uses 1/5")
-  parser.add_argument("--baseline-epochs", type=int, default=2, help="timed epochs of the torch baseline (office)")
-  parser.add_argument("--repeats", type=int, default=2, help="alternating repeats; the fastest of each is kept")
-  parser.add_argument("--torch-threads", type=int, default=1,
-                      help="intra-op threads of the baseline (1 was fastest on the shared 2-core dev machine)")
+  harness.common_arguments(parser)
   args = parser.parse_args()
-  torch.set_num_threads(args.torch_threads)
-  config = rqvae.identifiers_config()  # the reference settings
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}; torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); batch {config.batch_size}, codebooks "
-        f"{config.num_shared_levels}+{config.num_specific_levels}x2 of {config.codebook_size}, "
-        f"Sinkhorn eps {config.sinkhorn_epsilon} x {config.sinkhorn_iters} iters on the last specific levels")
-  print(f"{'table':<12} {'items':>7} {'ours s/epoch':>13} {'ours items*ep/s':>16} "
-        f"{'torch s/epoch':>14} {'torch items*ep/s':>17} {'speed-up':>9} {'500 epochs (ours)':>18}")
+  config = rqvae.identifiers_config()
   for name in args.sizes:
-    num_items = SIZES[name]
-    table = synthetic_table(num_items)
-    scale = 1 if name == "office" else 5
-    ours, baseline = math.inf, math.inf
-    for _ in range(args.repeats):  # alternate, so load changes on a shared machine hit both alike
-      ours = min(ours, time_ours(table, config, max(1, args.epochs // scale)))
-      baseline = min(baseline, time_torch_reference(table, config, max(1, args.baseline_epochs // scale)))
-    print(f"{name:<12} {num_items:>7} {ours:>13.3f} {num_items / ours:>16.0f} {baseline:>14.3f} "
-          f"{num_items / baseline:>17.0f} {baseline / ours:>8.2f}x {500 * ours / 60:>15.1f} min", flush=True)
+    spec = {"size": name}
+    settings = {"size": name, "items": SIZES[name], "batch_size": config.batch_size,
+                "codebook_size": config.codebook_size, "shared_levels": config.num_shared_levels,
+                "specific_levels": config.num_specific_levels, "sinkhorn_epsilon": config.sinkhorn_epsilon,
+                "sinkhorn_iters": config.sinkhorn_iters, "call": "one training epoch"}
+    harness.compare(f"rqvae_{name}", {"ours": ("benchmarks.rqvae:make_ours", spec),
+                                      "reference": ("benchmarks.rqvae:make_reference", spec)},
+                    ratios={"ours_speedup_vs_torch_reference": ("reference", "ours")}, settings=settings,
+                    **harness.harness_options(args))
 
 
 if __name__ == "__main__":

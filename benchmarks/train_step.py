@@ -5,18 +5,20 @@ Both sides do one full optimizer step per iteration: forward, token cross-entrop
 targets, backward, global-norm clipping (1.0) and AdamW (lr 1e-3, weight decay 1e-7), dropout 0.1.
 Default shapes: t5-small (d_model 512, 6+6 layers, d_ff 2048) with the GenSAR vocabulary
 (32,128 SentencePiece + 3 behaviour + 6 x 256 identifier tokens), batch 32, input 128, target 8.
-Tokens/s counts input + target tokens. Prints the JAX/PyTorch ratio (> 1 means JAX is faster).
+Tokens/s counts input + target tokens. Both sides run as pinned worker processes of
+`benchmarks/harness.py` (same affinity and thread count, 1 thread and all cores, interleaved steps,
+median/min/max, matmul peak in the same run). Results: results/benchmarks/train_step.json.
 
-  python benchmarks/train_step.py [--batch 32 --input_len 128 --target_len 8 --steps 5 --device cpu]
+  python -m benchmarks.train_step [--batch 32 --input_len 128 --target_len 8 --repeats 5]
 """
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import numpy as np
+
+from benchmarks import harness
 
 
 def random_batch(batch: int, input_len: int, target_len: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -27,23 +29,6 @@ def random_batch(batch: int, input_len: int, target_len: int, vocab: int, seed: 
   decoder_inputs = np.concatenate([np.zeros((batch, 1), np.int32), targets[:, :-1]], axis=1)
   return {"encoder_input_tokens": encoder, "decoder_input_tokens": decoder_inputs,
           "decoder_target_tokens": targets, "decoder_loss_weights": np.ones_like(targets, np.float32)}
-
-
-def time_interleaved(steps_by_name: dict, warmup: int, steps: int) -> dict[str, float]:
-  """Seconds per step for each callable (median of `steps` timed calls after `warmup` untimed ones). The
-  frameworks alternate step by step, so load from other processes hits both alike."""
-  for step in steps_by_name.values():
-    for _ in range(warmup):
-      step()
-  times = {name: [] for name in steps_by_name}
-  for _ in range(steps):
-    for name, step in steps_by_name.items():
-      start = time.perf_counter()
-      step()
-      times[name].append(time.perf_counter() - start)
-  for name, t in times.items():
-    print(f"{name:6s}: step times {', '.join(f'{x:.2f}' for x in t)} s")
-  return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def jax_step(args, batch):
@@ -64,15 +49,19 @@ def jax_step(args, batch):
   holder["state"], shardings = state_lib.create_train_state(model_cfg, optimizer, mesh, rules, jax.random.key(0))
   train_step = step_lib.make_train_step(model_cfg, train_cfg, optimizer, mesh, rules, shardings)
   global_batch = parallel.host_local_batch_to_global(batch, mesh, rules)
+  with parallel.mesh_and_rules(mesh, rules):
+    compiled = train_step.jitted.lower(holder["state"], {k: global_batch[k] for k in step_lib.BATCH_KEYS}).compile()
   start = time.perf_counter()
   holder["state"], metrics = train_step(holder["state"], global_batch)
   jax.block_until_ready(metrics)
-  print(f"jax: first step (compile) {time.perf_counter() - start:.1f} s, loss {float(metrics['loss']):.3f}")
+  info = {"compile_seconds": time.perf_counter() - start, "first_loss": float(metrics["loss"]),
+          "flops_per_call": harness.xla_flops(compiled),
+          "flops_source": "XLA cost_analysis of the jitted step (grad_accum_steps 1: no loop)"}
 
   def step():
     holder["state"], m = train_step(holder["state"], global_batch)
     jax.block_until_ready(m)
-  return step
+  return step, info
 
 
 def torch_step(args, batch):
@@ -102,35 +91,40 @@ def torch_step(args, batch):
   return step
 
 
+def make_ours(spec: dict) -> harness.Workload:
+  """Our jitted t5-small train step (one call = one optimizer step on the same batch)."""
+  args = argparse.Namespace(**spec)
+  step, info = jax_step(args, random_batch(args.batch, args.input_len, args.target_len, args.vocab))
+  return harness.Workload(step, {**info, "tokens_per_call": args.batch * (args.input_len + args.target_len)})
+
+
+def make_reference(spec: dict) -> harness.Workload:
+  """HF PyTorch T5 + AdamW, eager (one call = one optimizer step on the same batch)."""
+  args = argparse.Namespace(**spec)
+  step = torch_step(args, random_batch(args.batch, args.input_len, args.target_len, args.vocab))
+  return harness.Workload(step, {"tokens_per_call": args.batch * (args.input_len + args.target_len)})
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--input_len", type=int, default=128)
   parser.add_argument("--target_len", type=int, default=8)
   parser.add_argument("--vocab", type=int, default=32128 + 3 + 6 * 256)
-  parser.add_argument("--steps", type=int, default=5)
-  parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--bf16", action="store_true")
   parser.add_argument("--device", default="cpu", help="torch device (cpu or cuda); JAX uses its default backend")
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--name", default="train_step", help="results/benchmarks/<name>.json")
+  harness.common_arguments(parser)
   args = parser.parse_args()
-
-  import jax
-  batch = random_batch(args.batch, args.input_len, args.target_len, args.vocab)
-  tokens = args.batch * (args.input_len + args.target_len)
-  print(f"t5-small, vocab {args.vocab}, batch {args.batch}, input {args.input_len}, target {args.target_len}, "
-        f"bf16={args.bf16}; {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-        f"jax backend {jax.default_backend()}")
-  steps = {"jax": jax_step(args, batch)}
+  spec = {k: getattr(args, k) for k in ("batch", "input_len", "target_len", "vocab", "bf16", "device")}
+  sides = {"ours": ("benchmarks.train_step:make_ours", spec)}
+  ratios = {}
   if not args.skip_torch:
-    import torch
-    steps["torch"] = torch_step(args, batch)
-  seconds = time_interleaved(steps, args.warmup, args.steps)
-  for name, sec in seconds.items():
-    extra = f", {torch.get_num_threads()} threads" if name == "torch" else ""
-    print(f"{name:6s}: {1 / sec:7.3f} steps/s {tokens / sec:10.0f} tokens/s ({sec * 1e3:.0f} ms/step{extra})")
-  if "torch" in seconds:
-    print(f"ratio jax/torch (throughput): {seconds['torch'] / seconds['jax']:.2f}x")
+    sides["reference"] = ("benchmarks.train_step:make_reference", spec)
+    ratios["ours_speedup_vs_hf_torch"] = ("reference", "ours")
+  harness.compare(args.name, sides, ratios=ratios, settings={**spec, "model": "t5-small", "call": "one train step"},
+                  **harness.harness_options(args))
 
 
 if __name__ == "__main__":
