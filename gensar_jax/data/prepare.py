@@ -78,6 +78,7 @@ def query_source(cfg) -> str:
 
 REC_NEGATIVES = ("popularity", "uniform")
 REC_NEGATIVE_EXCLUSIONS = ("history", "all")
+SEARCH_NEGATIVE_TOPUPS = ("popularity", "uniform")
 
 
 def _choice(cfg, field: str, options: tuple[str, ...]) -> str:
@@ -100,7 +101,7 @@ def build_negatives(data: SARDataset, samples: dict[str, splits.TaskSamples], cf
   rng = np.random.default_rng([seed, 7])
   popularity = np.bincount(data.rec_item, minlength=data.num_items).astype(np.float64)
   rec_weights = popularity if _choice(cfg, "rec_negatives", REC_NEGATIVES) == "popularity" else None
-  topup_weights = popularity if _choice(cfg, "search_negative_topup", REC_NEGATIVES) == "popularity" else None
+  topup_weights = popularity if _choice(cfg, "search_negative_topup", SEARCH_NEGATIVE_TOPUPS) == "popularity" else None
   exclusion = _choice(cfg, "rec_negative_exclusion", REC_NEGATIVE_EXCLUSIONS)
   everything = negatives.interacted_keys(data.rec_user, data.rec_item, data.num_items) if exclusion == "all" else None
   index = negatives.BM25Index.from_config([data.catalog.text(i) for i in range(data.num_items)], cfg)
