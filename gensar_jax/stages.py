@@ -85,7 +85,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           _doc2query,
           "item text -> query model and pseudo-queries for ad-hoc search"),
     # Of the eval section, training reads only what its validation hook uses.
-    Stage("train", ("seed", "tasks", "model", "train", "parallel", "eval.num_beams", "eval.validation_rows"),
+    Stage("train", ("seed", "tasks", "model", "train", "parallel", "eval.num_beams", "eval.validation_rows",
+                    "eval.ties.sampled"),
           ("prepare", "index", "doc2query"),
           _train, "multi-task T5 training with validation-based model selection"),
     Stage("eval", ("eval",), ("train",), _eval, "constrained beam search evaluation (sampled + full catalogue)"),

@@ -354,3 +354,18 @@ def test_run_eval_writes_metrics_tables_and_stats(workdir, model, reference, tmp
   cells = [float(c) for c in search_sampled.strip("|").split("|")[2:]]
   assert cells == pytest.approx([metrics["search"]["sampled"][m] for m in stage.TABLE_METRICS], abs=5e-5)
   assert json.loads((out / "config.json").read_text())["eval"]["limit"] == NUM_ROWS
+
+
+def test_the_validation_tie_rule_is_part_of_the_training_fingerprint(tmp_path):
+  """Model selection ranks validation rows with eval.ties.sampled, so changing it re-runs training."""
+  from gensar_jax import stages
+  from gensar_jax.io_utils import write_json
+  for dep in stages.STAGES["train"].deps:
+    (tmp_path / dep).mkdir()
+    write_json(tmp_path / dep / "fingerprint.json", {"fingerprint": dep})
+  config = load_config("tiny")
+  before = stages.stage_fingerprint(stages.STAGES["train"], config, tmp_path)
+  config.eval.ties.sampled = "item"
+  assert stages.stage_fingerprint(stages.STAGES["train"], config, tmp_path) != before
+  config.eval.ties.sampled, config.eval.ties.full = "identifier", "identifier"
+  assert stages.stage_fingerprint(stages.STAGES["train"], config, tmp_path) == before   # eval-only setting
