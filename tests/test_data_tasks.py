@@ -127,6 +127,19 @@ def test_epoch_mixture_sizes(setup):
   assert sorted(nrip_rows.tolist()) == list(range(src.available["nrip"]))
 
 
+def test_epoch_tasks_drawn_with_replacement():
+  """The reference draws NSIP rows and Desc2ID/ID2Desc items with replacement; other tasks are sampled
+  without replacement (or every row, topped up when more are asked for)."""
+  available, sizes = {"nrip": 5, "nsip": 50, "desc2id": 50}, {"nrip": -1, "nsip": 40, "desc2id": 40}
+  tasks, rows = pipeline.sample_epoch(available, sizes, 0, 0, with_replacement=("nsip",))
+  nsip = rows[tasks == TASKS.index("nsip")]
+  desc = rows[tasks == TASKS.index("desc2id")]
+  assert len(nsip) == 40 and len(np.unique(nsip)) < 40 and nsip.max() < 50    # repeats: 40 draws of 50
+  assert len(desc) == 40 and len(np.unique(desc)) == 40
+  with pytest.raises(ValueError, match="tasks.with_replacement"):
+    pipeline.MixtureSource(None, {}, available, sizes, 1, 0, with_replacement=("search",))
+
+
 def _batches(it, n):
   return [next(it) for _ in range(n)]
 

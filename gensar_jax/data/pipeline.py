@@ -18,12 +18,14 @@ from gensar_jax.data.tasks import TASKS, ExampleBuilder
 ALL_ROWS = -1
 
 
-def sample_epoch(available: Mapping[str, int], sizes: Mapping[str, int], seed: int, epoch: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def sample_epoch(available: Mapping[str, int], sizes: Mapping[str, int], seed: int, epoch: int,
+                 with_replacement: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
   """One epoch's plan: (task index int8[n], row int64[n]), shuffled.
 
-  sizes[task] = ALL_ROWS takes every row once; n <= available samples without replacement; n > available
-  takes every row and tops up with replacement. Tasks with size 0 or no rows are skipped.
+  sizes[task] = ALL_ROWS takes every row once. Tasks in `with_replacement` draw their n rows uniformly
+  with replacement (the reference's NSIP, Desc2ID and ID2Desc samples); the others take n <= available
+  rows without replacement, or every row topped up with replacement when n > available. Tasks with size
+  0 or no rows are skipped.
   """
   rng = np.random.default_rng([seed, epoch])
   tasks, rows = [], []
@@ -33,6 +35,8 @@ def sample_epoch(available: Mapping[str, int], sizes: Mapping[str, int], seed: i
       continue
     if want == ALL_ROWS:
       chosen = np.arange(n_avail)
+    elif task in with_replacement:
+      chosen = np.sort(rng.integers(0, n_avail, want))
     elif want <= n_avail:
       chosen = np.sort(rng.choice(n_avail, size=want, replace=False))
     else:
@@ -58,20 +62,25 @@ class MixtureSource:
   Args:
     builder: the ExampleBuilder (tokens and identifier tables).
     fetch: task -> (row -> record) for the task's stored samples (see `default_fetchers`).
-    available: rows per task; sizes: rows per task per epoch.
+    available: rows per task; sizes: rows per task per epoch; with_replacement: tasks whose rows are
+      drawn with replacement (see `sample_epoch`).
   """
 
   def __init__(self, builder: ExampleBuilder, fetch: Mapping[str, Callable[[int], dict]],
                available: Mapping[str, int], sizes: Mapping[str, int], num_epochs: int, seed: int,
-               pseudo_queries: Sequence[Sequence[np.ndarray]] | None = None):
+               pseudo_queries: Sequence[Sequence[np.ndarray]] | None = None, with_replacement: Sequence[str] = ()):
     self.builder, self.fetch, self.seed = builder, fetch, seed
     self.available, self.sizes, self.num_epochs = dict(available), dict(sizes), num_epochs
+    unknown = sorted(set(with_replacement) - set(TASKS))
+    if unknown:
+      raise ValueError(f"tasks.with_replacement: unknown tasks {unknown}; expected some of {TASKS}")
+    self.with_replacement = tuple(with_replacement)
     self.pseudo_queries = pseudo_queries
     self.epoch_len = len(self._plan(0)[0])
 
   @functools.lru_cache(maxsize=4)
   def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    return sample_epoch(self.available, self.sizes, self.seed, epoch)
+    return sample_epoch(self.available, self.sizes, self.seed, epoch, self.with_replacement)
 
   def __len__(self) -> int:
     return self.epoch_len * self.num_epochs

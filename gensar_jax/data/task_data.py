@@ -33,6 +33,7 @@ class TaskData:
   view_levels: dict[str, tuple[str, ...]]
   sources: dict                           # "{rec,search}_{train,validation,test}" -> random-access source
   pseudo_queries: list[list[np.ndarray]] | None
+  with_replacement: tuple[str, ...] = ()    # tasks drawn with replacement per epoch (config tasks.with_replacement)
 
   @property
   def vocab_size(self) -> int:
@@ -56,7 +57,7 @@ class TaskData:
 
   def mixture(self, sizes: dict[str, int], num_epochs: int, seed: int) -> pipeline.MixtureSource:
     return pipeline.MixtureSource(self.builder, pipeline.default_fetchers(self.sources), self.available_rows(),
-                                  sizes, num_epochs, seed, self.pseudo_queries)
+                                  sizes, num_epochs, seed, self.pseudo_queries, self.with_replacement)
 
 
 def load_pseudo_queries(path: Path) -> list[list[np.ndarray]]:
@@ -101,7 +102,7 @@ def load_task_data(workdir: str | Path, config: ml_collections.ConfigDict, codes
   pseudo_path = workdir / "doc2query" / "pseudo_queries.npz"
   pseudo = load_pseudo_queries(pseudo_path) if with_pseudo_queries and pseudo_path.exists() else None
   return TaskData(prepared, tokenizer, builder, codes, {"semantic": semantic, "collab": collab},
-                  open_samples(prepared.tfds_dir), pseudo)
+                  open_samples(prepared.tfds_dir), pseudo, tuple(t.get("with_replacement", ())))
 
 
 def item_text_pairs(task_data: TaskData, split: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
