@@ -653,8 +653,8 @@ def plan(config: ml_collections.ConfigDict, workdir: Path | None = None, topolog
   plan_cfg = section_with_defaults(config, "plan", plan_config())
   topology = topology or plan_cfg.topology
   if not topology:
-    raise ValueError(f"config {config.name!r} names no TPU slice: set plan.topology (e.g. --set "
-                     "plan.topology=v5e:8x8) or pass --topology")
+    raise ValueError(f"config {config.name!r} names no slice to plan for: pass --topology (e.g. v5e:8x8, v4:2x2x4, "
+                     "h100:8), or give the config a plan section with plan.topology as configs/tpu_v5e_64.py does")
   devices, chip = topology_devices(topology)
   mesh, mesh_shape = plan_mesh(config, devices, chip)
   rules = parallel.rules_tuple(config.parallel.logical_axis_rules)
