@@ -60,6 +60,18 @@ def test_amazon2014_python_literal_meta(tmp_path):
   np.testing.assert_array_equal(raw.purchases.time, [10, 20, 5])
 
 
+def test_amazon2014_keeps_review_ratings_in_purchase_order(tmp_path):
+  """data.reference_history's (time, rating) order needs the ratings ('overall'; NaN where missing)."""
+  _gz_lines(tmp_path / "reviews_Toys_5.json.gz", [
+      json.dumps({"reviewerID": "U1", "asin": "B2", "unixReviewTime": 20, "overall": 5.0}),
+      json.dumps({"reviewerID": "U1", "asin": "B1", "unixReviewTime": 10, "overall": 3.0}),
+      json.dumps({"reviewerID": "U2", "asin": "B1", "unixReviewTime": 5})])
+  _gz_lines(tmp_path / "meta_Toys.json.gz", [repr({"asin": "B1", "title": "Ball"}), repr({"asin": "B2", "title": "Kite"})])
+  raw = loaders.load_amazon2014(tmp_path, "Toys")
+  np.testing.assert_array_equal(raw.purchases.rating, [3.0, 5.0, np.nan])
+  assert loaders.load_lcrec(_lcrec(tmp_path, {"0": {"title": "t"}}, {"u": [0]}), "Toy").purchases.rating is None
+
+
 def test_amazon2014_meta_is_parsed_safely(tmp_path):
   _gz_lines(tmp_path / "reviews_T_5.json.gz", [json.dumps({"reviewerID": "U", "asin": "A", "unixReviewTime": 1})])
   _gz_lines(tmp_path / "meta_T.json.gz", ["{'asin': 'A', 'title': __import__('os').system('echo pwned')}"])

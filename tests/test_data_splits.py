@@ -1,4 +1,6 @@
 """Histories, filters and splits against a direct per-event reimplementation of the reference rules."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -8,7 +10,7 @@ from gensar_jax.data.schema import Catalog, Purchases
 from gensar_jax.data.splits import PAD, REC, SEARCH, TEST, TRAIN, VALID, build_task_samples
 
 
-def _random_dataset(seed, num_users=40, num_items=30, max_len=14, time_range=6):
+def _random_dataset(seed, num_users=40, num_items=30, max_len=14, time_range=6, ratings=False):
   rng = np.random.default_rng(seed)
   rows = []
   for u in range(num_users):
@@ -18,8 +20,9 @@ def _random_dataset(seed, num_users=40, num_items=30, max_len=14, time_range=6):
   arr = np.asarray(rows)
   catalog = Catalog([str(i) for i in range(num_items)], [f"t{i}" for i in range(num_items)], [""] * num_items,
                     [""] * num_items, [()] * num_items)
+  rating = rng.integers(1, 6, len(arr)).astype(np.float32) if ratings else None
   raw = RawData(catalog, [str(u) for u in range(num_users)],
-                Purchases(arr[:, 0].astype(np.int32), arr[:, 1].astype(np.int32), arr[:, 2]), [[]] * num_items)
+                Purchases(arr[:, 0].astype(np.int32), arr[:, 1].astype(np.int32), arr[:, 2], rating), [[]] * num_items)
   queries = [[f"q{int(i) % 7}"] if rng.random() < 0.6 else [] for i in arr[:, 1]]
   return sar_from_purchase_queries(raw, "rand", queries, seed=seed)
 
@@ -36,6 +39,10 @@ def _reference(data, history_len, min_events, reference_history=False):
       if task == "rec":
         u, t = data.rec_user[e], data.rec_time[e]
         recs = [r for r in range(n_rec) if data.rec_user[r] == u and r < e]
+        if reference_history and data.rec_rating is not None:    # (b): counter from the (time, rating) order
+          own = [r for r in range(n_rec) if data.rec_user[r] == u]
+          counter = sorted(own, key=lambda r: (data.rec_time[r], data.rec_rating[r], r)).index(e)
+          recs = own[:counter]
         srcs = [s for s in range(n_src) if data.search_user[s] == u and data.search_time[s] < t]
         item, query = data.rec_item[e], -1
       else:
@@ -73,9 +80,10 @@ def _reference(data, history_len, min_events, reference_history=False):
   return out
 
 
-@pytest.mark.parametrize("seed, reference_history", [(0, False), (1, False), (2, False), (0, True), (1, True)])
-def test_histories_and_splits_match_reference(seed, reference_history):
-  data = _random_dataset(seed)
+@pytest.mark.parametrize("seed, reference_history, ratings", [(0, False, False), (1, False, False), (2, False, True),
+                                                              (0, True, False), (1, True, True), (2, True, True)])
+def test_histories_and_splits_match_reference(seed, reference_history, ratings):
+  data = _random_dataset(seed, ratings=ratings)
   rec, search = build_task_samples(data, history_len=3, min_events=3, reference_history=reference_history)
   ref = _reference(data, 3, 3, reference_history)
   for task, got in (("rec", rec), ("search", search)):
@@ -111,6 +119,15 @@ def test_reference_history_reproduces_the_authors_leaks():
   assert any(e in search_eval for e in rec.event[rec.split == TRAIN].tolist())                  # (c)
   assert not any(e in set(data.search_purchase[ours_search.event[ours_search.split != TRAIN]].tolist())
                  for e in ours_rec.event[ours_rec.split == TRAIN].tolist())
+  # (b): with review ratings, a same-time target rated above a later-listed purchase sits in its own history.
+  rated = _random_dataset(4, num_users=60, ratings=True)
+  unrated_rec, _ = build_task_samples(dataclasses.replace(rated, rec_rating=None), history_len=5, min_events=3,
+                                      reference_history=True)
+  rec, _ = build_task_samples(rated, history_len=5, min_events=3, reference_history=True)
+
+  def target_in_history(s):
+    return sum(s.item[r] in s.hist_item[r][s.hist_kind[r] == REC] for r in range(len(s)))
+  assert target_in_history(rec) > target_in_history(unrated_rec)
 
 
 def test_search_session_never_sees_its_own_purchase():

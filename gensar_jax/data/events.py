@@ -89,6 +89,6 @@ def sar_from_purchase_queries(raw: RawData, name: str, candidates: list[list[str
       rec_user=p.user.astype(np.int32), rec_item=p.item.astype(np.int32), rec_time=p.time.astype(np.int64),
       search_user=p.user[rows].astype(np.int32), search_query=np.asarray([qid[q] for q in texts], dtype=np.int32),
       search_item=p.item[rows].astype(np.int32), search_time=p.time[rows].astype(np.int64),
-      search_purchase=rows, duplicates_dropped=dict(raw.duplicates))
+      search_purchase=rows, duplicates_dropped=dict(raw.duplicates), rec_rating=p.rating)
   dataset.validate()
   return dataset

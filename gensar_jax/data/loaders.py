@@ -137,8 +137,11 @@ def _require(record: dict, field: str, path: Path, lineno: int) -> Any:
 
 
 def _assemble(item_meta: dict[str, dict], purchases_by_user: dict[str, list[tuple[int, str]]],
-              source: str) -> RawData:
-  """Builds dense ids. Items without any text are dropped with their purchases (logged)."""
+              source: str, ratings: dict[tuple[str, str, int], float] | None = None) -> RawData:
+  """Builds dense ids. Items without any text are dropped with their purchases (logged).
+
+  ratings: {(user, item id, time): review rating} for sources that have them (Purchases.rating).
+  """
   missing = {a for seq in purchases_by_user.values() for _, a in seq if a not in item_meta}
   if missing:
     example = sorted(missing)[:3]
@@ -157,18 +160,21 @@ def _assemble(item_meta: dict[str, dict], purchases_by_user: dict[str, list[tupl
       descriptions=[item_meta[a]["description"] for a in item_ids],
       brands=[item_meta[a]["brand"] for a in item_ids],
       categories=[item_meta[a]["paths"][0] if item_meta[a]["paths"] else () for a in item_ids])
-  users, rows = [], []
+  users, rows, rated = [], [], []
   for user in purchases_by_user:
-    seq = [(t, index[a]) for t, a in purchases_by_user[user] if a in index]
+    seq = [(t, index[a], a) for t, a in purchases_by_user[user] if a in index]
     if not seq:
       continue
     uid = len(users)
     users.append(user)
     # Stable sort by time keeps the source order for equal timestamps.
-    seq.sort(key=lambda ta: ta[0])
-    rows.extend((uid, item, t) for t, item in seq)
+    seq.sort(key=lambda tia: tia[0])
+    rows.extend((uid, item, t) for t, item, _ in seq)
+    if ratings is not None:
+      rated.extend(ratings.get((user, a, t), np.nan) for t, _, a in seq)
   arr = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
-  purchases = Purchases(user=arr[:, 0].astype(np.int32), item=arr[:, 1].astype(np.int32), time=arr[:, 2])
+  purchases = Purchases(user=arr[:, 0].astype(np.int32), item=arr[:, 1].astype(np.int32), time=arr[:, 2],
+                        rating=np.asarray(rated, np.float32) if ratings is not None else None)
   return RawData(catalog, users, purchases, [item_meta[a]["paths"] for a in item_ids])
 
 
@@ -256,8 +262,10 @@ def _load_whole_json(path: Path, expected: type, duplicates: _Duplicates | None 
   return obj
 
 
-def _load_reviews(path: Path, duplicates: _Duplicates) -> dict[str, list[tuple[int, str]]]:
-  """{user: [(time, item id), ...]}; a second review line with the same user, item and time is dropped."""
+def _load_reviews(path: Path, duplicates: _Duplicates, ratings: dict | None = None
+                  ) -> dict[str, list[tuple[int, str]]]:
+  """{user: [(time, item id), ...]}; a second review line with the same user, item and time is dropped.
+  With `ratings`, fills {(user, item id, time): the review's `overall` rating} where present."""
   seqs: dict[str, list[tuple[int, str]]] = {}
   seen: set[tuple[str, str, int]] = set()
   for lineno, r in _iter_records(path, json.loads):
@@ -272,6 +280,8 @@ def _load_reviews(path: Path, duplicates: _Duplicates) -> dict[str, list[tuple[i
       continue
     seen.add(event)
     seqs.setdefault(str(user), []).append((t, str(asin)))
+    if ratings is not None and isinstance(r.get("overall"), (int, float)) and not isinstance(r["overall"], bool):
+      ratings[event] = float(r["overall"])
   return seqs
 
 
@@ -292,8 +302,8 @@ def load_amazon2014(directory: str | Path, category: str) -> RawData:
   directory = Path(directory)
   reviews = _find(directory, f"reviews_{category}_5.json.gz", f"reviews_{category}_5.json")
   meta_path = _find(directory, f"meta_{category}.json.gz", f"meta_{category}.json")
-  duplicates = _Duplicates()
-  seqs = _load_reviews(reviews, duplicates)
+  duplicates, ratings = _Duplicates(), {}
+  seqs = _load_reviews(reviews, duplicates, ratings)
   meta, where = {}, {}
   for lineno, r in _iter_records(meta_path, ast.literal_eval):
     asin = str(_require(r, "asin", meta_path, lineno))
@@ -304,7 +314,7 @@ def load_amazon2014(directory: str | Path, category: str) -> RawData:
     _add_item(meta, where, asin, _meta(r.get("title", ""), r.get("description", ""), r.get("brand", ""),
                                        [p for p in paths if p]), meta_path, lineno, duplicates)
   log.info("loaded Amazon 2014 %s: %d items with metadata, %d users", category, len(meta), len(seqs))
-  raw = _assemble(meta, seqs, str(reviews))
+  raw = _assemble(meta, seqs, str(reviews), ratings)
   raw.duplicates = duplicates.report()
   return raw
 
@@ -314,8 +324,8 @@ def load_amazon2018(directory: str | Path, category: str) -> RawData:
   directory = Path(directory)
   reviews = _find(directory, f"{category}_5.json.gz", f"{category}_5.json")
   meta_path = _find(directory, f"meta_{category}.json.gz", f"meta_{category}.json")
-  duplicates = _Duplicates()
-  seqs = _load_reviews(reviews, duplicates)
+  duplicates, ratings = _Duplicates(), {}
+  seqs = _load_reviews(reviews, duplicates, ratings)
   meta, where = {}, {}
   for lineno, r in _iter_records(meta_path, json.loads):
     asin = str(_require(r, "asin", meta_path, lineno))
@@ -326,7 +336,7 @@ def load_amazon2018(directory: str | Path, category: str) -> RawData:
     _add_item(meta, where, asin, _meta(r.get("title", ""), r.get("description", ""), r.get("brand", ""),
                                        [path] if path else []), meta_path, lineno, duplicates)
   log.info("loaded Amazon 2018 %s: %d items with metadata, %d users", category, len(meta), len(seqs))
-  raw = _assemble(meta, seqs, str(reviews))
+  raw = _assemble(meta, seqs, str(reviews), ratings)
   raw.duplicates = duplicates.report()
   return raw
 

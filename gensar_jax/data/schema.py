@@ -36,13 +36,15 @@ class Catalog:
 
 @dataclasses.dataclass
 class Purchases:
-  """Time-stamped purchases: `user`, `item` int32[n], `time` int64[n].
+  """Time-stamped purchases: `user`, `item` int32[n], `time` int64[n]; `rating` float32[n] where the
+  source has review ratings (NaN for a review without one), else None.
 
   Where a source has no timestamps the position in the user's list is the time.
   """
   user: np.ndarray
   item: np.ndarray
   time: np.ndarray
+  rating: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.user)
@@ -70,6 +72,9 @@ class SARDataset:
   search_purchase: np.ndarray  # int64[num_search]: index of the rec event that is the session's click
   # Exact duplicate source records dropped while loading, by kind (loaders.py); reported in stats.json.
   duplicates_dropped: dict = dataclasses.field(default_factory=dict)
+  # float32[num_rec] review rating of each purchase where the source has them (data.reference_history's
+  # (time, rating) order), else None.
+  rec_rating: np.ndarray | None = None
 
   @property
   def num_items(self) -> int:
@@ -98,3 +103,5 @@ class SARDataset:
     for name in ("rec_time", "search_time"):
       if len(getattr(self, name)) != (n_rec if name == "rec_time" else n_search):
         raise DataError(f"{self.name}: field {name} length does not match its events")
+    if self.rec_rating is not None and len(self.rec_rating) != n_rec:
+      raise DataError(f"{self.name}: field rec_rating has {len(self.rec_rating)} rows, expected {n_rec}")

@@ -7,9 +7,11 @@ session does not count its own purchase as history.
 `reference_history=True` reproduces the leakage of the authors' history building (METHOD.md section 7)
 that we close by default: (a) a search session drops its own purchase from its recommendation history
 only when that purchase is the last recommendation event up to its time, so with several same-time
-purchases its target can stay in its input; (c) training rows of one task whose purchase is an
-evaluation target of the other are kept. (b), rec rows whose history counters come from a (time,
-rating) order, needs the review ratings, which the loaders do not keep: it is not reproduced. Kept: events with at least one earlier rec and one
+purchases its target can stay in its input; (b) a recommendation event's history is the first c
+events of its user in (time, source) order, where c is the event's position in (time, rating) order
+(stable, so only sources with review ratings are affected: a same-time target rated higher than a later
+one sits in its own history); (c) training rows of one task whose purchase is an evaluation target of
+the other are kept. Kept: events with at least one earlier rec and one
 earlier search event; per task, users with at least `min_events` kept events. Split: leave-one-out per
 user (last -> test, second to last -> validation) or chronological 8:1:1.
 """
@@ -122,6 +124,24 @@ def _filter_and_split(event, user, item, query, time, keep, hist, min_events, sp
                      split=split, hist_kind=kind, hist_item=hist_item, hist_query=hist_query)
 
 
+def reference_history_counts(user: np.ndarray, time: np.ndarray, rating: np.ndarray, start: np.ndarray
+                             ) -> np.ndarray:
+  """The authors' history counter of each rec event: its position within its user in (time, rating)
+  order, ties in source order (a stable sort; NaN ratings last).
+
+  Args:
+    user, time, rating: [n] rec events sorted by (user, time, source order); start: int[n] index of each
+      event's user's first event.
+  Returns:
+    int64[n] counters (the event's history is its user's first `counter` events in source order).
+  """
+  n = len(user)
+  order = np.lexsort((np.arange(n), rating, time, user))
+  position = np.empty(n, np.int64)
+  position[order] = np.arange(n)
+  return position - start
+
+
 def build_task_samples(data: SARDataset, *, history_len: int = 5, min_events: int = 3,
                        split_method: str = "leave_one_out", reference_history: bool = False
                        ) -> tuple[TaskSamples, TaskSamples]:
@@ -140,12 +160,15 @@ def build_task_samples(data: SARDataset, *, history_len: int = 5, min_events: in
   # Recommendation events: earlier rec events in order; search sessions strictly earlier in time.
   rec_pos = np.arange(n_rec)
   rec_start = np.searchsorted(data.rec_user, data.rec_user, side="left")
-  r_idx, r_valid = _window(rec_pos, rec_start, k)
+  rec_end_hist = rec_pos
+  if reference_history and data.rec_rating is not None:     # (b)
+    rec_end_hist = rec_start + reference_history_counts(data.rec_user, data.rec_time, data.rec_rating, rec_start)
+  r_idx, r_valid = _window(rec_end_hist, rec_start, k)
   user_src_start = np.searchsorted(data.search_user, data.rec_user, side="left")
   src_end = np.searchsorted(src_key, rec_key, side="left")
   s_idx, s_valid = _window(src_end, user_src_start, k)
   rec_hist = _merge_histories(r_idx, r_valid, s_idx, s_valid, data)
-  rec_keep = (rec_pos > rec_start) & (src_end > user_src_start)
+  rec_keep = (rec_end_hist > rec_start) & (src_end > user_src_start)
 
   # Search sessions: rec events up to and including their time except their own purchase; earlier sessions.
   src_pos = np.arange(n_src)
