@@ -26,7 +26,7 @@ def data_config() -> ml_collections.ConfigDict:
       history_len=5,             # last N rec items and last N search sessions
       min_events=3,              # per task, users need >= this many kept events
       split="leave_one_out",     # leave_one_out | chronological (8:1:1)
-      # True: the authors' history building with its leaks (METHOD.md section 7 (a), (c)), to measure them;
+      # True: the authors' history building with its leaks (METHOD.md section 7 (a)-(c)), to measure them;
       # False closes them (a search session never sees its own purchase; no cross-task train/test overlap).
       reference_history=False,
       num_negatives=99,
