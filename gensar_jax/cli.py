@@ -104,6 +104,9 @@ def check_upstream_fresh(names, config, workdir: Path, command: str) -> None:
   """Refuses to run `command` on stage outputs that are stale for this config (the eval settings aside,
   which `gensar eval` may change freely), naming what changed and what to run."""
   for name in stages.upstream(names):
+    if stages.read_record(workdir / name) is None:
+      raise DataError(f"`gensar {command}` needs {workdir / name}, which has no completed output; run `gensar run "
+                      f"--config {config.name} --workdir {workdir}` (or `gensar {name}` and the stages before it)")
     changes = [c for c in stages.explain_changes(stages.STAGES[name], config, workdir) if not c.startswith("config eval.")]
     if changes:
       raise DataError(f"{workdir / name} is stale for this config ({'; '.join(changes)}); `gensar {command}` would "

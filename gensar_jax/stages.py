@@ -242,11 +242,11 @@ def check_consistent(workdir: Path, names) -> None:
       now = read_record(workdir / dep)
       if now is None or now["fingerprint"] != built_from["fingerprint"]:
         changed = diff_records(built_from, now or {})
+        wanted = "/, ".join(names)
         raise DataError(
-            f"{workdir / name} is stale: it was built from a {dep}/ that has since been replaced"
-            + (f" ({'; '.join(changed)})" if changed else "")
-            + f". Its outputs do not belong with the current {dep}/; run `gensar run --config <config> "
-            f"--workdir {workdir}` to rebuild {name}/ and what follows it.")
+            f"{workdir}: the outputs {wanted}/ read do not belong together: {name}/ was built from a {dep}/ that "
+            "has since been replaced" + (f" ({'; '.join(changed)})" if changed else "")
+            + f". Run `gensar run --config <config> --workdir {workdir}` to rebuild {name}/ and what follows it.")
 
 
 # ------------------------------------------------------------------------------------ running

@@ -155,8 +155,8 @@ def test_outputs_that_no_longer_belong_together_are_refused(tmp_path, monkeypatc
     stages.run_stage(fake[name], _cfg(1, 10), tmp_path)
   stages.check_consistent(tmp_path, ["b"])
   stages.run_stage(fake["a"], _cfg(2, 10), tmp_path)       # `a` rebuilt: b/ was built from the old one
-  with pytest.raises(DataError, match=r"b is stale: it was built from a a/ that has since been replaced "
-                                      r"\(config x: 1 -> 2\)"):
+  with pytest.raises(DataError, match=r"the outputs b/ read do not belong together: b/ was built from a a/ that "
+                                      r"has since been replaced \(config x: 1 -> 2\)"):
     stages.check_consistent(tmp_path, ["b"])
   assert stages.explain_changes(fake["b"], _cfg(2, 10), tmp_path) == ["input stage a/ was rebuilt (config x: 1 -> 2)"]
   assert stages.explain_changes(fake["b"], _cfg(1, 11), tmp_path)[0] == "config y: 10 -> 11"

@@ -94,7 +94,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   # A prepared dataset with another tokenizer makes the model stale: eval, search and recommend refuse
   # (saying what changed), and the good metrics stay.
   assert cli.main(["prepare", "--config", "tiny", "--workdir", str(workdir), "--set", "data.vocab_size=550"]) == 0
-  with pytest.raises(DataError, match=r"train is stale: .*config data.vocab_size: 600 -> 550"):
+  with pytest.raises(DataError, match=r"the outputs train/ read do not belong together: embed/ was built from a "
+                                      r"prepare/ .*config data.vocab_size: 600 -> 550"):
     GenSAR.load(workdir)
   assert cli.main(["eval", "--config", "tiny", "--workdir", str(workdir), "--set", "data.vocab_size=550"]) == 2
   assert cli.main(["eval", "--config", "tiny", "--workdir", str(workdir)]) == 2
