@@ -13,6 +13,8 @@ import json
 import re
 from pathlib import Path
 
+from gensar_jax.plan import slice_hosts
+
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = ROOT / "results" / "plan"
 REHEARSAL = ROOT / "results" / "benchmarks" / "electronics_rehearsal.json"
@@ -46,7 +48,8 @@ def plan_row(plan: dict) -> str:
   accum = max(shapes["grad_accum_steps"], 1)
   price = est.get("list_price_usd")
   cells = [f"`{plan['config']}`",
-           f"{plan['topology']}: {plan['devices']} x {chip['name']}, {plan.get('hosts', '?')} host(s)",
+           f"{plan['topology']}: {plan['devices']} x {chip['name']}, "
+           f"{plan.get('hosts') or slice_hosts(plan['topology'], plan['devices'])} host(s)",
            f"{shapes['rows_per_device']} ({shapes['rows_per_device'] // accum} x {accum})",
            f"{train['memory']['peak_bytes'] / GIB:.1f} / {chip['hbm_bytes'] / GIB:.0f} "
            f"({'yes' if train.get('fits') else '**no**'})" if train else "-",

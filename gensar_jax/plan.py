@@ -184,7 +184,7 @@ def gpu_topology_devices(topology: str) -> tuple[list, Chip]:
   return list(desc.devices), chip
 
 
-def slice_hosts(topology: str, chip: Chip, chips: int) -> int:
+def slice_hosts(topology: str, chips: int) -> int:
   """Hosts (VMs, one process each) of a slice: TPU slices of up to 8 chips are one VM (v4-8: 4 chips,
   v5e/v6e-8: 8), larger ones have 4 chips per host; GPU topologies name their nodes ("h100:2x8")."""
   if topology.partition(":")[0] in GPUS:
@@ -670,7 +670,7 @@ def plan(config: ml_collections.ConfigDict, workdir: Path | None = None, topolog
   report: dict[str, Any] = {
       "config": config.name, "topology": topology, "chip": dataclasses.asdict(chip),
       "devices": len(devices) // chip.tensorcores, "tensorcores": len(devices), "mesh": mesh_shape,
-      "hosts": slice_hosts(topology, chip, len(devices) // chip.tensorcores), "jax": jax.__version__,
+      "hosts": slice_hosts(topology, len(devices) // chip.tensorcores), "jax": jax.__version__,
       "compiler": libtpu_available()[1] if chip.name not in GPUS else "jax-cuda12-plugin",
       "model": {"vocab_size": vocab, "d_model": model_cfg.d_model, "layers": [model_cfg.num_encoder_layers,
                 model_cfg.num_decoder_layers], "bf16_training": bool(config.train.bf16)},

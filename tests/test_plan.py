@@ -171,3 +171,9 @@ def test_gensar_plan_prints_the_table_and_writes_plan_json(tmp_path, capsys):
   assert report["devices"] == 4 and report["hosts"] == 1 and report["mesh"]["data"] == 4
   full = report["programs"]["beam_search_full"]
   assert full["fits"] and full["flops"] > 0 and full["roofline"]["step_s"] > 0
+
+
+def test_slice_hosts():
+  assert plan.slice_hosts("v5e:8x8", 64) == 16 and plan.slice_hosts("v6e:2x4", 8) == 1
+  assert plan.slice_hosts("v4:2x2x4", 16) == 4 and plan.slice_hosts("h100:2x8", 16) == 2
+  assert plan.slice_hosts("h100:8", 8) == 1
