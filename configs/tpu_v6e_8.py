@@ -1,7 +1,7 @@
 """The paper's Electronics setup on one TPU v6e-8 host (8 Trillium chips of 32 GB, a single VM): 1024
-rows per chip in 8 micro-batches of 128, bfloat16. The cheapest of the planned presets for the paper's
-budget (README "Before you rent a pod": v6e has the lowest list price per bf16 FLOP, and at 1024 rows
-per chip the gradient all-reduce is a small share of the step); one host needs no multi-host launch.
+rows per chip in 8 micro-batches of 128, bfloat16. v6e has the lowest list price per bf16 FLOP; whether
+that makes it the cheapest way to the paper's budget depends on whether the step is compute- or
+HBM-bound: README "Before you rent a pod" has its measured plan next to the v5e presets.
 
 Effective batch 8192 as the reference. `gensar plan --config configs/tpu_v6e_8.py` compiles it for the
 slice on any machine; launch with launch/tpu_pod.sh (one worker), which runs the plan first.
