@@ -51,6 +51,13 @@ class Workload:
   info: dict = dataclasses.field(default_factory=dict)
 
 
+def discard(fn: Callable[[], Any]) -> Callable[[], None]:
+  """`fn` with its result dropped, for workloads whose output is not a small JSON-able digest."""
+  def run() -> None:
+    fn()
+  return run
+
+
 # ---------------------------------------------------------------------------------------------- statistics
 
 def summarize(times: list[float]) -> dict:
