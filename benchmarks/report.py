@@ -34,8 +34,10 @@ def load_records(directory: Path) -> list[dict]:
 
 
 def fmt(x: float) -> str:
-  """Three significant digits, no exponent for the magnitudes benchmarks produce."""
-  return f"{x:.3g}" if 1e-3 <= abs(x) < 1e5 else f"{x:.2e}"
+  """Three significant digits below 100, whole numbers with thousands separators above."""
+  if abs(x) >= 100:
+    return f"{x:,.0f}"
+  return f"{x:.3g}" if abs(x) >= 1e-3 else f"{x:.2e}"
 
 
 def commit_label(record: dict) -> str:
@@ -84,7 +86,8 @@ def timing_rows(records: list[dict]) -> list[str]:
         if label in PEAK_SIDES:
           continue
         rows.append(f"| {record['name']} | {label} | {run['threads']} | {fmt(side['median'])} "
-                    f"[{fmt(side['min'])}, {fmt(side['max'])}] x{side['n']} | {throughput(side)} | "
+                    f"[{fmt(side['min'])}, {fmt(side['max'])}] x{side['n']} | {side['cpu_over_wall_median']:.2f} | "
+                    f"{throughput(side)} | "
                     f"{roofline(side)} | {fmt(run['matmul_peak_gflops'])} | {load_label(run)} |")
   return rows
 
@@ -105,8 +108,10 @@ def provenance_lines(records: list[dict]) -> list[str]:
   lines = []
   for record in records:
     machine = record["machine"]
+    settings = ", ".join(f"{key} {value}" for key, value in record.get("settings", {}).items())
     lines.append(f"- {record['name']}: commit {commit_label(record)}, {record['started_utc']}, "
-                 f"{machine['cpu_model']} ({machine['cores']} cores), worker niceness {record['worker_niceness']}")
+                 f"{machine['cpu_model']} ({machine['cores']} cores), worker niceness {record['worker_niceness']}"
+                 + (f"; workload: {settings}" if settings else ""))
   return lines
 
 
@@ -118,12 +123,13 @@ def render(records: list[dict]) -> str:
          "do not edit by hand. Both sides of every comparison ran as separate worker processes pinned "
          "to the same CPUs with the same thread count, in interleaved rounds after warm-up. Ratios are "
          "medians of the slower side over the faster; '+' after a commit means the working tree differed "
-         "from it in gensar_jax/ or benchmarks/.", "",
+         "from it in gensar_jax/ or benchmarks/. CPU/wall: the side's median process CPU time over wall "
+         "time per call (below the thread count when other processes took CPU).", "",
          "| benchmark | ratio | threads | value | load 1-min | commit |", "| --- | --- | --- | --- | --- | --- |",
          *ratio_rows(records), "",
-         "| benchmark | side | threads | seconds per call, median [min, max] x calls | throughput | "
+         "| benchmark | side | threads | seconds per call, median [min, max] x calls | CPU/wall | throughput | "
          "GFLOP/s (of matmul peak) | matmul peak GFLOP/s | load 1-min |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- |", *timing_rows(records)]
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *timing_rows(records)]
   derived = derived_lines(records)
   if derived:
     out += ["", *derived]
