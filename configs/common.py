@@ -60,6 +60,13 @@ def tasks_config() -> ml_collections.ConfigDict:
       max_target_len=64,
       max_text_tokens=96,        # item text tokens in desc2id / id2desc
       behaviour_tokens=True,
+      # Length-bucketed training batches (data/pipeline.py BucketedBatches): within windows of
+      # `bucket_window` global batches, examples are grouped by input length and each batch is padded to the
+      # smallest bucket (max_input_len / max_target_len always included) that holds it. () pads every batch
+      # to the maximum. Each distinct (input, target) width compiles its own train step.
+      length_buckets=(),
+      target_buckets=(),
+      bucket_window=16,
   ))
 
 
@@ -92,6 +99,8 @@ def cpu_budget(config: ml_collections.ConfigDict, *, train_steps: int, doc2query
   config.model.shape.update(dict(d_model=128, num_heads=4, d_kv=32, d_ff=512, num_encoder_layers=2,
                                  num_decoder_layers=2))
   config.tasks.max_target_len = 20          # IDs need 6 tokens; descriptions are cut to their first words
+  config.tasks.length_buckets = (32, 64, 96, 128, 160)   # + max_input_len (benchmarks/train_throughput.py)
+  config.tasks.target_buckets = (8,)                     # + max_target_len: IDs fit 8 (with behaviour token, EOS)
   config.train.update(dict(batch_size=128, num_steps=train_steps, eval_every=max(train_steps // 2, 1),
                            checkpoint_every=max(train_steps // 4, 1), log_every=25))
   config.eval.update(dict(validation_rows=500, batch_size=32))

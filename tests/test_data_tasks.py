@@ -209,3 +209,130 @@ def test_desc2id_and_id2desc_pair_each_item_with_both_identifier_views(setup):
         f"{task}: {both} of {len(repeated)} items drawn 3+ times were paired with both views"
     collab_share = np.mean([x for (t, _), v in views.items() if t == task for x in v])
     assert 0.35 < collab_share < 0.65
+
+
+# ------------------------------------------------------------------------------- length-bucketed batches
+
+BUCKETS, TARGET_BUCKETS = (16, 32, 48, 64), (8,)
+
+
+def _bucketed(src, batch=8, window=4, host=0, hosts=1, buckets=BUCKETS):
+  return pipeline.BucketedBatches(src, batch, buckets, TARGET_BUCKETS, window, host, hosts)
+
+
+def test_window_batches_group_by_length_in_a_seeded_order():
+  lengths = np.asarray([5, 1, 9, 3, 7, 2, 8, 4, 6, 0, 11, 10])
+  rows = pipeline.window_batches(lengths, 4, seed=0, window=3)
+  assert sorted(rows.ravel().tolist()) == list(range(12))                       # a permutation of the window
+  maxima = sorted(lengths[r].max() for r in rows)
+  assert maxima == [3, 7, 11]                                                   # each batch: 4 consecutive lengths
+  np.testing.assert_array_equal(rows, pipeline.window_batches(lengths, 4, seed=0, window=3))
+  orders = {tuple(lengths[pipeline.window_batches(lengths, 4, seed=s, window=3)[:, 0]]) for s in range(8)}
+  assert len(orders) > 1                                                        # batch order depends on the seed
+  assert pipeline.bucket_width(17, pipeline.bucket_widths((16, 32, 200), 96)) == 32
+  np.testing.assert_array_equal(pipeline.bucket_widths((64, 16, 200), 96), [16, 64, 96])
+
+
+def _strip(features, key, width):
+  """The example's row of `key` cut to `width` after checking that nothing but padding lies beyond it."""
+  row = features[key]
+  assert not np.any(row[width:]), f"{key}: non-pad tokens beyond width {width}"
+  return row[:width]
+
+
+def test_bucketed_batches_hold_the_same_examples_and_tokens(setup):
+  src = _source(setup)
+  batches = _bucketed(src)
+  widths = set()
+  windows = {}
+  for k in range(len(batches)):
+    b = batches[k]
+    s, t = b["encoder_input_tokens"].shape[1], b["decoder_target_tokens"].shape[1]
+    widths.add((s, t))
+    lengths = (b["encoder_input_tokens"] != 0).sum(1)
+    targets = (b["decoder_loss_weights"] > 0).sum(1)
+    smaller_s = [w for w in batches.input_widths if w < s]
+    smaller_t = [w for w in batches.target_widths if w < t]
+    assert lengths.max() <= s and (not smaller_s or lengths.max() > max(smaller_s))   # the smallest bucket that fits
+    assert targets.max() <= t and (not smaller_t or targets.max() > max(smaller_t))
+    for row, index in enumerate(b["example_index"]):
+      full = src[int(index)]
+      windows.setdefault(int(index) // (4 * 8), []).append(int(index))
+      for key, width in (("encoder_input_tokens", s), ("decoder_input_tokens", t), ("decoder_target_tokens", t),
+                         ("decoder_loss_weights", t)):
+        np.testing.assert_array_equal(b[key][row], _strip(full, key, width), err_msg=f"{key} of example {index}")
+      assert b["task"][row] == full["task"]
+  # Every window holds exactly the examples the unbucketed batches of that window hold.
+  for w, indices in windows.items():
+    assert sorted(indices) == list(range(w * 32, w * 32 + len(indices)))
+  assert sum(map(len, windows.values())) == len(batches) * 8 == (len(src) // 8) * 8
+  # A bounded set of compiled shapes, and bucketing does pad less than the maximum width.
+  assert widths <= {(int(s), int(t)) for s in batches.input_widths for t in batches.target_widths}
+  assert min(s for s, _ in widths) < setup[1].max_input_len
+
+
+def test_bucketed_hosts_split_each_global_batch(setup):
+  src = _source(setup, epochs=1)
+  single = _bucketed(src)
+  hosts = [_bucketed(src, host=h, hosts=2) for h in range(2)]
+  for k in range(len(single)):
+    whole = single[k]
+    parts = [h[k] for h in hosts]
+    for key in whole:
+      assert parts[0][key].shape == parts[1][key].shape                 # every host picks the same widths
+      np.testing.assert_array_equal(parts[0][key], whole[key][0::2])    # host h: rows h, h + n, ... of the batch
+      np.testing.assert_array_equal(parts[1][key], whole[key][1::2])
+    np.testing.assert_array_equal(np.sort(single.global_batch(k)), np.sort(whole["example_index"]))
+
+
+def test_bucketed_iterator_is_deterministic_and_restorable(setup):
+  def make(seed=0):
+    return pipeline.make_train_iterator(_source(setup, seed=seed), 8, length_buckets=BUCKETS,
+                                        target_buckets=TARGET_BUCKETS, bucket_window=4)
+  a = _batches(make(), 7)
+  b = _batches(make(), 7)
+  for x, y in zip(a, b):
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+  assert not np.array_equal(_batches(make(seed=1), 1)[0]["example_index"], a[0]["example_index"])
+  it = make()
+  _batches(it, 5)                      # stops inside the second window
+  restored = make()
+  restored.set_state(it.get_state())
+  for x, y in zip(_batches(restored, 2), a[5:]):
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_bucketed_batch_has_the_loss_of_the_fully_padded_batch(setup):
+  """Pad width changes nothing but masked positions: same loss as the batch padded to the maximum."""
+  import jax
+  from gensar_jax.model.t5 import T5, T5Config, init_params
+  from gensar_jax.train.step import weighted_cross_entropy
+  src = _source(setup)
+  batches = _bucketed(src)
+  bucketed = min((batches[k] for k in range(4)), key=lambda b: b["encoder_input_tokens"].shape[1])
+  full = {key: np.stack([src[int(i)][key] for i in bucketed["example_index"]]) for key in bucketed}
+  assert bucketed["encoder_input_tokens"].shape[1] < full["encoder_input_tokens"].shape[1]
+  cfg = T5Config.tiny(setup[0].vocab_size, d_model=16, num_heads=2, d_kv=8, d_ff=32, num_encoder_layers=1,
+                      num_decoder_layers=1, dropout_rate=0.0)
+  params = init_params(cfg, jax.random.key(0))
+
+  @jax.jit
+  def loss(batch):
+    logits = T5(cfg).apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
+    total, weight, _ = weighted_cross_entropy(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
+    return total / weight
+
+  keys = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+  np.testing.assert_allclose(loss({k: bucketed[k] for k in keys}), loss({k: full[k] for k in keys}), rtol=1e-5)
+
+
+def test_train_stage_iterator_follows_the_tasks_config(setup):
+  from gensar_jax.train.stage import loop_iterator
+  tasks = load_config("tiny").tasks
+  padded = next(loop_iterator(_source(setup), 8, tasks))
+  assert padded["encoder_input_tokens"].shape == (8, tasks.max_input_len)
+  tasks.length_buckets, tasks.target_buckets, tasks.bucket_window = BUCKETS, TARGET_BUCKETS, 4
+  bucketed = next(loop_iterator(_source(setup), 8, tasks))
+  np.testing.assert_array_equal(bucketed["example_index"], _bucketed(_source(setup))[0]["example_index"])

@@ -4,10 +4,13 @@ Each epoch samples every task's rows according to `sizes` (the reference's unbal
 recommendation row once, a sample of search rows, a few of each auxiliary task), shuffled together.
 Example i depends only on (seed, i): deterministic for a seed, shardable per host without overlap
 (host h of n takes examples h, h+n, ...), and the iterator state can be saved and restored.
+Optionally batches are length-grouped within windows and padded to one of a few bucket widths
+(`BucketedBatches`), so a step pays for little padding with a bounded number of compiled shapes.
 """
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Callable, Mapping, Sequence
 
 import grain
@@ -86,6 +89,12 @@ class MixtureSource:
     return self.epoch_len * self.num_epochs
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    """Example `index` padded to the builder's max_input_len / max_target_len (see `example`)."""
+    inputs, targets, task = self.example(index)
+    return example_features(self.builder, int(index), inputs, targets, task)
+
+  def example(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(input ids int32[n], target ids int32[m] without EOS, task index) of example `index`, unpadded."""
     epoch, pos = divmod(int(index), self.epoch_len)
     task_ids, rows = self._plan(epoch)
     task, row = TASKS[int(task_ids[pos])], int(rows[pos])
@@ -97,13 +106,20 @@ class MixtureSource:
       record = {"item": row, "pseudo_query": options[int(rng.integers(len(options)))]}
     view = example_view(rng) if task in ("desc2id", "id2desc") else 0
     inputs, targets = self.builder.build(task, record, template=template, view=view)
-    features = self.builder.to_features(inputs, targets)
-    features["task"] = np.int32(TASKS.index(task))
-    features["example_index"] = np.int64(index)
-    return features
+    return inputs, targets, TASKS.index(task)
 
   def __repr__(self) -> str:
     return f"MixtureSource(epochs={self.num_epochs}, epoch_len={self.epoch_len}, sizes={self.sizes})"
+
+
+def example_features(builder: ExampleBuilder, index: int, inputs: np.ndarray, targets: np.ndarray, task: int,
+                     input_width: int | None = None, target_width: int | None = None) -> dict[str, np.ndarray]:
+  """One example's training features (`ExampleBuilder.to_features` at the given pad widths) plus its
+  `task` (int32) and global `example_index` (int64)."""
+  features = builder.to_features(inputs, targets, input_width, target_width)
+  features["task"] = np.int32(task)
+  features["example_index"] = np.int64(index)
+  return features
 
 
 def default_fetchers(sources: Mapping[str, object]) -> dict[str, Callable[[int], dict]]:
@@ -114,14 +130,132 @@ def default_fetchers(sources: Mapping[str, object]) -> dict[str, Callable[[int],
           "desc2id": item, "id2desc": item, "adhoc": item}
 
 
+# Batches built ahead by background threads: a few suffice (building one is ~1 ms per example, a small
+# part of a step) and more threads only compete with the step's own threads for the cores.
+PREFETCH = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+
+
 def make_train_iterator(source: MixtureSource, global_batch_size: int, process_index: int = 0,
-                        process_count: int = 1) -> grain.DatasetIterator:
-  """This host's iterator of batches (dicts of int32/float32 [per_host_batch, ...] arrays)."""
+                        process_count: int = 1, length_buckets: Sequence[int] = (),
+                        target_buckets: Sequence[int] = (), bucket_window: int = 16) -> grain.DatasetIterator:
+  """This host's iterator of batches (dicts of int32/float32 [per_host_batch, ...] arrays).
+
+  Without `length_buckets` every batch is padded to max_input_len x max_target_len and global batch k holds
+  examples [k B, (k + 1) B); host h of n takes those = h mod n. With `length_buckets`, batches are
+  length-grouped and padded to a bucket (see `BucketedBatches`); the iterator state saves and restores
+  the position either way.
+  """
   if global_batch_size % process_count:
     raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} processes")
+  if length_buckets:
+    batches = BucketedBatches(source, global_batch_size, length_buckets, target_buckets, bucket_window,
+                              process_index, process_count)
+    return iter(grain.MapDataset.source(batches).to_iter_dataset(PREFETCH))
   ds = grain.MapDataset.source(source)[process_index::process_count]
   ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
   return iter(ds.to_iter_dataset())
+
+
+def bucket_widths(buckets: Sequence[int], max_len: int) -> np.ndarray:
+  """The allowed pad widths: the buckets below `max_len`, then `max_len` (int64[k], ascending)."""
+  if any(int(b) <= 0 for b in buckets):
+    raise ValueError(f"length buckets must be positive, got {tuple(buckets)}")
+  return np.unique(np.asarray([int(b) for b in buckets if int(b) < max_len] + [int(max_len)], np.int64))
+
+
+def bucket_width(length: int, widths: np.ndarray) -> int:
+  """The smallest of `widths` (ascending int64[k]) that holds `length` tokens."""
+  position = int(np.searchsorted(widths, length))
+  if position == len(widths):
+    raise ValueError(f"a sequence of {length} tokens exceeds the largest pad width {int(widths[-1])}")
+  return int(widths[position])
+
+
+def window_batches(lengths: np.ndarray, batch_size: int, seed: int, window: int) -> np.ndarray:
+  """Length-grouped global batches of one window: the window's positions sorted by length (stable, so
+  ties keep index order), cut into consecutive batches, the batches in a seeded random order.
+
+  Args:
+    lengths: int[W * B] encoder lengths of the window's examples, in example-index order.
+  Returns:
+    int64[W, B] positions into `lengths`, one row per global batch.
+  """
+  if len(lengths) % batch_size:
+    raise ValueError(f"a window of {len(lengths)} examples is not a whole number of batches of {batch_size}")
+  order = np.argsort(np.asarray(lengths), kind="stable").reshape(-1, batch_size)
+  return order[np.random.default_rng([seed, 7, window]).permutation(len(order))].astype(np.int64)
+
+
+class BucketedBatches:
+  """Random-access source of this host's length-grouped training batches (grain data source protocol).
+
+  The global example stream is cut into windows of `window` global batches (window w holds examples
+  [w W B, (w + 1) W B)). Within a window the examples are sorted by encoder length and cut into W global
+  batches in a seeded order (`window_batches`), so each batch holds examples of similar length. A batch is
+  padded to the smallest of `length_buckets` (plus max_input_len) that holds its longest input, and to the
+  smallest of `target_buckets` (plus max_target_len) that holds its longest target: at most
+  len(length widths) x len(target widths) batch shapes, i.e. compiled train steps.
+
+  Every host builds the whole window (all hosts need every example's length to agree on the batches and
+  their widths without communicating) and keeps positions h, h + n, ... of each global batch. Batch k
+  depends only on (source, k), so the grain iterator state restores exactly. A window's examples are the
+  same as without bucketing; only their grouping into batches and the pad widths differ. The examples that
+  do not fill a last global batch are dropped, as without bucketing.
+  """
+
+  def __init__(self, source: MixtureSource, global_batch_size: int, length_buckets: Sequence[int],
+               target_buckets: Sequence[int] = (), window: int = 16, process_index: int = 0, process_count: int = 1):
+    if global_batch_size % process_count or not 0 <= process_index < process_count:
+      raise ValueError(f"global batch {global_batch_size} cannot be split over {process_count} processes "
+                       f"(process {process_index})")
+    if window < 1:
+      raise ValueError(f"bucket window must be >= 1 batch, got {window}")
+    self.source, self.batch_size, self.window = source, int(global_batch_size), int(window)
+    self.process_index, self.process_count = int(process_index), int(process_count)
+    self.input_widths = bucket_widths(length_buckets, source.builder.max_input_len)
+    self.target_widths = bucket_widths(target_buckets, source.builder.max_target_len)
+    self.num_batches = len(source) // self.batch_size
+    self._lock = threading.Lock()
+    self._cache: dict[int, tuple] = {}
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def _window(self, w: int) -> tuple[list, np.ndarray]:
+    """(examples of window w as `MixtureSource.example` tuples, int64[W_w, B] positions per global batch)."""
+    with self._lock:
+      if w not in self._cache:
+        start = w * self.window * self.batch_size
+        stop = min(start + self.window * self.batch_size, self.num_batches * self.batch_size)
+        examples = [self.source.example(i) for i in range(start, stop)]
+        order = window_batches(np.asarray([len(e[0]) for e in examples]), self.batch_size, self.source.seed, w)
+        if len(self._cache) >= 2:
+          self._cache.pop(min(self._cache))
+        self._cache[w] = (examples, order)
+      return self._cache[w]
+
+  def global_batch(self, k: int) -> np.ndarray:
+    """int64[B] example indices of global batch k (every host's shard together)."""
+    w, j = divmod(int(k), self.window)
+    return w * self.window * self.batch_size + self._window(w)[1][j]
+
+  def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+    if not 0 <= int(k) < self.num_batches:
+      raise IndexError(f"batch {k} out of range ({self.num_batches} batches)")
+    w, j = divmod(int(k), self.window)
+    examples, order = self._window(w)
+    rows = order[j]
+    builder = self.source.builder
+    input_width = bucket_width(max(len(examples[r][0]) for r in rows), self.input_widths)
+    target_width = bucket_width(max(builder.target_length(examples[r][1]) for r in rows), self.target_widths)
+    start = w * self.window * self.batch_size
+    local = [example_features(builder, start + int(r), *examples[r], input_width, target_width)
+             for r in rows[self.process_index::self.process_count]]
+    return {key: np.stack([f[key] for f in local]) for key in local[0]}
+
+  def __repr__(self) -> str:
+    return (f"BucketedBatches(batch={self.batch_size}, window={self.window}, widths={self.input_widths.tolist()} x "
+            f"{self.target_widths.tolist()}, host {self.process_index}/{self.process_count})")
 
 
 SUBSET_RULES = ("most_recent", "random")

@@ -124,15 +124,34 @@ class ExampleBuilder:
       return self._fill("nsip", template, {"query": query}, []), self.search_target(item)
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
-  def to_features(self, inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
-    """Padded T5 features: encoder inputs, decoder inputs (shifted right, start = pad), targets + EOS, weights."""
+  def target_length(self, targets: np.ndarray) -> int:
+    """Decoder positions an example uses: its target ids (cut to max_target_len - 1) plus EOS."""
+    return min(len(targets), self.max_target_len - 1) + 1
+
+  def to_features(self, inputs: np.ndarray, targets: np.ndarray, input_width: int | None = None,
+                  target_width: int | None = None) -> dict[str, np.ndarray]:
+    """Padded T5 features: encoder inputs, decoder inputs (shifted right, start = pad), targets + EOS, weights.
+
+    Args:
+      inputs: int32[n] input ids (n <= input_width); targets: int32[m] target ids without EOS.
+      input_width, target_width: pad widths S and T (default max_input_len, max_target_len); a width
+        only changes the number of trailing pad positions, never the tokens.
+    Returns:
+      encoder_input_tokens int32[S], decoder_input_tokens / decoder_target_tokens int32[T],
+      decoder_loss_weights float32[T] (1 on target tokens and EOS, 0 on padding).
+    """
+    input_width = self.max_input_len if input_width is None else int(input_width)
+    target_width = self.max_target_len if target_width is None else int(target_width)
     targets = np.concatenate([targets[:self.max_target_len - 1], [EOS_ID]]).astype(np.int32)
-    enc = np.full(self.max_input_len, PAD_ID, np.int32)
+    if len(inputs) > input_width or len(targets) > target_width:
+      raise ValueError(f"an example of {len(inputs)} input / {len(targets)} target tokens does not fit pad widths "
+                       f"{input_width} / {target_width}")
+    enc = np.full(input_width, PAD_ID, np.int32)
     enc[:len(inputs)] = inputs
-    tgt = np.full(self.max_target_len, PAD_ID, np.int32)
+    tgt = np.full(target_width, PAD_ID, np.int32)
     tgt[:len(targets)] = targets
     dec_in = np.concatenate([[PAD_ID], tgt[:-1]]).astype(np.int32)
-    weights = np.zeros(self.max_target_len, np.float32)
+    weights = np.zeros(target_width, np.float32)
     weights[:len(targets)] = 1.0
     return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in, "decoder_target_tokens": tgt,
             "decoder_loss_weights": weights}

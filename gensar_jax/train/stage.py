@@ -112,8 +112,8 @@ def run_train(config: ml_collections.ConfigDict, out_dir: Path, fingerprint: str
   num_steps, num_epochs = _steps(config.train, source.epoch_len)
   source = td.mixture(config.tasks.sizes.to_dict(), num_epochs, seed)
   batch = int(config.train.batch_size)
-  it = loop_iterator(source, batch)
-  probe = next(loop_iterator(td.mixture(config.tasks.sizes.to_dict(), 1, seed + 1), batch))
+  it = loop_iterator(source, batch, config.tasks)
+  probe = next(loop_iterator(td.mixture(config.tasks.sizes.to_dict(), 1, seed + 1), batch, config.tasks))
   mesh = parallel.make_mesh(config.parallel.mesh_shape)
   eval_fn = None
   if int(config.train.eval_every) > 0:
@@ -132,9 +132,12 @@ def run_train(config: ml_collections.ConfigDict, out_dir: Path, fingerprint: str
   return stats
 
 
-def loop_iterator(source, global_batch: int):
-  """This host's shard of the global batches."""
-  return make_train_iterator(source, global_batch, jax.process_index(), jax.process_count())
+def loop_iterator(source, global_batch: int, tasks_cfg: ml_collections.ConfigDict):
+  """This host's shard of the global batches, length-bucketed as `tasks.length_buckets` /
+  `tasks.target_buckets` / `tasks.bucket_window` say (no buckets: every batch padded to the maximum)."""
+  return make_train_iterator(source, global_batch, jax.process_index(), jax.process_count(),
+                             tuple(tasks_cfg.get("length_buckets", ())), tuple(tasks_cfg.get("target_buckets", ())),
+                             int(tasks_cfg.get("bucket_window", 16)))
 
 
 # ------------------------------------------------------------------------------------------ doc2query
