@@ -81,21 +81,41 @@ def plan_table(plans: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def _rehearsal_notes(name: str, part: dict) -> str:
+  """The figures behind a part's extrapolation, from its JSON."""
+  if name == "prepare":
+    st = part["stats"]
+    return (f"{st['users']:,} users, {st['items']:,} purchased items, {st['rec_interactions']:,} purchases, "
+            f"{st['rec_train']:,} rec / {st['search_train']:,} search training rows")
+  if name == "text":
+    return (f"{part['sample_items'] / part['sample_seconds']:.1f} items/s with MiniLM; the reference's bge-base: "
+            f"~{_duration(part['bge_base_estimate_seconds'])} ({part['bge_base_estimate']})")
+  if name == "sasrec":
+    return (f"{_duration(part['seconds_per_full_epoch'])} per epoch; full softmax over {part['items']:,} items: "
+            f"{part['full_softmax_logits_per_batch_gib']} GiB of logits per batch")
+  if name == "rqvae":
+    return (f"{part['seconds_per_epoch']} s per epoch of {part['items']:,} items, {part['evaluation_seconds']} s per "
+            "evaluation")
+  if name == "pipeline":
+    return f"{part['examples_per_s']:,.0f} examples/s at {part['host_batch']} rows per batch"
+  return ""
+
+
 def rehearsal_table(report: dict) -> str:
-  lines = ["| stage (part) | what was timed | wall time of the part | peak RSS | full stage (extrapolated) |",
-           "| --- | --- | ---: | ---: | ---: |"]
+  lines = ["| stage (part) | what was timed | wall time of the part | peak RSS | full stage | figures |",
+           "| --- | --- | ---: | ---: | ---: | --- |"]
   for name, part in report["parts"].items():
     full = part.get("extrapolated_seconds", part["wall_seconds"] if part.get("measured") == "whole stage" else None)
     lines.append(f"| {name} | {part.get('measured', '')} | {_duration(part['wall_seconds'])} | "
-                 f"{part['peak_rss_gib']:.1f} GiB | {_duration(full)} |")
+                 f"{part['peak_rss_gib']:.1f} GiB | {_duration(full)} | {_rehearsal_notes(name, part)} |")
   pipe = report["parts"].get("pipeline")
   if pipe:
     lines.append("")
-    lines.append(f"grain pipeline: {pipe['examples_per_s']:,.0f} examples/s in one process at {pipe['host_batch']} "
-                 "rows per batch; one host must feed:")
+    lines.append("What one TPU host must feed at the plans' estimated step times, against this CPU's pipeline:")
     for p in pipe["against_plans"]:
       lines.append(f"- `{p['plan']}`: {p['required_examples_per_s']:,.0f} examples/s ({p['rows_per_host']} rows per host "
-                   f"every {_duration(p['step_s'])}); this CPU's pipeline gives {p['headroom']}x that")
+                   f"every {_duration(p['step_s'])}, {p['hosts']} host(s)); the pipeline measured here gives "
+                   f"{p['headroom']}x that")
   return "\n".join(lines)
 
 
