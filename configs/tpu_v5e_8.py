@@ -1,12 +1,13 @@
 """The paper's Electronics setup on one TPU v5e-8 host (v5litepod-8: 8 chips of 16 GiB, a single VM): 1024
 rows per chip in 8 micro-batches of 128 (the per-chip program of tpu_v5e_64), bfloat16.
 
-The cheapest way to the paper's budget among the planned presets (README "Before you rent a pod"): the
-roofline puts this model's train step on HBM bandwidth, where v5e has the most bandwidth per list-price
-dollar; every v5e slice then costs about the same chip-hours, and the smallest whole host adds no
-multi-host launch or gradient traffic between hosts. Effective batch 8192 as the reference.
-`gensar plan --config configs/tpu_v5e_8.py` compiles it for the slice on any machine; launch with
-launch/tpu_pod.sh (one worker), which runs the plan first.
+Why this is the cheapest preset for the paper's budget: the tpu_v5e_64 plan (results/plan/) puts the
+train step on HBM bandwidth (bytes / bandwidth > FLOPs / peak), and among the chips in plan.CHIPS v5e
+has the most HBM bandwidth per list-price dollar (v5p, v6e and v4 follow), so a step costs least on v5e;
+any v5e slice then needs about the same chip-hours, and one host adds no multi-host launch and no
+gradient traffic between hosts (it takes about 8 times the v5e-64's days). Its own plan was not run on
+this project's 2-core machine before the change was handed in; run
+`gensar plan --config configs/tpu_v5e_8.py` (launch/tpu_pod.sh runs it before launching).
 """
 import os
 import sys
