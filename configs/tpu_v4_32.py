@@ -2,10 +2,10 @@
 not 32 TensorCores), 4 hosts, 512 rows per device in 4 micro-batches of 128, bfloat16 compute.
 
 Effective batch 8192 as the reference. `gensar plan --config configs/tpu_v4_32.py` compiles it for the
-slice on any machine. The earlier preset (float32, 512 rows per device at once) did not fit: the TPU
-compiler asked for 59 GB of temporaries per TensorCore against 15.25 GB (attention probabilities of
-512-token inputs and the 33.5k-token logits are the bulk: about 0.12 GB per row in bfloat16); launch
-with launch/tpu_pod.sh, which runs the plan first.
+slice on any machine. The earlier preset (float32, 512 rows per device at once) does not fit: even in
+bfloat16, 512 rows on one TensorCore made the TPU compiler ask for 59 GB of temporaries against the
+core's 15.25 GB (attention probabilities of 512-token inputs and the 33.5k-token logits are the bulk,
+about 0.1 GB per row); launch with launch/tpu_pod.sh, which runs the plan first.
 """
 import os
 import sys
