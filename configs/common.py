@@ -100,7 +100,6 @@ def cpu_budget(config: ml_collections.ConfigDict, *, train_steps: int, doc2query
                                  num_decoder_layers=2))
   config.tasks.max_target_len = 20          # IDs need 6 tokens; descriptions are cut to their first words
   config.tasks.length_buckets = (32, 64, 96, 128, 160)   # + max_input_len (benchmarks/train_throughput.py)
-  config.tasks.target_buckets = (8,)                     # + max_target_len: IDs fit 8 (with behaviour token, EOS)
   config.train.update(dict(batch_size=128, num_steps=train_steps, eval_every=max(train_steps // 2, 1),
                            checkpoint_every=max(train_steps // 4, 1), log_every=25))
   config.eval.update(dict(validation_rows=500, batch_size=32))

@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Training throughput of the CPU budget model on Office-shaped data: batches padded to the maximum
+(today's default) against length-bucketed batches (`tasks.length_buckets`), same model, same batch.
+
+One call = `--steps` training steps, each taking the next batch from the grain iterator (host-side batch
+building included) and running the jitted train step (forward, backward, clipping, AdamW). The data is the
+Office config's prepared dataset with random identifier codes (the placeholder codes of the doc2query
+stage): identifier tokens have the same count per item as real codes, so every example has its real
+length. Model and batch: configs/office.py (2+2-layer T5, d_model 128, batch 128, inputs up to 192,
+targets up to 20). Before the timed calls each side runs a step on every batch shape its timed calls will
+meet (compilation excluded). Each call returns the real and padded token counts of its batches, so the
+padding fraction is measured on exactly the timed batches. Sides run as pinned workers of
+`benchmarks/harness.py` (interleaved calls, median/min/max, load). Results:
+results/benchmarks/train_throughput.json.
+
+  python -m benchmarks.train_throughput --workdir /tmp/office_bench --threads 2 [--steps 3 --repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import harness
+
+
+def _task_data(workdir: str, config_name: str):
+  """(config, TaskData) of a prepared workdir with random identifier codes."""
+  from gensar_jax.config import load_config
+  from gensar_jax.data.prepare import load_prepared, prepare
+  from gensar_jax.data.task_data import load_task_data
+  from gensar_jax.data.tokenizer import levels_from_config
+  config = load_config(config_name)
+  if not (Path(workdir) / "prepare" / "stats.json").exists():
+    prepare(config, Path(workdir) / "prepare")
+  n = load_prepared(Path(workdir) / "prepare").dataset.num_items
+  _, semantic, collab = levels_from_config(config.identifiers)
+  rng = np.random.default_rng(0)
+  size = int(config.identifiers.codebook_size)
+  codes = {"semantic": rng.integers(0, size, (n, len(semantic))).astype(np.int32),
+           "collab": rng.integers(0, size, (n, len(collab))).astype(np.int32)}
+  return config, load_task_data(workdir, config, codes=codes)
+
+
+def padding_counts(batch: dict) -> dict:
+  """Real and padded token counts of one batch (encoder inputs; decoder targets incl. EOS)."""
+  enc, weights = batch["encoder_input_tokens"], batch["decoder_loss_weights"]
+  return {"encoder_tokens": int((enc != 0).sum()), "encoder_slots": int(enc.size),
+          "decoder_tokens": int((weights > 0).sum()), "decoder_slots": int(weights.size)}
+
+
+def make_side(spec: dict) -> harness.Workload:
+  """The training loop's inner work for one side (bucketed or padded to the maximum)."""
+  import jax
+
+  from gensar_jax import parallel
+  from gensar_jax.data.pipeline import make_train_iterator
+  from gensar_jax.model.hf_import import build_model
+  from gensar_jax.train import state as state_lib
+  from gensar_jax.train import step as step_lib
+  config, td = _task_data(spec["workdir"], spec["config"])
+  tasks = config.tasks
+  buckets = (tuple(tasks.length_buckets), tuple(tasks.target_buckets)) if spec["bucketed"] else ((), ())
+  batch = int(config.train.batch_size)
+  source = td.mixture(tasks.sizes.to_dict(), 2, int(config.seed))
+
+  def iterator():
+    return make_train_iterator(source, batch, 0, 1, *buckets, int(tasks.bucket_window))
+
+  model_cfg, params = build_model(config.model, td.vocab_size, jax.random.key(0))
+  model_cfg = state_lib.model_config_for_training(model_cfg, config.train)
+  rules = parallel.rules_tuple(config.parallel.logical_axis_rules)
+  mesh = parallel.make_mesh(config.parallel.mesh_shape)
+  optimizer = state_lib.make_optimizer(config.train)
+  holder = {}
+  holder["state"], shardings = state_lib.create_train_state(model_cfg, optimizer, mesh, rules, jax.random.key(0),
+                                                            params)
+  train_step = step_lib.make_train_step(model_cfg, config.train, optimizer, mesh, rules, shardings)
+  planned = spec["steps"] * (spec["repeats"] + spec["warmup"])
+  ahead = iterator()
+  shapes = {}
+  for _ in range(planned):          # compile every shape the timed calls will meet (same seed: same batches)
+    b = next(ahead)
+    shapes.setdefault((b["encoder_input_tokens"].shape, b["decoder_input_tokens"].shape), b)
+  for b in shapes.values():
+    holder["state"], m = train_step(holder["state"], parallel.host_local_batch_to_global(
+        {k: b[k] for k in step_lib.BATCH_KEYS}, mesh, rules))
+    jax.block_until_ready(m)
+  it = iterator()
+
+  def run():
+    counts = []
+    for _ in range(spec["steps"]):
+      b = next(it)
+      counts.append(padding_counts(b))
+      holder["state"], m = train_step(holder["state"], parallel.host_local_batch_to_global(
+          {k: b[k] for k in step_lib.BATCH_KEYS}, mesh, rules))
+    jax.block_until_ready(m)
+    return {k: sum(c[k] for c in counts) for k in counts[0]}
+
+  info = {"examples_per_call": spec["steps"] * batch, "batch": batch, "compiled_shapes": sorted(
+      [list(s[0]), list(s[1])] for s in shapes), "length_buckets": list(buckets[0]),
+      "target_buckets": list(buckets[1]), "bucket_window": int(tasks.bucket_window),
+      "max_input_len": int(tasks.max_input_len), "max_target_len": int(tasks.max_target_len)}
+  return harness.Workload(run, info)
+
+
+def derive(run: dict) -> dict:
+  """Examples/s (median call) and padding fractions over the timed calls, per side."""
+  out = {}
+  for label, side in run["sides"].items():
+    if "outputs" not in side:
+      continue
+    total = {k: sum(o[k] for o in side["outputs"]) for k in side["outputs"][0]}
+    out[label] = {"examples_per_second_median": side["info"]["examples_per_call"] / side["median"],
+                  "examples_per_second_best": side["info"]["examples_per_call"] / side["min"],
+                  "encoder_padding_fraction": 1 - total["encoder_tokens"] / total["encoder_slots"],
+                  "decoder_padding_fraction": 1 - total["decoder_tokens"] / total["decoder_slots"],
+                  "seconds_per_step_median": side["median"] / (side["info"]["examples_per_call"] /
+                                                               side["info"]["batch"])}
+  return out
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", default="/tmp/office_bench", help="prepared there when missing")
+  parser.add_argument("--config", default="office")
+  parser.add_argument("--steps", type=int, default=3, help="train steps per timed call")
+  harness.common_arguments(parser)
+  args = parser.parse_args()
+  base = {"workdir": args.workdir, "config": args.config, "steps": args.steps, "repeats": args.repeats,
+          "warmup": args.warmup}
+  sides = {"padded": ("benchmarks.train_throughput:make_side", {**base, "bucketed": False}),
+           "bucketed": ("benchmarks.train_throughput:make_side", {**base, "bucketed": True})}
+  harness.compare("train_throughput", sides, ratios={"bucketed_speedup": ("padded", "bucketed")},
+                  settings={**base, "call": f"{args.steps} train steps incl. host batch building"},
+                  derive=derive, **harness.harness_options(args))
+
+
+if __name__ == "__main__":
+  main()
