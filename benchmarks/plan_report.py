@@ -70,9 +70,21 @@ HEADER = ("preset", "slice", "rows/chip (micro x accum)", "train step peak GiB /
           "one validation", "days for the budget", "chip-hours", "list price")
 
 
+def presets_without_plan(plans: list[dict]) -> list[str]:
+  """Configs with a `plan` section (configs/tpu_*.py, gpu_*.py) that have no results/plan/<name>.json."""
+  planned = {p["config"] for p in plans}
+  names = sorted(path.stem for pattern in ("tpu_*.py", "gpu_*.py") for path in (ROOT / "configs").glob(pattern))
+  return [name for name in names if name not in planned]
+
+
 def plan_table(plans: list[dict]) -> str:
   lines = ["| " + " | ".join(HEADER) + " |", "|" + " --- |" * len(HEADER)]
   lines += [plan_row(p) for p in plans]
+  missing = presets_without_plan(plans)
+  if missing:
+    lines += ["", "Not planned on this project's machine yet (a full-size train-step compile took 30 to 60 minutes "
+                  "on its shared 2 cores): " + ", ".join(f"`{m}`" for m in missing) + "; "
+                  + "; ".join(f"`gensar plan --config configs/{m}.py`" for m in missing[:1]) + " and so on."]
   if plans:
     b = plans[0]["budget"]
     lines += ["", f"Budget of every preset: {b['num_steps']:,} steps of {b['global_batch']:,} ({b['steps_per_epoch']} "

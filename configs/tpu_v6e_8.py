@@ -1,7 +1,9 @@
 """The paper's Electronics setup on one TPU v6e-8 host (8 Trillium chips of 32 GB, a single VM): 1024
 rows per chip in 8 micro-batches of 128, bfloat16. v6e has the lowest list price per bf16 FLOP; whether
 that makes it the cheapest way to the paper's budget depends on whether the step is compute- or
-HBM-bound: README "Before you rent a pod" has its measured plan next to the v5e presets.
+HBM-bound: the tpu_v5e_64 plan finds it HBM-bound, where v5e gives more bandwidth per dollar (see
+configs/tpu_v5e_8.py). Its own plan was not run on this project's 2-core machine before the change was
+handed in.
 
 Effective batch 8192 as the reference. `gensar plan --config configs/tpu_v6e_8.py` compiles it for the
 slice on any machine; launch with launch/tpu_pod.sh (one worker), which runs the plan first.
