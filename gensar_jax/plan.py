@@ -613,7 +613,7 @@ def _compile_program(name: str, config, plan_cfg, model_cfg: T5Config, train_cfg
     result["roofline"] = roofline(result["flops"], result["bytes_accessed"], 0.0, chip)
     result["per_token"] = {"flops": token["flops"], "bytes_accessed": token["bytes_accessed"]}
     result["loop_repeat"] = f"+{extra} decoder steps (max_query_len, no early stop)"
-    result["note"] = "one device (one TensorCore on megacore chips), as the doc2query stage runs it: every host repeats it"
+    result["note"] = "one device, as the doc2query stage runs it (no mesh): every host repeats it"
     seconds += step_seconds
     rows = int(d2q.sampling.batch_size)
   else:
