@@ -92,14 +92,20 @@ def timing_rows(records: list[dict]) -> list[str]:
   return rows
 
 
+def shown_value(value) -> str:
+  """A derived figure as text: floats to three significant digits, dicts as 'key value' pairs."""
+  if isinstance(value, dict):
+    return ", ".join(f"{key} {shown_value(item)}" for key, item in value.items())
+  return fmt(value) if isinstance(value, float) else str(value)
+
+
 def derived_lines(records: list[dict]) -> list[str]:
   """Benchmark-specific figures (agreement, parity) per run."""
   lines = []
   for record in records:
     for run in record["runs"]:
       for key, value in run.get("derived", {}).items():
-        shown = fmt(value) if isinstance(value, float) else value
-        lines.append(f"- {record['name']}, {run['threads']} thread(s): {key} = {shown}")
+        lines.append(f"- {record['name']}, {run['threads']} thread(s): {key} = {shown_value(value)}")
   return lines
 
 
