@@ -186,6 +186,7 @@ VALUE_RULES = (
     ("tasks.max_input_len", _at_least(8)),
     ("tasks.max_target_len", _at_least(2)),
     ("tasks.max_text_tokens", _at_least(1)),
+    ("tasks.bucket_window", _at_least(1)),
     *((f"tasks.sizes.{task}", ((lambda v: v == -1 or v >= 0), "-1 (every row) or >= 0"))
       for task in ("nrip", "nsip", "nsqp", "desc2id", "id2desc", "adhoc")),
     ("identifiers.mode", _one_of("dual", "semantic", "collab")),
@@ -259,6 +260,14 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     batch, accum = _lookup(config, f"{section}.batch_size"), _lookup(config, f"{section}.grad_accum_steps")
     if batch is not _MISSING and accum is not _MISSING and accum >= 1 and batch % accum:
       problems.append(f"{section}.batch_size={batch} is not a multiple of {section}.grad_accum_steps={accum}")
+  for buckets, longest in (("length_buckets", "max_input_len"), ("target_buckets", "max_target_len")):
+    widths, limit = _lookup(config, f"tasks.{buckets}"), _lookup(config, f"tasks.{longest}")
+    if widths is _MISSING or limit is _MISSING:
+      continue
+    bad = [w for w in widths if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= limit]
+    if bad:
+      problems.append(f"tasks.{buckets}={tuple(widths)!r}: expected whole numbers between 1 and "
+                      f"tasks.{longest}={limit} (bad: {bad})")
   levels = [_lookup(config, f"identifiers.num_{kind}_levels") for kind in ("shared", "specific")]
   if _MISSING not in levels and sum(levels) < 1:
     problems.append("identifiers.num_shared_levels + identifiers.num_specific_levels: expected >= 1")

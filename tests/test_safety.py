@@ -57,13 +57,15 @@ def test_overrides_of_the_wrong_type_name_key_value_and_type(override, message):
 
 def test_check_config_lists_every_out_of_range_value():
   config = apply_overrides(load_config("tiny"), ["data.search_fraction=5", "eval.num_beams=5", "data.num_negatives=0",
-                                                  "train.grad_accum_steps=3", "eval.split=tset"])
+                                                  "train.grad_accum_steps=3", "eval.split=tset",
+                                                  "tasks.length_buckets=(32, 500)"])
   with pytest.raises(ValueError) as error:
     config_lib.check_config(config)
   text = str(error.value)
   for expected in ("data.search_fraction=5.0: expected between 0.0 and 1.0", "eval.num_beams=5: expected >= 10",
                    "data.num_negatives=0: expected >= 1", "train.batch_size=16 is not a multiple of "
-                   "train.grad_accum_steps=3", "eval.split='tset': expected one of ['validation', 'test']"):
+                   "train.grad_accum_steps=3", "eval.split='tset': expected one of ['validation', 'test']",
+                   "tasks.length_buckets=(32, 500): expected whole numbers between 1 and tasks.max_input_len=96"):
     assert expected in text
   for name in ("tiny", "synthetic", "office", "electronics"):
     config_lib.check_config(load_config(name))          # the shipped configs pass
