@@ -85,11 +85,14 @@ def plan_table(plans: list[dict]) -> str:
     lines += ["", "Not planned on this project's machine yet (a full-size train-step compile took 30 to 60 minutes "
                   "on its shared 2 cores): " + ", ".join(f"`{m}`" for m in missing) + "; "
                   + "; ".join(f"`gensar plan --config configs/{m}.py`" for m in missing[:1]) + " and so on."]
-  if plans:
-    b = plans[0]["budget"]
-    lines += ["", f"Budget of every preset: {b['num_steps']:,} steps of {b['global_batch']:,} ({b['steps_per_epoch']} "
-                  f"per epoch of {b['epoch_examples']:,} examples), {b['validations']} validations; row counts from "
-                  f"{b['epoch_source']}."]
+  budgets: dict[str, list[str]] = {}
+  for plan in plans:
+    b = plan["budget"]
+    text = (f"{b['num_steps']:,} steps of {b['global_batch']:,} ({b['steps_per_epoch']} per epoch of "
+            f"{b['epoch_examples']:,} examples), {b['validations']} validations; row counts from {b['epoch_source']}")
+    budgets.setdefault(text, []).append(f"`{plan['config']}`")
+  for text, names in budgets.items():
+    lines += ["", f"Budget ({', '.join(names)}, the config's task mixture when planned): {text}."]
   return "\n".join(lines)
 
 
