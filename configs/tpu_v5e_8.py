@@ -4,10 +4,9 @@ rows per chip in 8 micro-batches of 128 (the per-chip program of tpu_v5e_64), bf
 Why this is the cheapest preset for the paper's budget: the tpu_v5e_64 plan (results/plan/) puts the
 train step on HBM bandwidth (bytes / bandwidth > FLOPs / peak), and among the chips in plan.CHIPS v5e
 has the most HBM bandwidth per list-price dollar (v5p, v6e and v4 follow), so a step costs least on v5e;
-any v5e slice then needs about the same chip-hours, and one host adds no multi-host launch and no
-gradient traffic between hosts (it takes about 8 times the v5e-64's days). Its own plan was not run on
-this project's 2-core machine before the change was handed in; run
-`gensar plan --config configs/tpu_v5e_8.py` (launch/tpu_pod.sh runs it before launching).
+its plan (results/plan/tpu_v5e_8.json) costs the same as the v5e-64's within the estimate's precision and
+less than v5e-256 or v4-32, and one host needs no multi-host launch (about half a day). Its train step is
+tight (over 90% of HBM): `gensar plan` before launching (launch/tpu_pod.sh runs it).
 """
 import os
 import sys
