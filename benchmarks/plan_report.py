@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from gensar_jax.plan import slice_hosts
+from gensar_jax.plan import format_duration, slice_hosts
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = ROOT / "results" / "plan"
@@ -24,15 +24,7 @@ GIB = 2 ** 30
 
 
 def _duration(seconds: float | None) -> str:
-  if seconds is None:
-    return "-"
-  if seconds >= 86400:
-    return f"{seconds / 86400:.2f} d"
-  if seconds >= 3600:
-    return f"{seconds / 3600:.1f} h"
-  if seconds >= 60:
-    return f"{seconds / 60:.1f} min"
-  return f"{seconds * 1e3:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+  return format_duration(seconds, digits=1)
 
 
 def _collectives(program: dict) -> str:

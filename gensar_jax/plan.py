@@ -742,14 +742,21 @@ def _gib(x: float) -> str:
   return f"{x / GIB:.2f}"
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float | None, digits: int = 2) -> str:
+  """A duration in the largest unit that keeps it >= 1 (d, h, min, s, ms); "-" for None.
+  `digits`: decimals for d, h and s (minutes keep one, milliseconds one fewer)."""
+  if seconds is None:
+    return "-"
   if seconds >= 86400:
     return f"{seconds / 86400:.2f} d"
   if seconds >= 3600:
-    return f"{seconds / 3600:.2f} h"
+    return f"{seconds / 3600:.{digits}f} h"
   if seconds >= 60:
     return f"{seconds / 60:.1f} min"
-  return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+  return f"{seconds * 1e3:.{max(digits - 1, 0)}f} ms" if seconds < 1 else f"{seconds:.{digits}f} s"
+
+
+_duration = format_duration
 
 
 def format_collectives(collectives: list[dict]) -> str:
