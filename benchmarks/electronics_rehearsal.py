@@ -156,18 +156,12 @@ def part_rqvae(epochs: int) -> dict:
   with an evaluation every `identifiers.eval_every_epochs`."""
   import jax
   import numpy as np
+  from benchmarks.rqvae import epoch_setup
   from gensar_jax.identifiers import rqvae, rqvae_train
   config = rehearsal_config().identifiers
-  table = _embedding_table(ELECTRONICS["items"])
   num_items = ELECTRONICS["items"]
   spec = rqvae.spec_from_config(config, 384, 64)
-  inputs = {view: jax.numpy.asarray(values) for view, values in table.items()}
-  params = rqvae.init_params(jax.random.PRNGKey(0), spec)
-  first = {view: values[:config.batch_size] for view, values in inputs.items()}
-  params = rqvae.init_codebooks(jax.random.PRNGKey(1), params, spec, first, None, config.kmeans_iters)
-  optimizer = rqvae_train.make_optimizer(config, math.ceil(num_items / config.batch_size))
-  opt_state = optimizer.init(params)
-  train_epoch = rqvae_train.make_train_epoch(spec, optimizer, config.batch_size)
+  train_epoch, params, opt_state, inputs = epoch_setup(config, _embedding_table(num_items))
   t0 = time.perf_counter()
   params, opt_state, losses = train_epoch(params, opt_state, inputs, jax.random.PRNGKey(2))
   jax.block_until_ready(losses)

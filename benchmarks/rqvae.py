@@ -39,10 +39,9 @@ def synthetic_table(num_items: int, seed: int = 0) -> dict[str, np.ndarray]:
   return {"semantic": semantic.astype(np.float32), "collab": collab.astype(np.float32)}
 
 
-def make_ours(spec: dict) -> harness.Workload:
-  """Our jitted RQ-VAE epoch (one `lax.scan` over the shuffled batches); one call = one epoch."""
-  config = rqvae.identifiers_config()  # the reference settings
-  table = synthetic_table(SIZES[spec["size"]])
+def epoch_setup(config, table: dict[str, np.ndarray]):
+  """(train_epoch, params, opt_state, inputs) of our RQ-VAE on `table` ({view: float32[items, dim]}),
+  initialised as the index stage does (k-means codebooks on the first batch)."""
   num_items = table["semantic"].shape[0]
   model_spec = rqvae.spec_from_config(config, 384, 64)
   inputs = {view: jax.numpy.asarray(values) for view, values in table.items()}
@@ -51,7 +50,13 @@ def make_ours(spec: dict) -> harness.Workload:
   params = rqvae.init_codebooks(jax.random.PRNGKey(1), params, model_spec, first, None, config.kmeans_iters)
   optimizer = rqvae_train.make_optimizer(config, math.ceil(num_items / config.batch_size))
   opt_state = optimizer.init(params)
-  train_epoch = rqvae_train.make_train_epoch(model_spec, optimizer, config.batch_size)
+  return rqvae_train.make_train_epoch(model_spec, optimizer, config.batch_size), params, opt_state, inputs
+
+
+def make_ours(spec: dict) -> harness.Workload:
+  """Our jitted RQ-VAE epoch (one `lax.scan` over the shuffled batches); one call = one epoch."""
+  config = rqvae.identifiers_config()  # the reference settings
+  train_epoch, params, opt_state, inputs = epoch_setup(config, synthetic_table(SIZES[spec["size"]]))
   info = epoch_flops(train_epoch, params, opt_state, inputs, config.batch_size)
   start = time.perf_counter()
   state = {"params": params, "opt_state": opt_state, "epoch": 0}
@@ -64,7 +69,7 @@ def make_ours(spec: dict) -> harness.Workload:
     state["params"], state["opt_state"], losses = train_epoch(state["params"], state["opt_state"], inputs,
                                                               jax.random.PRNGKey(2 + state["epoch"]))
     jax.block_until_ready(losses)
-  return harness.Workload(run, {**info, "items_per_call": num_items})
+  return harness.Workload(run, {**info, "items_per_call": next(iter(inputs.values())).shape[0]})
 
 
 def epoch_flops(train_epoch, params, opt_state, inputs, batch_size: int) -> dict:
