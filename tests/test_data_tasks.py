@@ -164,6 +164,59 @@ def test_pipeline_deterministic_and_restorable(setup):
     np.testing.assert_array_equal(x["decoder_target_tokens"], y["decoder_target_tokens"])
 
 
+class _CountingSource:
+  """A random-access source that counts single-record and batched reads."""
+
+  def __init__(self, source):
+    self.source, self.single, self.batched = source, 0, 0
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    self.single += 1
+    return self.source[i]
+
+  def __getitems__(self, rows):
+    self.batched += 1
+    return self.source.__getitems__(rows)
+
+
+def test_batches_read_stored_samples_in_one_batched_read_per_task(setup):
+  """A single ArrayRecord read costs time that grows with the file (~1.5 ms per record at Electronics
+  size): a batch must read each task's samples in one batched read, with the same examples as one by one."""
+  _, builder, _, _, prepared = setup
+  sources = dict(open_samples(prepared.tfds_dir))
+  counted = {name: _CountingSource(sources[name]) for name in ("rec_train", "search_train")}
+  src = _source(setup)
+  one_by_one = [src.example(i) for i in range(16)]
+  src.fetch = pipeline.default_fetchers({**sources, **counted})
+  batch = pipeline.PaddedBatches(src, 16)[0]
+  assert sum(c.single for c in counted.values()) == 0
+  assert 1 <= sum(c.batched for c in counted.values()) <= 2
+  for j, (inputs, targets, task) in enumerate(one_by_one):
+    expected = pipeline.example_features(builder, j, inputs, targets, task)
+    for key in expected:
+      np.testing.assert_array_equal(batch[key][j], expected[key])
+
+
+def test_worker_processes_give_the_same_batches_and_restore(setup):
+  """`workers` > 0 builds batches in grain worker processes: the same batches in the same order, and the
+  iterator state restores into a worker iterator."""
+  a = _batches(pipeline.make_train_iterator(_source(setup), 8), 6)
+  it = pipeline.make_train_iterator(_source(setup), 8, workers=2)
+  b = _batches(it, 3)
+  state = it.get_state()
+  restored = pipeline.make_train_iterator(_source(setup), 8, workers=2)
+  restored.set_state(state)
+  b += _batches(restored, 3)
+  for x, y in zip(a, b):
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+  with pytest.raises(ValueError, match="pipeline_workers"):
+    pipeline.make_train_iterator(_source(setup), 8, length_buckets=(16,), workers=2)
+
+
 def test_two_hosts_see_disjoint_shards_covering_the_data(setup):
   src = _source(setup, epochs=1)
 
