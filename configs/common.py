@@ -67,6 +67,10 @@ def tasks_config() -> ml_collections.ConfigDict:
       length_buckets=(),
       target_buckets=(),
       bucket_window=16,
+      # grain worker processes building training batches (data/pipeline.py make_train_iterator); 0 builds
+      # them in background threads of the training process. A pod host must feed its chips at the step
+      # rate (`gensar plan`'s pipeline line); bucketed batches take no workers.
+      pipeline_workers=0,
   ))
 
 

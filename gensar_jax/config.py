@@ -187,6 +187,7 @@ VALUE_RULES = (
     ("tasks.max_target_len", _at_least(2)),
     ("tasks.max_text_tokens", _at_least(1)),
     ("tasks.bucket_window", _at_least(1)),
+    ("tasks.pipeline_workers", _at_least(0)),
     *((f"tasks.sizes.{task}", ((lambda v: v == -1 or v >= 0), "-1 (every row) or >= 0"))
       for task in ("nrip", "nsip", "nsqp", "desc2id", "id2desc", "adhoc")),
     ("identifiers.mode", _one_of("dual", "semantic", "collab")),
@@ -268,6 +269,10 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     if bad:
       problems.append(f"tasks.{buckets}={tuple(widths)!r}: expected whole numbers between 1 and "
                       f"tasks.{longest}={limit} (bad: {bad})")
+  workers, buckets = _lookup(config, "tasks.pipeline_workers"), _lookup(config, "tasks.length_buckets")
+  if _MISSING not in (workers, buckets) and isinstance(workers, int) and workers > 0 and buckets:
+    problems.append(f"tasks.pipeline_workers={workers} with tasks.length_buckets={tuple(buckets)!r}: bucketed "
+                    "batches are built in the training process; expected pipeline_workers=0 or length_buckets=()")
   levels = [_lookup(config, f"identifiers.num_{kind}_levels") for kind in ("shared", "specific")]
   if _MISSING not in levels and sum(levels) < 1:
     problems.append("identifiers.num_shared_levels + identifiers.num_specific_levels: expected >= 1")

@@ -129,11 +129,22 @@ def file_records(paths: list[Path], known: dict | None = None) -> dict[str, dict
   return out
 
 
+# Fields that change how fast a stage runs, never what it writes: left out of the records and fingerprints.
+SPEED_ONLY_KEYS = ("tasks.pipeline_workers",)
+
+
 def _config_value(config: ml_collections.ConfigDict, key: str):
   value = config
   for part in key.split("."):
     value = value.get(part) if value is not None else None
-  return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+  if not isinstance(value, ml_collections.ConfigDict):
+    return value
+  value = value.to_dict()
+  for field in SPEED_ONLY_KEYS:
+    section, _, name = field.rpartition(".")
+    if section == key:
+      value.pop(name, None)
+  return value
 
 
 def read_record(stage_dir: Path) -> dict | None:

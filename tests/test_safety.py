@@ -69,6 +69,11 @@ def test_check_config_lists_every_out_of_range_value():
     assert expected in text
   for name in ("tiny", "synthetic", "office", "electronics"):
     config_lib.check_config(load_config(name))          # the shipped configs pass
+  bucketed_workers = apply_overrides(load_config("synthetic"), ["tasks.pipeline_workers=2"])
+  with pytest.raises(ValueError, match=r"tasks.pipeline_workers=2 with tasks.length_buckets=\(32, 64"):
+    config_lib.check_config(bucketed_workers)
+  with pytest.raises(ValueError, match=r"tasks.pipeline_workers=-1: expected >= 0"):
+    load_config("tiny", ["tasks.pipeline_workers=-1"])
 
 
 def test_cli_refuses_bad_values_before_any_work(tmp_path, caplog):
@@ -197,6 +202,19 @@ def test_prepare_fingerprint_covers_the_raw_files_content(tmp_path):
   after = stages.stage_record(prepare, config, tmp_path)
   assert after["fingerprint"] != before["fingerprint"]
   assert any("Toy.item.json.gz changed" in c for c in stages.diff_records(before, after))
+
+
+def test_speed_only_settings_leave_the_fingerprint_alone(tmp_path):
+  """tasks.pipeline_workers changes how batches are built, not which: a trained model stays current."""
+  train = stages.STAGES["train"]
+  for dep in train.deps:
+    (tmp_path / dep).mkdir()
+    (tmp_path / dep / "fingerprint.json").write_text(json.dumps({"fingerprint": dep, "config": {}}))
+  record = lambda overrides: stages.stage_record(train, load_config("tiny", overrides), tmp_path)  # noqa: E731
+  base = record([])
+  assert "pipeline_workers" not in base["config"]["tasks"]
+  assert record(["tasks.pipeline_workers=4"])["fingerprint"] == base["fingerprint"]
+  assert record(["tasks.bucket_window=4"])["fingerprint"] != base["fingerprint"]
 
 
 # ------------------------------------------------------------------------------ damaged and duplicated input

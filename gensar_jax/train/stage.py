@@ -134,10 +134,11 @@ def run_train(config: ml_collections.ConfigDict, out_dir: Path, fingerprint: str
 
 def loop_iterator(source, global_batch: int, tasks_cfg: ml_collections.ConfigDict):
   """This host's shard of the global batches, length-bucketed as `tasks.length_buckets` /
-  `tasks.target_buckets` / `tasks.bucket_window` say (no buckets: every batch padded to the maximum)."""
+  `tasks.target_buckets` / `tasks.bucket_window` say (no buckets: every batch padded to the maximum), built
+  in `tasks.pipeline_workers` grain worker processes."""
   return make_train_iterator(source, global_batch, jax.process_index(), jax.process_count(),
                              tuple(tasks_cfg.get("length_buckets", ())), tuple(tasks_cfg.get("target_buckets", ())),
-                             int(tasks_cfg.get("bucket_window", 16)))
+                             int(tasks_cfg.get("bucket_window", 16)), int(tasks_cfg.get("pipeline_workers", 0)))
 
 
 # ------------------------------------------------------------------------------------------ doc2query
