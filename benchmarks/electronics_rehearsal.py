@@ -185,9 +185,14 @@ def part_rqvae(epochs: int) -> dict:
           "extrapolated_seconds": round(compile_s + per_epoch * (full - 1) + eval_s * (full // every), 1)}
 
 
-def part_pipeline(workdir: Path, batches: int) -> dict:
-  """grain batches of the task mixture (random identifiers) at one host's share of the global batch
-  of the plans in results/plan/, against the rows per second that host must feed."""
+def part_pipeline(workdir: Path, batches: int, repeats: int = 3, workers: int = 2) -> dict:
+  """grain batches of the task mixture (random identifiers) at one host's share of the global batch of the
+  plans in results/plan/, against the rows per second that host must feed.
+
+  Interleaved in one process, `repeats` times each on fresh batches: building a batch synchronously with one
+  stored-sample read per example (the pipeline before batched reads) and with the batched reads of
+  `PaddedBatches`; examples per wall second and per CPU second of this process. Then the iterator the
+  trainer uses with `workers` grain worker processes (after a warm-up of 2 batches per worker)."""
   import numpy as np
   from gensar_jax.data import pipeline
   from gensar_jax.data.task_data import load_task_data
@@ -199,17 +204,45 @@ def part_pipeline(workdir: Path, batches: int) -> dict:
   source = task_data.mixture(config.tasks.sizes.to_dict(), 1, 0)
   plans = feed_requirements(int(config.train.batch_size))
   host_batch = min((p["rows_per_host"] for p in plans), default=512)
-  it = pipeline.make_train_iterator(source, host_batch)
-  next(it)                                                  # start-up (threads, first reads)
-  t0 = time.perf_counter()
-  for _ in range(batches):
+  padded = pipeline.PaddedBatches(source, host_batch)
+
+  def one_read_per_example(k):
+    indices = range(k * host_batch, (k + 1) * host_batch)
+    return pipeline.stack_features([pipeline.example_features(source.builder, i, *source.example(i)) for i in indices])
+
+  sides = {"one_read_per_example": one_read_per_example, "batched_reads": padded.__getitem__}
+  times = {name: {"wall": [], "cpu": []} for name in sides}
+  next_batch = 1                                       # batch 0: start-up (readers, first reads)
+  padded[0]
+  for _ in range(repeats):
+    for name, build in sides.items():
+      w0, c0 = time.perf_counter(), time.process_time()
+      for k in range(next_batch, next_batch + batches):
+        build(k)
+      times[name]["wall"].append(time.perf_counter() - w0)
+      times[name]["cpu"].append(time.process_time() - c0)
+      next_batch += batches
+  examples = batches * host_batch
+  rates = {name: {"examples_per_s": round(examples / float(np.median(t["wall"])), 1),
+                  "examples_per_cpu_s": round(examples / float(np.median(t["cpu"])), 1),
+                  "wall_seconds": [round(x, 2) for x in t["wall"]]} for name, t in times.items()}
+  it = pipeline.make_train_iterator(source, host_batch, workers=workers)
+  for _ in range(2 * workers):
     next(it)
-  rate = batches * host_batch / (time.perf_counter() - t0)
+  w0 = time.perf_counter()
+  for _ in range(batches * repeats):
+    next(it)
+  rates[f"{workers}_worker_processes"] = {"examples_per_s": round(batches * repeats * host_batch / (time.perf_counter() - w0), 1)}
+  per_core = rates["batched_reads"]["examples_per_cpu_s"]
   for p in plans:
-    p["pipeline_examples_per_s"] = round(rate, 1)
-    p["headroom"] = round(rate / p["required_examples_per_s"], 2) if p["required_examples_per_s"] else None
-  return {"measured": f"{batches} batches of {host_batch} rows after the first, one process on this 2-core CPU",
-          "epoch_examples": len(source), "host_batch": host_batch, "examples_per_s": round(rate, 1),
+    p["pipeline_examples_per_s"] = rates[f"{workers}_worker_processes"]["examples_per_s"]
+    p["headroom"] = round(p["pipeline_examples_per_s"] / p["required_examples_per_s"], 2) if p["required_examples_per_s"] else None
+    p["cores_needed"] = math.ceil(p["required_examples_per_s"] / per_core)
+  return {"measured": f"{repeats} x {batches} batches of {host_batch} rows per side, interleaved, then "
+                      f"{batches * repeats} batches from {workers} grain worker processes, on this {os.cpu_count()}-core CPU",
+          "epoch_examples": len(source), "host_batch": host_batch, "workers": workers, "sides": rates,
+          "examples_per_s": rates[f"{workers}_worker_processes"]["examples_per_s"],
+          "examples_per_cpu_s": per_core, "load_average_at_start": round(os.getloadavg()[0], 1),
           "against_plans": plans}
 
 
@@ -258,7 +291,7 @@ def main() -> None:
   parser.add_argument("--text_sample", type=int, default=2000)
   parser.add_argument("--sasrec_fraction", type=float, default=0.02)
   parser.add_argument("--rqvae_epochs", type=int, default=3)
-  parser.add_argument("--batches", type=int, default=20)
+  parser.add_argument("--batches", type=int, default=4, help="pipeline: batches per timed repeat")
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:

@@ -104,7 +104,13 @@ def _rehearsal_notes(name: str, part: dict) -> str:
     return (f"{part['seconds_per_epoch']} s per epoch of {part['items']:,} items, {part['evaluation_seconds']} s per "
             "evaluation")
   if name == "pipeline":
-    return f"{part['examples_per_s']:,.0f} examples/s at {part['host_batch']} rows per batch"
+    sides = part.get("sides")
+    if not sides:
+      return f"{part['examples_per_s']:,.0f} examples/s at {part['host_batch']} rows per batch"
+    before, batched = sides["one_read_per_example"], sides["batched_reads"]
+    return (f"{part['host_batch']} rows per batch; per CPU second: {before['examples_per_cpu_s']:,.0f} examples with "
+            f"one stored-sample read per example (the earlier pipeline), {batched['examples_per_cpu_s']:,.0f} with "
+            f"batched reads; {part['examples_per_s']:,.0f} examples/s from {part['workers']} worker processes")
   return ""
 
 
@@ -120,9 +126,14 @@ def rehearsal_table(report: dict) -> str:
     lines.append("")
     lines.append("What one TPU host must feed at the plans' estimated step times, against this CPU's pipeline:")
     for p in pipe["against_plans"]:
-      lines.append(f"- `{p['plan']}`: {p['required_examples_per_s']:,.0f} examples/s ({p['rows_per_host']} rows per host "
-                   f"every {_duration(p['step_s'])}, {p['hosts']} host(s)); the pipeline measured here gives "
-                   f"{p['headroom']}x that")
+      line = (f"- `{p['plan']}`: {p['required_examples_per_s']:,.0f} examples/s ({p['rows_per_host']} rows per host "
+              f"every {_duration(p['step_s'])}, {p['hosts']} host(s)); the pipeline measured here gives "
+              f"{p['headroom']}x that")
+      if "cores_needed" in p:
+        cores = p["cores_needed"]
+        line += (f"; at {pipe['examples_per_cpu_s']:,.0f} examples per CPU second that is {cores} "
+                 f"core{'s' if cores != 1 else ''} of the host (`tasks.pipeline_workers={cores}`)")
+      lines.append(line)
   return "\n".join(lines)
 
 
