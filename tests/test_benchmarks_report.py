@@ -103,3 +103,27 @@ def test_thread_env_pins_every_library():
   assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
   assert "--xla_cpu_multi_thread_eigen=false" in env["XLA_FLAGS"]
   assert "--xla_cpu_multi_thread_eigen=true" in harness.thread_env(2)["XLA_FLAGS"]
+
+
+def test_readme_results_tables_are_the_recorded_results():
+  """Every README Results table is what benchmarks/results_report.py renders from results/<config>/results.json."""
+  from benchmarks import results_report
+  readme = (results_report.ROOT / "README.md").read_text()
+  names = sorted(p.parent.name for p in results_report.RESULTS.glob("*/results.json"))
+  assert names
+  for name in names:
+    start, end = results_report.markers(name)
+    assert start in readme, f"README.md lacks the {name} results table"
+    shown = readme.split(start, 1)[1].split(end, 1)[0].strip()
+    assert shown == results_report.render(name)
+
+
+def test_results_table_bolds_the_best_and_dashes_missing():
+  from benchmarks import results_report
+  report = {"methods": [
+      {"name": "A", "metrics": {"rec": {"sampled": {"HR@10": 0.5, "NDCG@10": 0.2}}}},
+      {"name": "B", "metrics": {"rec": {"sampled": {"HR@10": 0.25, "NDCG@10": 0.3}},
+                                "search": {"full": {"NDCG@10": 0.1}}}}]}
+  rows = results_report.table(report).splitlines()[2:]
+  assert rows[0] == "| A | **0.5000** | 0.2000 | – | – | – | – |"
+  assert rows[1] == "| B | 0.2500 | **0.3000** | – | – | – | **0.1000** |"

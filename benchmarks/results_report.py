@@ -1,0 +1,99 @@
+"""The README's Results tables, rendered from `results/<config>/results.json` (written by `gensar reproduce`).
+
+  python benchmarks/results_report.py            # print the tables
+  python benchmarks/results_report.py --readme   # replace them in README.md between their markers
+
+Each config's table sits between `<!-- results:<config>:start -->` and `<!-- results:<config>:end -->`:
+a caption (catalogue, test queries, seed, commit-independent config fingerprint, date, wall time) and one
+row per method of the main suite with HR@10 / NDCG@10 of both tasks (sampled protocol) and NDCG@10 on the
+full catalogue; the best value of each column in bold. Nothing is typed by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+COLUMNS = (("Rec HR@10", "rec", "sampled", "HR@10"), ("Rec NDCG@10", "rec", "sampled", "NDCG@10"),
+           ("Search HR@10", "search", "sampled", "HR@10"), ("Search NDCG@10", "search", "sampled", "NDCG@10"),
+           ("Rec NDCG@10 (full)", "rec", "full", "NDCG@10"), ("Search NDCG@10 (full)", "search", "full", "NDCG@10"))
+
+
+def markers(name: str) -> tuple[str, str]:
+  return f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"
+
+
+def metric(method: dict, task: str, protocol: str, key: str) -> float | None:
+  return method.get("metrics", {}).get(task, {}).get(protocol, {}).get(key)
+
+
+def wall_seconds(report: dict) -> float:
+  """Every stage's wall time, summed over the methods (shared stages count once: they record 0 s)."""
+  return sum(stage.get("seconds", 0.0) for stages in report.get("timings", {}).values() for stage in stages.values())
+
+
+def caption(report: dict) -> str:
+  h = report["header"]
+  queries = h["num_queries"]
+  train = h.get("training", {})
+  return (f"{h['num_items']:,} items; {queries['rec']:,} rec / {queries['search']:,} search test queries; "
+          f"seed {h['seed']}; beam {h['num_beams']}; generative models: {train.get('steps', '?')} steps of "
+          f"{train.get('batch_size', '?')} examples; config fingerprint `{h['config_fingerprint']}`, "
+          f"{h['date']}; {wall_seconds(report) / 60:.0f} min of stage wall time")
+
+
+def table(report: dict) -> str:
+  methods = [m for m in report["methods"] if m.get("group", "main") == "main"]
+  best = {}
+  for title, task, protocol, key in COLUMNS:
+    values = [v for m in methods if (v := metric(m, task, protocol, key)) is not None]
+    best[title] = max(values) if values else None
+  lines = ["| Method | " + " | ".join(c[0] for c in COLUMNS) + " |", "| --- |" + " ---: |" * len(COLUMNS)]
+  for m in methods:
+    cells = []
+    for title, task, protocol, key in COLUMNS:
+      value = metric(m, task, protocol, key)
+      if value is None:
+        cells.append("–")
+      else:
+        text = f"{value:.4f}"
+        cells.append(f"**{text}**" if f"{value:.4f}" == f"{best[title]:.4f}" else text)
+    lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def render(name: str) -> str:
+  report = json.loads((RESULTS / name / "results.json").read_text())
+  return f"{caption(report)}\n\n{table(report)}"
+
+
+def replace_between(text: str, name: str, body: str) -> str:
+  start, end = markers(name)
+  pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+  if not pattern.search(text):
+    raise SystemExit(f"README.md has no {start} ... {end} markers")
+  return pattern.sub(lambda _: f"{start}\n{body}\n{end}", text)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
+  args = parser.parse_args()
+  names = sorted(p.parent.name for p in RESULTS.glob("*/results.json"))
+  rendered = {name: render(name) for name in names}
+  if args.readme:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    for name, body in rendered.items():
+      if markers(name)[0] in text:
+        text = replace_between(text, name, body)
+    readme.write_text(text)
+  for name, body in rendered.items():
+    print(f"## {name}\n\n{body}\n")
+
+
+if __name__ == "__main__":
+  main()
