@@ -25,7 +25,7 @@ _VOWELS = list("aeiou")
 class WorldSpec:
   num_items: int = 3000
   num_users: int = 6000
-  mean_sequence_length: float = 12.0
+  mean_sequence_length: float = 12.0       # lengths min + Geometric(1 / (mean - min)) - 1: they average mean - 1
   min_sequence_length: int = 5
   max_sequence_length: int = 60
   tree: tuple[int, ...] = (6, 4, 4)        # children per level of the category tree
