@@ -1,8 +1,8 @@
 """README tables from measured files: the pod presets' plans (results/plan/*.json, written by
 `gensar plan`) and the Electronics rehearsal (results/benchmarks/electronics_rehearsal.json).
 
-  python benchmarks/plan_report.py            # print both tables
-  python benchmarks/plan_report.py --readme   # and replace them in README.md between their markers
+  python -m benchmarks.plan_report            # print both tables
+  python -m benchmarks.plan_report --readme   # and replace them in README.md between their markers
 
 No number is typed by hand: every cell comes from those JSON files.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
+from benchmarks.report import replace_between_markers
 from gensar_jax.plan import format_duration, slice_hosts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,14 +137,6 @@ def rehearsal_table(report: dict) -> str:
   return "\n".join(lines)
 
 
-def replace_between(text: str, markers: tuple[str, str], body: str) -> str:
-  start, end = markers
-  pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-  if not pattern.search(text):
-    raise SystemExit(f"README.md has no {start} ... {end} markers")
-  return pattern.sub(lambda _: f"{start}\n{body}\n{end}", text)
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
@@ -159,7 +151,7 @@ def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     for name, body in tables.items():
-      text = replace_between(text, MARKERS[name], body)
+      text = replace_between_markers(text, body + "\n", MARKERS[name])
     readme.write_text(text)
 
 

@@ -143,12 +143,14 @@ def render(records: list[dict]) -> str:
   return "\n".join(out) + "\n"
 
 
-def replace_between_markers(text: str, body: str) -> str:
-  """`text` with everything between BEGIN and END replaced by `body`."""
-  begin, end = text.find(BEGIN), text.find(END)
+def replace_between_markers(text: str, body: str, markers: tuple[str, str] = (BEGIN, END)) -> str:
+  """`text` with everything between the two markers replaced by a newline and `body` (README tables
+  generated from result files: this section, benchmarks/plan_report.py, benchmarks/results_report.py)."""
+  start_marker, end_marker = markers
+  begin, end = text.find(start_marker), text.find(end_marker)
   if begin < 0 or end < begin:
-    raise ValueError(f"README.md needs the markers {BEGIN} ... {END} (in that order)")
-  return text[:begin + len(BEGIN)] + "\n" + body + text[end:]
+    raise ValueError(f"README.md needs the markers {start_marker} ... {end_marker} (in that order)")
+  return text[:begin + len(start_marker)] + "\n" + body + text[end:]
 
 
 def main() -> None:

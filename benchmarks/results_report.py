@@ -1,7 +1,7 @@
 """The README's Results tables, rendered from `results/<config>/results.json` (written by `gensar reproduce`).
 
-  python benchmarks/results_report.py            # print the tables
-  python benchmarks/results_report.py --readme   # replace them in README.md between their markers
+  python -m benchmarks.results_report            # print the tables
+  python -m benchmarks.results_report --readme   # replace them in README.md between their markers
 
 Each config's table sits between `<!-- results:<config>:start -->` and `<!-- results:<config>:end -->`:
 a caption (catalogue, test queries, seed, commit-independent config fingerprint, date, wall time) and one
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
+
+from benchmarks.report import replace_between_markers
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -70,14 +71,6 @@ def render(name: str) -> str:
   return f"{caption(report)}\n\n{table(report)}"
 
 
-def replace_between(text: str, name: str, body: str) -> str:
-  start, end = markers(name)
-  pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-  if not pattern.search(text):
-    raise SystemExit(f"README.md has no {start} ... {end} markers")
-  return pattern.sub(lambda _: f"{start}\n{body}\n{end}", text)
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
@@ -89,7 +82,7 @@ def main() -> None:
     text = readme.read_text()
     for name, body in rendered.items():
       if markers(name)[0] in text:
-        text = replace_between(text, name, body)
+        text = replace_between_markers(text, body + "\n", markers(name))
     readme.write_text(text)
   for name, body in rendered.items():
     print(f"## {name}\n\n{body}\n")
