@@ -65,15 +65,21 @@ def roofline(side: dict) -> str:
   return f"{fmt(side['achieved_gflops'])} ({100 * side['fraction_of_peak']:.1f}%)"
 
 
+def contended(record: dict, run: dict) -> bool:
+  """Whether other work wanted the run's cores: the 1-minute load before it exceeded the cores it left free."""
+  return run["load_1min_before"] > record["machine"]["cores"] - run["threads"] + 0.5
+
+
 def ratio_rows(records: list[dict]) -> list[str]:
-  """One row per ratio per thread count."""
+  """One row per ratio per thread count; contended runs are marked (not speed claims)."""
   rows = []
   for record in records:
     for run in record["runs"]:
       for name, value in run.get("ratios", {}).items():
         slow, fast = record["ratio_definitions"][name]
+        mark = " (contended)" if contended(record, run) else ""
         rows.append(f"| {record['name']} | {name} ({slow} / {fast}, medians) | {run['threads']} | "
-                    f"**{value:.2f}x** | {load_label(run)} | {commit_label(record)} |")
+                    f"**{value:.2f}x**{mark} | {load_label(run)} | {commit_label(record)} |")
   return rows
 
 
@@ -130,7 +136,10 @@ def render(records: list[dict]) -> str:
          "to the same CPUs with the same thread count, in interleaved rounds after warm-up. Ratios are "
          "medians of the slower side over the faster; '+' after a commit means the working tree differed "
          "from it in gensar_jax/ or benchmarks/. CPU/wall: the side's median process CPU time over wall "
-         "time per call (below the thread count when other processes took CPU).", "",
+         "time per call (below the thread count when other processes took CPU). (contended): the 1-minute "
+         "load before the run exceeded the cores the run left free, so other processes competed for its cores; "
+         "such a ratio is not a speed claim, and at as many threads as cores it mostly shows how each library "
+         "copes with oversubscription (torch's thread pool collapses, XLA's does not).", "",
          "| benchmark | ratio | threads | value | load 1-min | commit |", "| --- | --- | --- | --- | --- | --- |",
          *ratio_rows(records), "",
          "| benchmark | side | threads | seconds per call, median [min, max] x calls | CPU/wall | throughput | "
