@@ -56,3 +56,19 @@ def get_config():
   # Pseudo-queries sampled as the reference samples msmarco-t5-base's (top-k 10, top-p 0.95, 20 per item).
   config.doc2query.sampling.update(dict(top_k=10, top_p=0.95))
   return config
+
+
+def pod_config(name: str, topology: str, devices: int, grad_accum_steps: int = 1, eval_batch_size: int = 256):
+  """This setup on a slice or node for `gensar plan` and the launch scripts: a data-parallel mesh over
+  `devices` devices, the reference's effective batch of 8192 in bfloat16, `grad_accum_steps` micro-batches."""
+  from gensar_jax.plan import plan_config
+  config = get_config()
+  config.name = name
+  config.parallel.mesh_shape.update(dict(data=devices, fsdp=1, model=1))
+  config.train.batch_size = 8192
+  config.train.bf16 = True
+  config.train.grad_accum_steps = grad_accum_steps
+  config.eval.batch_size = eval_batch_size
+  config.plan = plan_config()
+  config.plan.topology = topology
+  return config

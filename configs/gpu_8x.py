@@ -9,19 +9,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from electronics import get_config as electronics_config  # noqa: E402
-
-from gensar_jax.plan import plan_config  # noqa: E402
+from electronics import pod_config  # noqa: E402
 
 
 def get_config():
-  config = electronics_config()
-  config.name = "gpu_8x"
-  config.parallel.mesh_shape.update(dict(data=8, fsdp=1, model=1))
-  config.train.batch_size = 8192
-  config.train.bf16 = True
-  config.train.grad_accum_steps = 4      # 256 rows per GPU per micro-batch
-  config.eval.batch_size = 32
-  config.plan = plan_config()
-  config.plan.topology = "h100:8"   # `gensar plan` compiles for 8 H100s without a GPU (jax-cuda12-plugin)
-  return config
+  return pod_config("gpu_8x", "h100:8", 8, grad_accum_steps=4,   # 256 rows per GPU per micro-batch
+                    eval_batch_size=32)   # `gensar plan` compiles for 8 H100s without a GPU (jax-cuda12-plugin)

@@ -11,19 +11,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from electronics import get_config as electronics_config  # noqa: E402
-
-from gensar_jax.plan import plan_config  # noqa: E402
+from electronics import pod_config  # noqa: E402
 
 
 def get_config():
-  config = electronics_config()
-  config.name = "tpu_v4_32"
-  config.parallel.mesh_shape.update(dict(data=16, fsdp=1, model=1))
-  config.train.batch_size = 8192
-  config.train.bf16 = True
-  config.train.grad_accum_steps = 4      # 128 rows per device (64 per TensorCore) per micro-batch
-  config.eval.batch_size = 64
-  config.plan = plan_config()
-  config.plan.topology = "v4:2x2x4"
-  return config
+  return pod_config("tpu_v4_32", "v4:2x2x4", 16, grad_accum_steps=4,   # 128 rows per device (64 per TensorCore)
+                    eval_batch_size=64)
