@@ -115,11 +115,12 @@ def _rehearsal_notes(name: str, part: dict) -> str:
 
 
 def rehearsal_table(report: dict) -> str:
-  lines = ["| stage (part) | what was timed | wall time of the part | peak RSS | full stage | figures |",
-           "| --- | --- | ---: | ---: | ---: | --- |"]
+  lines = ["| stage (part) | what was timed | wall time of the part | its CPU time (load at end) | peak RSS | "
+           "full stage | figures |", "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
   for name, part in report["parts"].items():
     full = part.get("extrapolated_seconds", part["wall_seconds"] if part.get("measured") == "whole stage" else None)
-    lines.append(f"| {name} | {part.get('measured', '')} | {_duration(part['wall_seconds'])} | "
+    cpu = (f"{_duration(part['cpu_seconds'])} ({part['load_average_at_end']})" if "cpu_seconds" in part else "-")
+    lines.append(f"| {name} | {part.get('measured', '')} | {_duration(part['wall_seconds'])} | {cpu} | "
                  f"{part['peak_rss_gib']:.1f} GiB | {_duration(full)} | {_rehearsal_notes(name, part)} |")
   pipe = report["parts"].get("pipeline")
   if pipe:
