@@ -66,9 +66,32 @@ def table(report: dict) -> str:
   return "\n".join(lines)
 
 
+def tie_rows(report: dict) -> list[str]:
+  """Where a method's metrics also hold the other tie rule's figures ("<protocol>, one position per <rule>",
+  written when the ranks differ): HR@10 / NDCG@10 under the configured rule and under the other one."""
+  rows = []
+  for m in report["methods"]:
+    for task, by_protocol in m.get("metrics", {}).items():
+      for key, other in by_protocol.items():
+        protocol, sep, rule = key.partition(", one position per ")
+        if not sep or protocol not in by_protocol:
+          continue
+        shown = by_protocol[protocol]
+        rows.append(f"| {m['name']} | {task} ({protocol}) | {shown['HR@10']:.4f} / {shown['NDCG@10']:.4f} | "
+                    f"{rule} | {other['HR@10']:.4f} / {other['NDCG@10']:.4f} |")
+  return rows
+
+
 def render(name: str) -> str:
   report = json.loads((RESULTS / name / "results.json").read_text())
-  return f"{caption(report)}\n\n{table(report)}"
+  out = f"{caption(report)}\n\n{table(report)}"
+  ties = tie_rows(report)
+  if ties:
+    out += ("\n\nTie rules, where negatives share the target's identifier (`eval.ties`; methods whose ranks do "
+            "not change under the other rule are not listed):\n\n| Method | task (protocol) | HR@10 / NDCG@10 as "
+            "configured | other rule: one position per | HR@10 / NDCG@10 |\n| --- | --- | ---: | --- | ---: |\n"
+            + "\n".join(ties))
+  return out
 
 
 def main() -> None:

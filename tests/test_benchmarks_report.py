@@ -133,3 +133,13 @@ def test_results_table_bolds_the_best_and_dashes_missing():
   rows = results_report.table(report).splitlines()[2:]
   assert rows[0] == "| A | **0.5000** | 0.2000 | – | – | – | – |"
   assert rows[1] == "| B | 0.2500 | **0.3000** | – | – | – | **0.1000** |"
+
+
+def test_results_table_lists_the_other_tie_rule_where_it_differs():
+  from benchmarks import results_report
+  same = {"HR@10": 0.5, "NDCG@10": 0.25}
+  report = {"methods": [
+      {"name": "Twins", "metrics": {"rec": {"sampled": same, "sampled, one position per item": {"HR@10": 0.4,
+                                                                                             "NDCG@10": 0.2}}}},
+      {"name": "Unique", "metrics": {"rec": {"sampled": same}}}]}
+  assert results_report.tie_rows(report) == ["| Twins | rec (sampled) | 0.5000 / 0.2500 | item | 0.4000 / 0.2000 |"]
