@@ -23,6 +23,6 @@ def get_config():
   t.sizes.update(dict(nrip=-1, nsip=30_000, nsqp=1000, desc2id=1000, id2desc=1000, adhoc=1000))
   t.max_input_len, t.max_target_len, t.max_text_tokens = 192, 64, 64
   # CPU budget: 400 steps of 128 examples (the paper: 200 epochs at batch 8192 on GPUs); it keeps
-  # `gensar reproduce` (five GenSAR trainings) within 2 hours on a 2-core CPU.
+  # `gensar reproduce` (five GenSAR trainings) to 2 to 2.5 hours on a 2-core CPU.
   cpu_budget(config, train_steps=400, doc2query_steps=200)
   return config
