@@ -62,7 +62,7 @@ def decode_check(workdir: Path, config_name: str, limit: int, repeats: int) -> d
   params, model_cfg = load_model(workdir / "train" / "model")
   task_data = load_task_data(workdir, config, with_pseudo_queries=False)
   queries = {task: eval_stage.eval_queries(task_data, task, "test", limit) for task in eval_stage.TASKS}
-  rule = eval_stage.check_ties(eval_stage._ties(eval_cfg))["sampled"]
+  rule = eval_stage.check_ties(eval_cfg.ties.to_dict())["sampled"]     # eval_section fills the defaults
   configs = {dtype: model_cfg.replace(dtype=dtype) for dtype in DTYPES}
 
   def ranks(dtype):
