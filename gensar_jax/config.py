@@ -224,7 +224,9 @@ VALUE_RULES = (
         (f"{section}.eval_every", _at_least(0)),
         (f"{section}.checkpoint_every", _at_least(1)),
         (f"{section}.keep_checkpoints", _at_least(1)),
-        (f"{section}.best_mode", _one_of("max", "min")))),
+        (f"{section}.best_mode", _one_of("max", "min")),
+        (f"{section}.dropout_rng", _one_of("threefry", "hash")),
+        (f"{section}.early_stopping_patience", _at_least(0)))),
 )
 
 
@@ -269,6 +271,11 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     if bad:
       problems.append(f"tasks.{buckets}={tuple(widths)!r}: expected whole numbers between 1 and "
                       f"tasks.{longest}={limit} (bad: {bad})")
+  for section in ("train", "doc2query.train"):
+    patience, every = _lookup(config, f"{section}.early_stopping_patience"), _lookup(config, f"{section}.eval_every")
+    if _MISSING not in (patience, every) and patience > 0 and every == 0:
+      problems.append(f"{section}.early_stopping_patience={patience} with {section}.eval_every=0: early stopping "
+                      "counts evaluations; expected eval_every > 0 or early_stopping_patience=0")
   workers, buckets = _lookup(config, "tasks.pipeline_workers"), _lookup(config, "tasks.length_buckets")
   if _MISSING not in (workers, buckets) and isinstance(workers, int) and workers > 0 and buckets:
     problems.append(f"tasks.pipeline_workers={workers} with tasks.length_buckets={tuple(buckets)!r}: bucketed "

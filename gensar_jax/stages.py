@@ -131,6 +131,22 @@ def file_records(paths: list[Path], known: dict | None = None) -> dict[str, dict
 
 # Fields that change how fast a stage runs, never what it writes: left out of the records and fingerprints.
 SPEED_ONLY_KEYS = ("tasks.pipeline_workers",)
+# Fields added after results were recorded, at the value that reproduces them: left out of records and
+# fingerprints while they hold it, so the earlier runs stay fresh (any other value is recorded).
+LATE_FIELD_DEFAULTS = {"train.dropout_rng": "threefry", "train.early_stopping_patience": 0,
+                       "doc2query.train.dropout_rng": "threefry", "doc2query.train.early_stopping_patience": 0}
+
+
+def _drop_field(value: dict, path: str, only_if=None, check: bool = False) -> None:
+  """Removes `path` (dotted, relative to `value`) from the nested dict `value`; with `check`, only when it
+  equals `only_if`."""
+  *parents, name = path.split(".")
+  for part in parents:
+    value = value.get(part)
+    if not isinstance(value, dict):
+      return
+  if name in value and (not check or value[name] == only_if):
+    value.pop(name)
 
 
 def _config_value(config: ml_collections.ConfigDict, key: str):
@@ -141,9 +157,11 @@ def _config_value(config: ml_collections.ConfigDict, key: str):
     return value
   value = value.to_dict()
   for field in SPEED_ONLY_KEYS:
-    section, _, name = field.rpartition(".")
-    if section == key:
-      value.pop(name, None)
+    if field.startswith(key + "."):
+      _drop_field(value, field[len(key) + 1:])
+  for field, default in LATE_FIELD_DEFAULTS.items():
+    if field.startswith(key + "."):
+      _drop_field(value, field[len(key) + 1:], default, check=True)
   return value
 
 

@@ -242,7 +242,8 @@ def _ties(eval_cfg: ml_collections.ConfigDict) -> dict[str, str]:
 def make_validation_fn(task_data: TaskData, model_cfg: T5Config, eval_cfg: ml_collections.ConfigDict,
                        mesh: jax.sharding.Mesh | None = None, selection_tasks: Sequence[str] = TASKS
                        ) -> Callable[[Any, int], dict[str, float]]:
-  """The trainer's `EvalFn`: (params, step) -> {"val/rec_NDCG@5", "val/search_HR@10", ..., "val/ndcg5_mean"}.
+  """The trainer's `EvalFn`: (params, step) -> {"val/rec_NDCG@5", "val/search_HR@10", ..., "val/ndcg5_mean",
+  "val/ndcg10_mean"}.
 
   Sampled protocol (tie rule `eval_cfg.ties.sampled`) on `eval_cfg.validation_rows` validation rows of
   each task (the most recent where the source has timestamps, else a seeded random sample; features
@@ -266,6 +267,7 @@ def make_validation_fn(task_data: TaskData, model_cfg: T5Config, eval_cfg: ml_co
     per_task = {task: results[task]["sampled"] for task in TASKS}
     out = {f"val/{task}_{name}": value for task, metrics in per_task.items() for name, value in metrics.items()}
     out["val/ndcg5_mean"] = mean_metrics({t: per_task[t] for t in selection_tasks}, SELECTION_METRIC)
+    out["val/ndcg10_mean"] = mean_metrics({t: per_task[t] for t in selection_tasks}, "NDCG@10")
     return out
 
   return validate

@@ -30,6 +30,48 @@ SelfCache = tuple  # per decoder layer: {"k": [B, K, max_len, H, d_kv], "v": sam
 CrossKV = tuple  # per decoder layer: (k, v), each [B, S, H, d_kv]
 
 
+DROPOUT_RNGS = ("threefry", "hash")
+
+
+def _fmix32(h: Array) -> Array:
+  """murmur3's 32-bit finalizer: a bijection of uint32 whose output bits each depend on every input bit."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def hash_keep_mask(key: Array, shape: tuple[int, ...], rate: float) -> Array:
+  """bool[shape], True with probability 1 - rate: a counter-based hash of each element's flat index keyed by
+  two words drawn from `key` (like the Philox dropout of GPU frameworks, with fewer operations per element).
+  The index is an iota, so under SPMD sharding every shard hashes its own global indices."""
+  size = int(np.prod(shape))
+  if size >= 2**32:
+    raise ValueError(f"hash dropout: {size} elements; the uint32 index supports fewer than 2**32")
+  seeds = jax.random.bits(key, (2,), jnp.uint32)
+  index = jax.lax.iota(jnp.uint32, size).reshape(shape)
+  bits = _fmix32(_fmix32(index ^ seeds[0]) + seeds[1])
+  return bits >= jnp.uint32(min(round(rate * 2.0**32), 2**32 - 1))
+
+
+class Dropout(nn.Dropout):
+  """flax `nn.Dropout` with a choice of mask generator (`T5Config.dropout_rng`). Named like flax's, so the
+  "threefry" masks (keys from the module path) are the ones `nn.Dropout` draws."""
+  rng_impl: str = "threefry"
+
+  def __call__(self, inputs: Array, deterministic: bool | None = None, rng: Array | None = None) -> Array:
+    if self.rng_impl == "threefry":
+      return super().__call__(inputs, deterministic=deterministic, rng=rng)
+    deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    if self.rate == 0.0 or deterministic:
+      return inputs
+    if self.rate == 1.0:
+      return jnp.zeros_like(inputs)
+    keep = hash_keep_mask(self.make_rng(self.rng_collection) if rng is None else rng, inputs.shape, self.rate)
+    return jax.lax.select(keep, inputs / (1.0 - self.rate), jnp.zeros_like(inputs))
+
+
 @dataclasses.dataclass(frozen=True)
 class T5Config:
   vocab_size: int
@@ -42,6 +84,10 @@ class T5Config:
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
   dropout_rate: float = 0.1
+  # Where dropout masks come from: "threefry" (flax nn.Dropout: jax.random.bernoulli, one threefry hash per
+  # element) or "hash" (`hash_keep_mask`: two murmur3 finalizer rounds of the element index, several times
+  # cheaper on CPU). Both keep each element with probability 1 - dropout_rate; the masks differ.
+  dropout_rng: str = "threefry"
   layer_norm_epsilon: float = 1e-6
   feed_forward: str = "relu"  # "relu" (T5 v1.0) or "gated-gelu" (v1.1)
   tie_word_embeddings: bool = True  # v1.0: tied + logits scaled by d_model**-0.5; v1.1: untied lm_head
@@ -55,6 +101,8 @@ class T5Config:
       raise ValueError(f"T5Config.feed_forward: expected 'relu' or 'gated-gelu', got {self.feed_forward!r}")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"T5Config.dtype: expected 'float32' or 'bfloat16', got {self.dtype!r}")
+    if self.dropout_rng not in DROPOUT_RNGS:
+      raise ValueError(f"T5Config.dropout_rng: expected one of {DROPOUT_RNGS}, got {self.dropout_rng!r}")
     if self.vocab_size <= 0:
       raise ValueError(f"T5Config.vocab_size must be positive, got {self.vocab_size}")
 
@@ -183,7 +231,7 @@ class Attention(nn.Module):
     self.k = _param(self, "k", _normal(d ** -0.5), (d, h, k), ("embed", "heads", "kv"))
     self.v = _param(self, "v", _normal(d ** -0.5), (d, h, k), ("embed", "heads", "kv"))
     self.o = _param(self, "o", _normal((h * k) ** -0.5), (h, k, d), ("heads", "kv", "embed"))
-    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.dropout = Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)
 
   def project(self, x: Array, kernel: Array) -> Array:
     dtype = self.config.compute_dtype
@@ -241,7 +289,7 @@ class FeedForward(nn.Module):
       wi_1 = _param(self, "wi_1", _normal(d ** -0.5), (d, f), ("embed", "mlp"))
       hidden = jax.nn.gelu(x @ wi_0.astype(dtype), approximate=True) * (x @ wi_1.astype(dtype))
     hidden = _constrain(hidden, ("batch", "length", "mlp"))
-    hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=deterministic)
+    hidden = Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(hidden, deterministic=deterministic)
     wo = _param(self, "wo", _normal(f ** -0.5), (f, d), ("mlp", "embed"))
     return _constrain(hidden @ wo.astype(dtype), ("batch", "length", "embed"))
 
@@ -252,7 +300,7 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x: Array, mask: Array, bias: Array, deterministic: bool) -> Array:
     cfg = self.config
-    dropout = nn.Dropout(cfg.dropout_rate)
+    dropout = Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)
     h = RMSNorm(cfg, name="pre_attention_layer_norm")(x)
     h = Attention(cfg, name="attention")(h, h, mask, bias, deterministic)
     x = x + dropout(h, deterministic=deterministic)
@@ -273,7 +321,7 @@ class DecoderLayer(nn.Module):
     self.encoder_decoder_attention = Attention(cfg)
     self.pre_mlp_layer_norm = RMSNorm(cfg)
     self.mlp = FeedForward(cfg)
-    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.dropout = Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)
 
   def __call__(self, x: Array, encoded: Array, self_mask: Array, cross_mask: Array, self_bias: Array,
                deterministic: bool) -> Array:
@@ -339,11 +387,11 @@ class Encoder(nn.Module):
                                        cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)
     bias = _bias_from_table(table, buckets)  # [H, S, S]
     attention_mask = mask[:, None, None, :]
-    x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(embedded, deterministic=deterministic)
     for i in range(cfg.num_encoder_layers):
       x = EncoderLayer(cfg, name=f"layers_{i}")(x, attention_mask, bias, deterministic)
     x = RMSNorm(cfg, name="final_layer_norm")(x)
-    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    return Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(x, deterministic=deterministic)
 
 
 class Decoder(nn.Module):
@@ -356,7 +404,7 @@ class Decoder(nn.Module):
                                           ("relpos_buckets", "heads"))
     self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
     self.final_layer_norm = RMSNorm(cfg)
-    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.dropout = Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)
 
   def _buckets(self, relative_position: np.ndarray) -> np.ndarray:
     cfg = self.config

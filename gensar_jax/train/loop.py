@@ -7,6 +7,7 @@ sees exactly the batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -41,6 +42,9 @@ class TrainResult:
   eval_metrics: dict  # last evaluation metrics (empty without eval_fn)
   best_step: int | None
   checkpoint_dir: epath.Path
+  final_step: int = 0  # the last step trained: num_steps, or earlier when early stopping ended the run
+  stopped_early: bool = False
+  eval_history: list = dataclasses.field(default_factory=list)  # one dict per evaluation (see EVAL_HISTORY)
 
 
 def _sections(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
@@ -72,7 +76,40 @@ class _ScalarWriter:
 
 _STEP_CACHE: dict = {}
 _LOOP_ONLY_FIELDS = frozenset({"log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "keep_best",
-                               "best_metric", "best_mode", "async_checkpointing"})
+                               "best_metric", "best_mode", "async_checkpointing", "early_stopping_patience"})
+EVAL_HISTORY = "eval_history.json"  # in the workdir: [{"step", "seconds", "train/loss", <eval metrics>}, ...]
+
+
+def read_eval_history(workdir, up_to_step: int | None = None) -> list[dict]:
+  """The evaluations `train` recorded in `<workdir>/eval_history.json` (steps <= up_to_step), oldest first."""
+  path = epath.Path(workdir) / EVAL_HISTORY
+  if not path.exists():
+    return []
+  try:
+    history = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+  return [entry for entry in history if up_to_step is None or entry["step"] <= up_to_step]
+
+
+def _write_eval_history(workdir: epath.Path, history: list[dict]) -> None:
+  """Whole-file write through a temporary name, so an interruption leaves the previous history."""
+  if jax.process_index() != 0:
+    return
+  path = workdir / EVAL_HISTORY
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(history, indent=1))
+  tmp.replace(path)
+
+
+def evaluations_since_best(history: list[dict], metric: str, mode: str) -> int | None:
+  """How many evaluations came after the best `metric` in `history` (ties keep the earlier one); None when
+  no entry has the metric."""
+  values = [entry[metric] for entry in history if metric in entry]
+  if not values:
+    return None
+  best = (max if mode == "max" else min)(values)
+  return len(values) - 1 - values.index(best)
 
 
 def _step_setup(model_cfg: T5Config, train_cfg: ml_collections.ConfigDict, mesh, rules):
@@ -134,6 +171,19 @@ def train(config: ml_collections.ConfigDict, model_cfg: T5Config, train_iter: It
               "resumes" if resume_step is not None else "starts", start_step, stop_step, dict(mesh.shape),
               jax.process_count(), jax.device_count())
 
+  history = read_eval_history(workdir, start_step) if eval_fn is not None else []
+  patience = int(train_cfg.get("early_stopping_patience", 0))
+
+  def patience_spent() -> bool:
+    since = evaluations_since_best(history, train_cfg.best_metric, train_cfg.best_mode)
+    return patience > 0 and since is not None and since >= patience
+
+  stopped_early = patience_spent()
+  if stopped_early:
+    logger.info("early stopping was already met at step %d (%s not better for %d evaluations); not training on",
+                start_step, train_cfg.best_metric, patience)
+    stop_step = start_step
+  run_start = time.perf_counter()
   writer = _ScalarWriter(workdir / "tensorboard")
   progress = tqdm(total=stop_step, initial=start_step, desc="train", unit="step",
                   disable=jax.process_index() != 0, dynamic_ncols=True)
@@ -186,10 +236,19 @@ def train(config: ml_collections.ConfigDict, model_cfg: T5Config, train_iter: It
         eval_metrics = {k: float(v) for k, v in eval_fn(state.params, step).items()}
         writer.write(step, eval_metrics)
         logger.info("step %d: eval %s", step, ", ".join(f"{k}={v:.4f}" for k, v in sorted(eval_metrics.items())))
+        history.append({"step": step, "seconds": round(time.perf_counter() - run_start, 1),
+                        "train/loss": train_metrics.get("loss"), **eval_metrics})
+        _write_eval_history(workdir, history)
       if is_save:
         checkpointer.save(step, state, train_iter, saved_config, metrics=eval_metrics if is_eval else None,
                           force=True)
         last_good_step = step
+      if is_eval and patience_spent():
+        best_entry = max(history, key=lambda e: e[train_cfg.best_metric] * (1 if train_cfg.best_mode == "max" else -1))
+        logger.info("early stopping at step %d: %s %.4f at step %d, not bettered in %d evaluations", step,
+                    train_cfg.best_metric, best_entry[train_cfg.best_metric], best_entry["step"], patience)
+        stopped_early, stop_step = True, step
+        break
     if pending is not None:
       train_metrics = check(*pending)
   finally:
@@ -202,7 +261,8 @@ def train(config: ml_collections.ConfigDict, model_cfg: T5Config, train_iter: It
     logger.info("training done at step %d: loss %.4f, token accuracy %.4f", stop_step, train_metrics["loss"],
                 train_metrics["accuracy"])
   return TrainResult(state=state, train_metrics=train_metrics, eval_metrics=eval_metrics, best_step=best,
-                     checkpoint_dir=checkpointer.directory)
+                     checkpoint_dir=checkpointer.directory, final_step=stop_step, stopped_early=stopped_early,
+                     eval_history=history)
 
 
 def toy_copy_dataset(vocab_size: int, batch_size: int, encoder_length: int = 12, decoder_length: int = 5,

@@ -88,11 +88,12 @@ def _fit(config, model_cfg: T5Config, params, train_iter, num_steps: int, run_di
   loss_before = batch_loss(model_cfg, params, probe)
   result = loop.train(config, model_cfg, train_iter, num_steps, run_dir, eval_fn=eval_fn, initial_params=params,
                       mesh=mesh)
-  chosen_step = result.best_step if result.best_step is not None else num_steps
-  selected = result.state.params if chosen_step == num_steps else restore_params(
+  chosen_step = result.best_step if result.best_step is not None else result.final_step
+  selected = result.state.params if chosen_step == result.final_step else restore_params(
       run_dir, config, model_cfg, chosen_step, mesh)
   selected = jax.device_get(selected)
-  stats = {"steps": num_steps, "selected_step": int(chosen_step), "probe_loss_before": loss_before,
+  stats = {"steps": result.final_step, "planned_steps": num_steps, "stopped_early": result.stopped_early,
+           "selected_step": int(chosen_step), "probe_loss_before": loss_before,
            "probe_loss_after": batch_loss(model_cfg, selected, probe),
            "final_train_loss": result.train_metrics.get("loss"),
            "final_train_accuracy": result.train_metrics.get("accuracy"),

@@ -32,6 +32,9 @@ def train_config() -> ml_collections.ConfigDict:
   config.label_smoothing = 0.0
   config.bf16 = False  # bfloat16 compute (params and optimizer state stay float32)
   config.grad_accum_steps = 1  # micro-batches per step (the global batch is split row-strided)
+  # Dropout mask generator (T5Config.dropout_rng): "threefry" (flax/jax.random, the masks of every earlier
+  # run) or "hash" (a counter hash: same keep probability, other masks, a cheaper step on CPU).
+  config.dropout_rng = "threefry"
   config.log_every = 50
   config.eval_every = 1000
   config.checkpoint_every = 1000
@@ -39,6 +42,9 @@ def train_config() -> ml_collections.ConfigDict:
   config.keep_best = 1  # ... plus the best N by `best_metric` (when an eval_fn reports it)
   config.best_metric = "val/ndcg5_mean"
   config.best_mode = "max"
+  # Early stopping: stop once `best_metric` has not improved for this many evaluations in a row (0: never).
+  # The learning-rate schedule still spans num_steps; the run keeps the best checkpoint.
+  config.early_stopping_patience = 0
   config.async_checkpointing = True
   return config
 
@@ -86,7 +92,8 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransf
 
 
 def model_config_for_training(model_cfg: T5Config, train_cfg: ml_collections.ConfigDict) -> T5Config:
-  return model_cfg.replace(dtype="bfloat16" if train_cfg.bf16 else model_cfg.dtype)
+  return model_cfg.replace(dtype="bfloat16" if train_cfg.bf16 else model_cfg.dtype,
+                           dropout_rng=str(train_cfg.get("dropout_rng", "threefry")))
 
 
 def state_shardings(model_cfg: T5Config, optimizer: optax.GradientTransformation, mesh: Mesh, rules) -> TrainState:
