@@ -6,7 +6,10 @@ import jax
 import jax.numpy as jnp
 
 from gensar_jax.model.hf_import import params_from_hf_state_dict
-from gensar_jax.model.t5 import T5, T5Config, init_decoder_cache, init_params, relative_position_bucket
+import flax.linen as nn
+
+from gensar_jax.model.t5 import (T5, Dropout, T5Config, hash_keep_mask, init_decoder_cache, init_params,
+                               relative_position_bucket)
 
 VOCAB = 61
 
@@ -172,3 +175,38 @@ def test_config_validation():
     T5Config(vocab_size=10, feed_forward="swish")
   with pytest.raises(ValueError, match="dtype"):
     T5Config(vocab_size=10, dtype="float16")
+
+
+def test_hash_keep_mask_statistics():
+  """Keep rate, independence of neighbouring elements and of masks under different keys, determinism."""
+  rate, shape = 0.1, (64, 4, 40, 100)                 # 1,024,000 elements
+  mask = np.asarray(hash_keep_mask(jax.random.key(3), shape, rate))
+  n = mask.size
+  sigma = np.sqrt(rate * (1 - rate) / n)
+  assert abs((1 - mask.mean()) - rate) < 5 * sigma
+  dropped = ~mask.reshape(-1)
+  both = (dropped[1:] & dropped[:-1]).mean()           # neighbours along the last axis and across rows
+  assert abs(both - rate ** 2) < 5 * np.sqrt(rate ** 2 * (1 - rate ** 2) / n)
+  for axis in range(mask.ndim):                        # no axis carries a pattern: per-slice drop rates
+    per_slice = 1 - mask.mean(axis=tuple(a for a in range(mask.ndim) if a != axis))
+    slice_sigma = np.sqrt(rate * (1 - rate) / (n / shape[axis]))
+    assert np.all(np.abs(per_slice - rate) < 6 * slice_sigma)
+  other = np.asarray(hash_keep_mask(jax.random.key(4), shape, rate))
+  assert abs(np.corrcoef(mask.reshape(-1), other.reshape(-1))[0, 1]) < 5 / np.sqrt(n)
+  np.testing.assert_array_equal(mask, np.asarray(hash_keep_mask(jax.random.key(3), shape, rate)))
+  assert np.asarray(hash_keep_mask(jax.random.key(3), (1000,), 0.0)).all()
+
+
+@pytest.mark.parametrize("rng_impl", ["threefry", "hash"])
+def test_dropout_module(rng_impl):
+  """"threefry" is flax's nn.Dropout exactly (earlier runs keep their masks); "hash" scales kept
+  elements by 1 / (1 - rate) and zeroes the others."""
+  x = jnp.arange(1, 2001, dtype=jnp.float32).reshape(40, 50)
+  key = jax.random.key(7)
+  ours = Dropout(0.25, rng_impl=rng_impl).apply({}, x, deterministic=False, rng=key)
+  if rng_impl == "threefry":
+    np.testing.assert_array_equal(ours, nn.Dropout(0.25).apply({}, x, deterministic=False, rng=key))
+  else:
+    keep = np.asarray(hash_keep_mask(key, x.shape, 0.25))
+    np.testing.assert_allclose(ours, np.where(keep, np.asarray(x) / 0.75, 0.0), rtol=1e-6)
+  np.testing.assert_array_equal(Dropout(0.25, rng_impl=rng_impl).apply({}, x, deterministic=True), x)

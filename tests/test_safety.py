@@ -74,6 +74,11 @@ def test_check_config_lists_every_out_of_range_value():
     config_lib.check_config(bucketed_workers)
   with pytest.raises(ValueError, match=r"tasks.pipeline_workers=-1: expected >= 0"):
     load_config("tiny", ["tasks.pipeline_workers=-1"])
+  with pytest.raises(ValueError, match=r"train.dropout_rng='philox': expected one of \['threefry', 'hash'\]"):
+    load_config("tiny", ["train.dropout_rng=philox"])
+  with pytest.raises(ValueError, match=r"train.early_stopping_patience=2 with train.eval_every=0"):
+    load_config("tiny", ["train.early_stopping_patience=2", "train.eval_every=0"])
+  config_lib.check_config(load_config("office_plateau"))
 
 
 def test_cli_refuses_bad_values_before_any_work(tmp_path, caplog):
@@ -215,6 +220,26 @@ def test_speed_only_settings_leave_the_fingerprint_alone(tmp_path):
   assert "pipeline_workers" not in base["config"]["tasks"]
   assert record(["tasks.pipeline_workers=4"])["fingerprint"] == base["fingerprint"]
   assert record(["tasks.bucket_window=4"])["fingerprint"] != base["fingerprint"]
+
+
+def test_late_fields_at_their_default_leave_the_fingerprint_alone(tmp_path):
+  """train.dropout_rng / early_stopping_patience came after results were recorded: at the values that
+  reproduce those results they are left out, so earlier runs stay current; any other value is recorded."""
+  train = stages.STAGES["train"]
+  for dep in train.deps:
+    (tmp_path / dep).mkdir()
+    (tmp_path / dep / "fingerprint.json").write_text(json.dumps({"fingerprint": dep, "config": {}}))
+  record = lambda overrides: stages.stage_record(train, load_config("tiny", overrides), tmp_path)  # noqa: E731
+  base = record([])
+  assert "dropout_rng" not in base["config"]["train"] and "early_stopping_patience" not in base["config"]["train"]
+  hashed = record(["train.dropout_rng=hash"])
+  assert hashed["config"]["train"]["dropout_rng"] == "hash" and hashed["fingerprint"] != base["fingerprint"]
+  assert record(["train.early_stopping_patience=3"])["fingerprint"] != base["fingerprint"]
+  doc2query = stages.STAGES["doc2query"]
+  (tmp_path / "prepare" / "fingerprint.json").write_text(json.dumps({"fingerprint": "p", "config": {}}))
+  d2q = lambda overrides: stages.stage_record(doc2query, load_config("tiny", overrides), tmp_path)  # noqa: E731
+  assert "dropout_rng" not in d2q([])["config"]["doc2query"]["train"]
+  assert d2q(["doc2query.train.dropout_rng=hash"])["fingerprint"] != d2q([])["fingerprint"]
 
 
 # ------------------------------------------------------------------------------ damaged and duplicated input

@@ -10,7 +10,8 @@ import ml_collections
 from gensar_jax import parallel
 from gensar_jax.model.t5 import T5Config
 from gensar_jax.train import state as state_lib
-from gensar_jax.train.loop import TrainingDivergedError, toy_copy_dataset, train
+from gensar_jax.train.loop import (TrainingDivergedError, evaluations_since_best, read_eval_history,
+                                   toy_copy_dataset, train)
 
 VOCAB = 24
 
@@ -113,6 +114,41 @@ def test_keeps_latest_and_best_checkpoints(tmp_path):
   assert result.best_step == 4
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   assert steps == [4, 8]
+
+
+def test_evaluations_since_best():
+  history = [{"step": 2, "m": 0.1}, {"step": 4, "m": 0.5}, {"step": 6, "m": 0.5}, {"step": 8, "m": 0.2}]
+  assert evaluations_since_best(history, "m", "max") == 2      # a tie does not count as better
+  assert evaluations_since_best(history, "m", "min") == 3
+  assert evaluations_since_best(history[:2], "m", "max") == 0
+  assert evaluations_since_best([{"step": 2}], "m", "max") is None
+
+
+def test_early_stopping_after_patience_and_across_a_resume(tmp_path):
+  """Scores peak at step 4; patience 2 stops at step 8. The run is interrupted at step 4 first: the
+  resumed run continues the history, stops at the same step, and a third call trains no further."""
+  config = _full_config(num_steps=20, checkpoint_every=100, early_stopping_patience=2, best_metric="val/score",
+                        dropout_rng="hash")
+  scores = {2: 0.1, 4: 0.9, 6: 0.3, 8: 0.85, 10: 0.95}
+  seen = []
+
+  def eval_fn(params, step):
+    seen.append(step)
+    return {"val/score": scores[step]}
+
+  run = lambda stop: train(config, _model(), iter(toy_copy_dataset(VOCAB, 8)), stop, tmp_path,  # noqa: E731
+                           eval_fn=eval_fn, eval_every=2, mesh=_one_device_mesh())
+  first = run(4)
+  assert (first.final_step, first.stopped_early) == (4, False)
+  assert [e["step"] for e in read_eval_history(tmp_path)] == [2, 4]
+  result = run(None)
+  assert (result.final_step, result.stopped_early, result.best_step) == (8, True, 4)
+  assert seen == [2, 4, 6, 8]
+  history = read_eval_history(tmp_path)
+  assert [e["step"] for e in history] == [2, 4, 6, 8] and history[1]["val/score"] == 0.9
+  assert all(np.isfinite(e["train/loss"]) for e in history)
+  again = run(None)
+  assert (again.final_step, again.stopped_early) == (8, True) and seen == [2, 4, 6, 8]
 
 
 def test_missing_batch_key_is_a_clear_error(tmp_path):
