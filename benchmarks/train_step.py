@@ -2,7 +2,9 @@
 """Training-step throughput of our JAX T5 against Hugging Face PyTorch T5, same shapes, same run.
 
 Both sides do one full optimizer step per iteration: forward, token cross-entropy over the decoder
-targets, backward, global-norm clipping (1.0) and AdamW (lr 1e-3, weight decay 1e-7), dropout 0.1.
+targets, backward, global-norm clipping (1.0) and AdamW (lr 1e-3, weight decay 1e-7), dropout 0.1. Our
+step runs twice: with threefry dropout masks (flax's, side "ours") and with hash masks
+(`train.dropout_rng=hash`, side "ours_hash"); torch draws its masks from its own CPU generator.
 Default shapes: t5-small (d_model 512, 6+6 layers, d_ff 2048) with the GenSAR vocabulary
 (32,128 SentencePiece + 3 behaviour + 6 x 256 identifier tokens), batch 32, input 128, target 8.
 Tokens/s counts input + target tokens. Both sides run as pinned worker processes of
@@ -38,7 +40,8 @@ def jax_step(args, batch):
   from gensar_jax.model.t5 import T5Config
   from gensar_jax.train import state as state_lib
   from gensar_jax.train import step as step_lib
-  model_cfg = T5Config.small(args.vocab, dropout_rate=0.1, dtype="bfloat16" if args.bf16 else "float32")
+  model_cfg = T5Config.small(args.vocab, dropout_rate=0.1, dtype="bfloat16" if args.bf16 else "float32",
+                             dropout_rng=getattr(args, "dropout_rng", "threefry"))
   train_cfg = state_lib.train_config()
   train_cfg.num_steps = 1000
   train_cfg.warmup_fraction = 0.0
@@ -118,11 +121,13 @@ def main() -> None:
   harness.common_arguments(parser)
   args = parser.parse_args()
   spec = {k: getattr(args, k) for k in ("batch", "input_len", "target_len", "vocab", "bf16", "device")}
-  sides = {"ours": ("benchmarks.train_step:make_ours", spec)}
-  ratios = {}
+  sides = {"ours": ("benchmarks.train_step:make_ours", spec),
+           "ours_hash": ("benchmarks.train_step:make_ours", {**spec, "dropout_rng": "hash"})}
+  ratios = {"hash_dropout_speedup": ("ours", "ours_hash")}
   if not args.skip_torch:
     sides["reference"] = ("benchmarks.train_step:make_reference", spec)
     ratios["ours_speedup_vs_hf_torch"] = ("reference", "ours")
+    ratios["ours_hash_speedup_vs_hf_torch"] = ("reference", "ours_hash")
   harness.compare(args.name, sides, ratios=ratios, settings={**spec, "model": "t5-small", "call": "one train step"},
                   **harness.harness_options(args))
 

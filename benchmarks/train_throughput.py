@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Training throughput of the CPU budget model on Office-shaped data: batches padded to the maximum
-(today's default) against length-bucketed batches (`tasks.length_buckets`), same model, same batch.
+with flax's threefry dropout masks (the step before issue 13), length-bucketed batches
+(`tasks.length_buckets`, the budget configs' default), and bucketed batches with hash dropout masks
+(`train.dropout_rng=hash`, configs/office_plateau.py); same model, same batches. A fourth side without
+dropout is the floor that tells what the masks cost.
 
 One call = `--steps` training steps, each taking the next batch from the grain iterator (host-side batch
 building included) and running the jitted train step (forward, backward, clipping, AdamW). The data is the
@@ -9,7 +12,8 @@ stage): identifier tokens have the same count per item as real codes, so every e
 length. Model and batch: configs/office.py (2+2-layer T5, d_model 128, batch 128, inputs up to 192,
 targets up to 20). Before the timed calls each side runs a step on every batch shape its timed calls will
 meet (compilation excluded). Each call returns the real and padded token counts of its batches, so the
-padding fraction is measured on exactly the timed batches. Sides run as pinned workers of
+padding fraction is measured on exactly the timed batches. FLOPs per call: XLA's cost analysis of each
+compiled batch shape, averaged over the planned calls' batches. Sides run as pinned workers of
 `benchmarks/harness.py` (interleaved calls, median/min/max, load). Results:
 results/benchmarks/train_throughput.json.
 
@@ -60,6 +64,8 @@ def make_side(spec: dict) -> harness.Workload:
   from gensar_jax.train import state as state_lib
   from gensar_jax.train import step as step_lib
   config, td = _task_data(spec["workdir"], spec["config"])
+  config.train.dropout_rng = spec.get("dropout_rng", "threefry")
+  config.model.dropout_rate = spec.get("dropout_rate", config.model.dropout_rate)
   tasks = config.tasks
   buckets = (tuple(tasks.length_buckets), tuple(tasks.target_buckets)) if spec["bucketed"] else ((), ())
   batch = int(config.train.batch_size)
@@ -79,13 +85,17 @@ def make_side(spec: dict) -> harness.Workload:
   train_step = step_lib.make_train_step(model_cfg, config.train, optimizer, mesh, rules, shardings)
   planned = spec["steps"] * (spec["repeats"] + spec["warmup"])
   ahead = iterator()
-  shapes = {}
+  shapes, sequence = {}, []
   for _ in range(planned):          # compile every shape the timed calls will meet (same seed: same batches)
     b = next(ahead)
-    shapes.setdefault((b["encoder_input_tokens"].shape, b["decoder_input_tokens"].shape), b)
-  for b in shapes.values():
-    holder["state"], m = train_step(holder["state"], parallel.host_local_batch_to_global(
-        {k: b[k] for k in step_lib.BATCH_KEYS}, mesh, rules))
+    sequence.append((b["encoder_input_tokens"].shape, b["decoder_input_tokens"].shape))
+    shapes.setdefault(sequence[-1], b)
+  flops = {}
+  for shape, b in shapes.items():
+    global_batch = parallel.host_local_batch_to_global({k: b[k] for k in step_lib.BATCH_KEYS}, mesh, rules)
+    with parallel.mesh_and_rules(mesh, rules):
+      flops[shape] = harness.xla_flops(train_step.jitted.lower(holder["state"], global_batch).compile())
+    holder["state"], m = train_step(holder["state"], global_batch)
     jax.block_until_ready(m)
   it = iterator()
 
@@ -102,7 +112,11 @@ def make_side(spec: dict) -> harness.Workload:
   info = {"examples_per_call": spec["steps"] * batch, "batch": batch, "compiled_shapes": sorted(
       [list(s[0]), list(s[1])] for s in shapes), "length_buckets": list(buckets[0]),
       "target_buckets": list(buckets[1]), "bucket_window": int(tasks.bucket_window),
-      "max_input_len": int(tasks.max_input_len), "max_target_len": int(tasks.max_target_len)}
+      "max_input_len": int(tasks.max_input_len), "max_target_len": int(tasks.max_target_len),
+      "dropout_rng": config.train.dropout_rng, "dropout_rate": float(config.model.dropout_rate)}
+  if all(flops.values()):
+    info["flops_per_call"] = sum(flops[s] for s in sequence) / (spec["repeats"] + spec["warmup"])
+    info["flops_source"] = "XLA cost_analysis per batch shape, averaged over the planned calls"
   return harness.Workload(run, info)
 
 
@@ -132,8 +146,16 @@ def main() -> None:
   base = {"workdir": args.workdir, "config": args.config, "steps": args.steps, "repeats": args.repeats,
           "warmup": args.warmup}
   sides = {"padded": ("benchmarks.train_throughput:make_side", {**base, "bucketed": False}),
-           "bucketed": ("benchmarks.train_throughput:make_side", {**base, "bucketed": True})}
-  harness.compare("train_throughput", sides, ratios={"bucketed_speedup": ("padded", "bucketed")},
+           "bucketed": ("benchmarks.train_throughput:make_side", {**base, "bucketed": True}),
+           "bucketed_hash": ("benchmarks.train_throughput:make_side", {**base, "bucketed": True,
+                                                                        "dropout_rng": "hash"}),
+           "bucketed_no_dropout": ("benchmarks.train_throughput:make_side", {**base, "bucketed": True,
+                                                                              "dropout_rate": 0.0})}
+  ratios = {"bucketed_speedup": ("padded", "bucketed"), "hash_dropout_speedup": ("bucketed", "bucketed_hash"),
+            "total_speedup": ("padded", "bucketed_hash"),
+            "threefry_dropout_cost": ("bucketed", "bucketed_no_dropout"),
+            "hash_dropout_cost": ("bucketed_hash", "bucketed_no_dropout")}
+  harness.compare("train_throughput", sides, ratios=ratios,
                   settings={**base, "call": f"{args.steps} train steps incl. host batch building"},
                   derive=derive, **harness.harness_options(args))
 
