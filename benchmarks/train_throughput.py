@@ -3,7 +3,8 @@
 with flax's threefry dropout masks (the step before issue 13), length-bucketed batches
 (`tasks.length_buckets`, the budget configs' default), and bucketed batches with hash dropout masks
 (`train.dropout_rng=hash`, configs/office_plateau.py); same model, same batches. A fourth side without
-dropout is the floor that tells what the masks cost.
+dropout is the floor that tells what the masks cost; a fifth adds target buckets (8 and max_target_len:
+identifier targets are 7 tokens, only id2desc's text needs 20).
 
 One call = `--steps` training steps, each taking the next batch from the grain iterator (host-side batch
 building included) and running the jitted train step (forward, backward, clipping, AdamW). The data is the
@@ -27,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import harness
+
+TARGET_BUCKETS = (8,)   # identifiers need 6 tokens + EOS; only text targets (id2desc) need max_target_len
 
 
 def _task_data(workdir: str, config_name: str):
@@ -67,6 +70,7 @@ def make_side(spec: dict) -> harness.Workload:
   config.train.dropout_rng = spec.get("dropout_rng", "threefry")
   config.model.dropout_rate = spec.get("dropout_rate", config.model.dropout_rate)
   tasks = config.tasks
+  tasks.target_buckets = tuple(spec.get("target_buckets", tasks.target_buckets))
   buckets = (tuple(tasks.length_buckets), tuple(tasks.target_buckets)) if spec["bucketed"] else ((), ())
   batch = int(config.train.batch_size)
   source = td.mixture(tasks.sizes.to_dict(), 2, int(config.seed))
@@ -113,7 +117,8 @@ def make_side(spec: dict) -> harness.Workload:
       [list(s[0]), list(s[1])] for s in shapes), "length_buckets": list(buckets[0]),
       "target_buckets": list(buckets[1]), "bucket_window": int(tasks.bucket_window),
       "max_input_len": int(tasks.max_input_len), "max_target_len": int(tasks.max_target_len),
-      "dropout_rng": config.train.dropout_rng, "dropout_rate": float(config.model.dropout_rate)}
+      "dropout_rng": config.train.dropout_rng, "dropout_rate": float(config.model.dropout_rate),
+      "target_buckets_config": list(tasks.target_buckets)}
   if all(flops.values()):
     info["flops_per_call"] = sum(flops[s] for s in sequence) / (spec["repeats"] + spec["warmup"])
     info["flops_source"] = "XLA cost_analysis per batch shape, averaged over the planned calls"
@@ -150,11 +155,15 @@ def main() -> None:
            "bucketed_hash": ("benchmarks.train_throughput:make_side", {**base, "bucketed": True,
                                                                         "dropout_rng": "hash"}),
            "bucketed_no_dropout": ("benchmarks.train_throughput:make_side", {**base, "bucketed": True,
-                                                                              "dropout_rate": 0.0})}
+                                                                              "dropout_rate": 0.0}),
+           "bucketed_hash_targets": ("benchmarks.train_throughput:make_side", {
+               **base, "bucketed": True, "dropout_rng": "hash", "target_buckets": TARGET_BUCKETS})}
   ratios = {"bucketed_speedup": ("padded", "bucketed"), "hash_dropout_speedup": ("bucketed", "bucketed_hash"),
             "total_speedup": ("padded", "bucketed_hash"),
             "threefry_dropout_cost": ("bucketed", "bucketed_no_dropout"),
-            "hash_dropout_cost": ("bucketed_hash", "bucketed_no_dropout")}
+            "hash_dropout_cost": ("bucketed_hash", "bucketed_no_dropout"),
+            "target_buckets_speedup": ("bucketed_hash", "bucketed_hash_targets"),
+            "total_speedup_with_target_buckets": ("padded", "bucketed_hash_targets")}
   harness.compare("train_throughput", sides, ratios=ratios,
                   settings={**base, "call": f"{args.steps} train steps incl. host batch building"},
                   derive=derive, **harness.harness_options(args))

@@ -282,6 +282,13 @@ def test_window_batches_group_by_length_in_a_seeded_order():
   np.testing.assert_array_equal(rows, pipeline.window_batches(lengths, 4, seed=0, window=3))
   orders = {tuple(lengths[pipeline.window_batches(lengths, 4, seed=s, window=3)[:, 0]]) for s in range(8)}
   assert len(orders) > 1                                                        # batch order depends on the seed
+  np.testing.assert_array_equal(rows, np.argsort(lengths, kind="stable").reshape(3, 4)[
+      np.random.default_rng([0, 7, 3]).permutation(3)])                        # the order before groups existed
+  groups = np.asarray([0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 1])
+  grouped = pipeline.window_batches(lengths, 4, seed=0, window=3, groups=groups)
+  assert sorted(grouped.ravel().tolist()) == list(range(12))
+  by_group = sorted((tuple(sorted(groups[r].tolist())), tuple(sorted(lengths[r].tolist()))) for r in grouped)
+  assert by_group == [((0, 0, 0, 0), (0, 1, 2, 3)), ((0, 0, 0, 0), (4, 5, 6, 7)), ((0, 1, 1, 1), (8, 9, 10, 11))]
   assert pipeline.bucket_width(17, pipeline.bucket_widths((16, 32, 200), 96)) == 32
   np.testing.assert_array_equal(pipeline.bucket_widths((64, 16, 200), 96), [16, 64, 96])
 
@@ -319,6 +326,12 @@ def test_bucketed_batches_hold_the_same_examples_and_tokens(setup):
   for w, indices in windows.items():
     assert sorted(indices) == list(range(w * 32, w * 32 + len(indices)))
   assert sum(map(len, windows.values())) == len(batches) * 8 == (len(src) // 8) * 8
+  # Long targets share batches: per window, no more wide-target batches than its long targets fill.
+  for w in windows:
+    wide = sum(batches[k]["decoder_target_tokens"].shape[1] > batches.target_widths[0] for k in range(4 * w, 4 * w + 4)
+               if k < len(batches))
+    long_targets = sum(int((src[i]["decoder_loss_weights"] > 0).sum()) > batches.target_widths[0] for i in windows[w])
+    assert wide == -(-long_targets // 8)
   # A bounded set of compiled shapes, and bucketing does pad less than the maximum width.
   assert widths <= {(int(s), int(t)) for s in batches.input_widths for t in batches.target_widths}
   assert min(s for s, _ in widths) < setup[1].max_input_len

@@ -239,18 +239,22 @@ def bucket_width(length: int, widths: np.ndarray) -> int:
   return int(widths[position])
 
 
-def window_batches(lengths: np.ndarray, batch_size: int, seed: int, window: int) -> np.ndarray:
-  """Length-grouped global batches of one window: the window's positions sorted by length (stable, so
-  ties keep index order), cut into consecutive batches, the batches in a seeded random order.
+def window_batches(lengths: np.ndarray, batch_size: int, seed: int, window: int,
+                   groups: np.ndarray | None = None) -> np.ndarray:
+  """Length-grouped global batches of one window: the window's positions sorted by (group, length)
+  (stable, so ties keep index order), cut into consecutive batches, the batches in a seeded random order.
 
   Args:
     lengths: int[W * B] encoder lengths of the window's examples, in example-index order.
+    groups: optional int[W * B] sort keys ranked before the length (the target bucket of each example, so
+      the few long targets share batches instead of widening most of them); None sorts by length only.
   Returns:
     int64[W, B] positions into `lengths`, one row per global batch.
   """
   if len(lengths) % batch_size:
     raise ValueError(f"a window of {len(lengths)} examples is not a whole number of batches of {batch_size}")
-  order = np.argsort(np.asarray(lengths), kind="stable").reshape(-1, batch_size)
+  keys = (np.asarray(lengths),) if groups is None else (np.asarray(lengths), np.asarray(groups))
+  order = np.lexsort(keys).reshape(-1, batch_size)      # lexsort is stable; its last key sorts first
   return order[np.random.default_rng([seed, 7, window]).permutation(len(order))].astype(np.int64)
 
 
@@ -258,8 +262,9 @@ class BucketedBatches:
   """Random-access source of this host's length-grouped training batches (grain data source protocol).
 
   The global example stream is cut into windows of `window` global batches (window w holds examples
-  [w W B, (w + 1) W B)). Within a window the examples are sorted by encoder length and cut into W global
-  batches in a seeded order (`window_batches`), so each batch holds examples of similar length. A batch is
+  [w W B, (w + 1) W B)). Within a window the examples are sorted by encoder length (by target bucket first
+  when there are `target_buckets`) and cut into W global batches in a seeded order (`window_batches`), so
+  each batch holds examples of similar length. A batch is
   padded to the smallest of `length_buckets` (plus max_input_len) that holds its longest input, and to the
   smallest of `target_buckets` (plus max_target_len) that holds its longest target: at most
   len(length widths) x len(target widths) batch shapes, i.e. compiled train steps.
@@ -296,7 +301,12 @@ class BucketedBatches:
         start = w * self.window * self.batch_size
         stop = min(start + self.window * self.batch_size, self.num_batches * self.batch_size)
         examples = self.source.examples(range(start, stop))
-        order = window_batches(np.asarray([len(e[0]) for e in examples]), self.batch_size, self.source.seed, w)
+        lengths = np.asarray([len(e[0]) for e in examples])
+        groups = None
+        if len(self.target_widths) > 1:     # target buckets: group by target width first
+          target_lengths = np.asarray([self.source.builder.target_length(e[1]) for e in examples])
+          groups = np.searchsorted(self.target_widths, target_lengths)
+        order = window_batches(lengths, self.batch_size, self.source.seed, w, groups)
         if len(self._cache) >= 2:
           self._cache.pop(min(self._cache))
         self._cache[w] = (examples, order)
