@@ -234,6 +234,22 @@ class Worker:
     self.process.wait(timeout=120)
 
 
+def cpu_busy_seconds(cpus: list[int]) -> float:
+  """CPU seconds the given CPUs spent busy since boot, by anyone (from /proc/stat; 0.0 where it is absent)."""
+  try:
+    lines = Path("/proc/stat").read_text().splitlines()
+  except OSError:
+    return 0.0
+  wanted = {f"cpu{c}" for c in cpus}
+  ticks = 0
+  for line in lines:
+    fields = line.split()
+    if fields and fields[0] in wanted:
+      values = [int(v) for v in fields[1:]]
+      ticks += sum(values[:8]) - values[3] - values[4]    # user nice system idle iowait irq softirq steal
+  return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def run_at_threads(sides: dict[str, tuple[str, dict]], threads: int, repeats: int, warmup: int,
                    nice: int, log: Callable[[str], None] = print) -> dict:
   """Interleaved timing of every side (and the matmul-peak probes) at one thread count."""
@@ -252,11 +268,13 @@ def run_at_threads(sides: dict[str, tuple[str, dict]], threads: int, repeats: in
     warm = {label: [worker.call()["seconds"] for _ in range(warmup)] for label, worker in workers.items()}
     calls = {label: [] for label in workers}
     round_loads = []
+    busy_start, wall_start = cpu_busy_seconds(cpus), time.perf_counter()
     for index, label in enumerate(interleaved_order(list(workers), repeats)):
       if index % len(workers) == 0:
         round_loads.append(os.getloadavg()[0])
       calls[label].append(workers[label].call())
       log(f"[{threads} thr] {label}: {calls[label][-1]['seconds']:.3f}s")
+    busy, wall = cpu_busy_seconds(cpus) - busy_start, time.perf_counter() - wall_start
   finally:
     for worker in workers.values():
       worker.close()
@@ -265,6 +283,10 @@ def run_at_threads(sides: dict[str, tuple[str, dict]], threads: int, repeats: in
             "order": interleaved_order(list(workers), repeats),
             "load_1min_before": load_before, "load_1min_after": load_after, "load_1min_per_round": round_loads,
             "sides": {}}
+  # CPU time others took on the run's CPUs during the timed rounds: their busy time minus the workers' own.
+  workers_cpu = sum(c["cpu_seconds"] for side in calls.values() for c in side)
+  if busy > 0:
+    result["other_cpu_fraction"] = max(busy - workers_cpu, 0.0) / (wall * len(cpus))
   for label, worker in workers.items():
     times = [c["seconds"] for c in calls[label]]
     cpu = [c["cpu_seconds"] for c in calls[label]]

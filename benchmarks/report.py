@@ -46,8 +46,11 @@ def commit_label(record: dict) -> str:
 
 
 def load_label(run: dict) -> str:
-  """1-minute load average before -> after the run."""
-  return f"{run['load_1min_before']:.1f} -> {run['load_1min_after']:.1f}"
+  """Share of the run's CPUs other processes took during its timed rounds (older records: the 1-minute load
+  average before -> after the run)."""
+  if "other_cpu_fraction" in run:
+    return f"{100 * run['other_cpu_fraction']:.0f}% others"
+  return f"load {run['load_1min_before']:.1f} -> {run['load_1min_after']:.1f}"
 
 
 def throughput(side: dict) -> str:
@@ -65,8 +68,14 @@ def roofline(side: dict) -> str:
   return f"{fmt(side['achieved_gflops'])} ({100 * side['fraction_of_peak']:.1f}%)"
 
 
+CONTENDED_OTHER_CPU = 0.10   # others took more than this share of the run's CPUs during its timed rounds
+
+
 def contended(record: dict, run: dict) -> bool:
-  """Whether other work wanted the run's cores: the 1-minute load before it exceeded the cores it left free."""
+  """Whether other work competed for the run's CPUs: others' share of them during the timed rounds (older
+  records without it: the 1-minute load before the run exceeded the cores it left free)."""
+  if "other_cpu_fraction" in run:
+    return run["other_cpu_fraction"] > CONTENDED_OTHER_CPU
   return run["load_1min_before"] > record["machine"]["cores"] - run["threads"] + 0.5
 
 
@@ -136,14 +145,17 @@ def render(records: list[dict]) -> str:
          "to the same CPUs with the same thread count, in interleaved rounds after warm-up. Ratios are "
          "medians of the slower side over the faster; '+' after a commit means the working tree differed "
          "from it in gensar_jax/ or benchmarks/. CPU/wall: the side's median process CPU time over wall "
-         "time per call (below the thread count when other processes took CPU). (contended): the 1-minute "
-         "load before the run exceeded the cores the run left free, so other processes competed for its cores; "
+         "time per call (below the thread count when other processes took CPU). Others: the share of the run's "
+         "CPUs that other processes used during its timed rounds (/proc/stat busy time minus the workers' own; "
+         "older records show the 1-minute load average instead). (contended): others took more than 10% "
+         "(older records: the load before the run exceeded the cores it left free), so other processes "
+         "competed for its cores; "
          "such a ratio is not a speed claim, and at as many threads as cores it mostly shows how each library "
          "copes with oversubscription (torch's thread pool collapses, XLA's does not).", "",
-         "| benchmark | ratio | threads | value | load 1-min | commit |", "| --- | --- | --- | --- | --- | --- |",
+         "| benchmark | ratio | threads | value | others | commit |", "| --- | --- | --- | --- | --- | --- |",
          *ratio_rows(records), "",
          "| benchmark | side | threads | seconds per call, median [min, max] x calls | CPU/wall | throughput | "
-         "GFLOP/s (of matmul peak) | matmul peak GFLOP/s | load 1-min |",
+         "GFLOP/s (of matmul peak) | matmul peak GFLOP/s | others |",
          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *timing_rows(records)]
   derived = derived_lines(records)
   if derived:
