@@ -62,11 +62,11 @@ def summarize(config, workdir: Path, baseline_report: dict) -> dict:
   eval_record = stages.read_record(workdir / "eval")
   if finished and eval_record is not None and stages.is_fresh(stages.STAGES["eval"], config, workdir):
     test = read_json(workdir / "eval" / "metrics.json")
-  baselines = {}
+  baselines = []                      # a list: the JSON writer sorts dict keys
   for label, name in BASELINES:
     method = next((m for m in baseline_report["methods"] if m["name"] == name), None)
     if method is not None:
-      baselines[label] = method["metrics"]
+      baselines.append({"label": label, "metrics": method["metrics"]})
   return {
       "config": config.name, "train_fingerprint": stages.stage_fingerprint(stages.STAGES["train"], config, workdir),
       "status": status, "batch_size": int(t.batch_size), "planned_steps": int(t.num_steps),
@@ -136,7 +136,7 @@ def render(summary: dict) -> str:
       "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
   ]
   rows = [(f"GenSAR, selected checkpoint (step {best['step']:,})", summary["test"])] if summary["test"] else []
-  rows += list(summary["baselines"].items())
+  rows += [(b["label"], b["metrics"]) for b in summary["baselines"]]
   for label, metrics in rows:
     lines.append(f"| {label} | " + " | ".join(_cell(metrics, task, protocol, key) for task, protocol, key in (
         ("rec", "sampled", "HR@10"), ("rec", "sampled", "NDCG@10"), ("search", "sampled", "HR@10"),

@@ -21,7 +21,7 @@ def _summary(test=None, status="in progress"):
           "best_metric": "val/ndcg10_mean", "validation_rows": 1000, "last_step": 300, "hours": 5.0,
           "best": {"step": 200, "val/ndcg10_mean": 0.13, "val/rec_NDCG@10": 0.09, "val/search_NDCG@10": 0.17},
           "evaluations_since_best": 1, "history": history, "test": test,
-          "baselines": {"SASRec": {"rec": {"sampled": {"HR@10": 0.44, "NDCG@10": 0.24}}}}}
+          "baselines": [{"label": "SASRec", "metrics": {"rec": {"sampled": {"HR@10": 0.44, "NDCG@10": 0.24}}}}]}
 
 
 def test_render_and_plot(tmp_path):
