@@ -92,6 +92,31 @@ def ratio_rows(records: list[dict]) -> list[str]:
   return rows
 
 
+# Speed targets (issue 13): (benchmark, ratio, target, our side in that ratio).
+TARGETS = (("train_throughput", "total_speedup", 3.0, "bucketed_hash"),
+           ("train_step", "ours_hash_speedup_vs_hf_torch", 1.5, "ours_hash"),
+           ("rqvae_office", "ours_speedup_vs_torch_reference", 3.0, "ours"),
+           ("rqvae_electronics", "ours_speedup_vs_torch_reference", 3.0, "ours"))
+
+
+def target_rows(records: list[dict]) -> list[str]:
+  """Per target and thread count: the measured ratio, and the FLOP rate our side would need to meet the
+  target (its achieved GFLOP/s x target / ratio) as a share of the run's matmul peak; above 100% the target
+  cannot be met by this program on this CPU, however well it is tuned."""
+  rows = []
+  by_name = {record["name"]: record for record in records}
+  for name, ratio, target, ours in TARGETS:
+    for run in by_name.get(name, {}).get("runs", []):
+      side = run["sides"].get(ours, {})
+      if ratio not in run.get("ratios", {}) or "achieved_gflops" not in side:
+        continue
+      needed = side["achieved_gflops"] * target / run["ratios"][ratio]
+      rows.append(f"| {name} | {ratio} | {run['threads']} | {target:.1f}x | {run['ratios'][ratio]:.2f}x | "
+                  f"{fmt(side['achieved_gflops'])} ({100 * side['fraction_of_peak']:.0f}%) | "
+                  f"{fmt(needed)} ({100 * needed / run['matmul_peak_gflops']:.0f}%) |")
+  return rows
+
+
 def timing_rows(records: list[dict]) -> list[str]:
   """One row per side per thread count (matmul probes are summarised as the peak column)."""
   rows = []
@@ -157,6 +182,12 @@ def render(records: list[dict]) -> str:
          "| benchmark | side | threads | seconds per call, median [min, max] x calls | CPU/wall | throughput | "
          "GFLOP/s (of matmul peak) | matmul peak GFLOP/s | others |",
          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *timing_rows(records)]
+  targets = target_rows(records)
+  if targets:
+    out += ["", "Targets: what our side reaches and what it would need to reach to meet each target, in GFLOP/s "
+            "and as a share of the run's matmul peak.", "",
+            "| benchmark | ratio | threads | target | measured | ours now (of peak) | ours at the target (of peak) |",
+            "| --- | --- | --- | --- | --- | --- | --- |", *targets]
   derived = derived_lines(records)
   if derived:
     out += ["", *derived]

@@ -159,3 +159,16 @@ def test_results_table_lists_the_other_tie_rule_where_it_differs():
                                                                                              "NDCG@10": 0.2}}}},
       {"name": "Unique", "metrics": {"rec": {"sampled": same}}}]}
   assert results_report.tie_rows(report) == ["| Twins | rec (sampled) | 0.5000 / 0.2500 | item | 0.4000 / 0.2000 |"]
+
+
+def test_target_rows_give_the_flop_rate_a_target_needs():
+  record = _record()
+  record["name"] = "rqvae_office"
+  run = record["runs"][0]
+  run["ratios"] = {"ours_speedup_vs_torch_reference": 0.5}
+  record["ratio_definitions"] = {"ours_speedup_vs_torch_reference": ["reference", "ours"]}
+  # ours reaches 10 GFLOP/s (20% of the 50 GFLOP/s peak) at half the reference's speed: 3x the reference
+  # needs 6x our speed, 60 GFLOP/s, 120% of the peak.
+  assert report.target_rows([record]) == [
+      "| rqvae_office | ours_speedup_vs_torch_reference | 1 | 3.0x | 0.50x | 10 (20%) | 60 (120%) |"]
+  assert report.target_rows([_record()]) == []

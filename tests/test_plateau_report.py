@@ -26,7 +26,7 @@ def _summary(test=None, status="in progress"):
 
 def test_render_and_plot(tmp_path):
   body = plateau_report.render(_summary())
-  assert "in progress at step 300 of 1,000 (3.0 epochs, 5.0 h" in body
+  assert "in progress at step 300 of 1,000 (3.0 epochs, 5.0 h of wall time" in body
   assert "at step 200 (2.0 epochs); 1 evaluation(s) since, patience 2" in body
   assert "| SASRec | 0.4400 | 0.2400 | – | – | – | – |" in body
   assert "has no test row yet" in body
