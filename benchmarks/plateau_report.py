@@ -124,7 +124,8 @@ def render(summary: dict) -> str:
   lines = [
       f"`configs/office_plateau.py` (train fingerprint `{summary['train_fingerprint']}`): {summary['status']} at "
       f"step {summary['last_step']:,} of {summary['planned_steps']:,} ({epochs(summary, summary['last_step']):.1f} "
-      f"epochs, {summary["hours"]} h of wall time since the run started, pauses included, on this 2-core CPU). Best mean validation NDCG@10 "
+      f"epochs, {summary['hours']} h of wall time since the run started, pauses included, on this 2-core CPU). "
+      f"Best mean validation NDCG@10 "
       f"{best[summary['best_metric']]:.4f} (rec {best['val/rec_NDCG@10']:.4f}, search "
       f"{best['val/search_NDCG@10']:.4f}) at step {best['step']:,} ({epochs(summary, best['step']):.1f} epochs); "
       f"{summary['evaluations_since_best']} evaluation(s) since, patience {summary['patience']}.",
