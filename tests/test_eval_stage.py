@@ -270,7 +270,7 @@ def test_sharded_ranking_is_the_brute_force_ranking(model, reference):
     stage.rank_queries(params, model_cfg, queries, "sampled", num_beams=8, batch_size=BATCH_SIZE, mesh=mesh)
 
 
-def test_validation_fn_reports_sampled_validation_metrics_and_their_ndcg5_mean(model):
+def test_validation_fn_reports_sampled_validation_metrics_and_their_means(model):
   task_data, model_cfg, params = model
   eval_cfg = _eval_cfg(task_data)
   validate = stage.make_validation_fn(task_data, model_cfg, eval_cfg)
@@ -282,9 +282,11 @@ def test_validation_fn_reports_sampled_validation_metrics_and_their_ndcg5_mean(m
     for key, value in numpy_metrics(ranks).items():
       assert metrics[f"val/{task}_{key}"] == pytest.approx(value)
   assert metrics["val/ndcg5_mean"] == pytest.approx((metrics["val/rec_NDCG@5"] + metrics["val/search_NDCG@5"]) / 2)
-  assert len(metrics) == 2 * 5 + 1
+  assert metrics["val/ndcg10_mean"] == pytest.approx((metrics["val/rec_NDCG@10"] + metrics["val/search_NDCG@10"]) / 2)
+  assert len(metrics) == 2 * 5 + 2
   search_only = stage.make_validation_fn(task_data, model_cfg, eval_cfg, selection_tasks=("search",))(params, 0)
   assert search_only["val/ndcg5_mean"] == pytest.approx(metrics["val/search_NDCG@5"])
+  assert search_only["val/ndcg10_mean"] == pytest.approx(metrics["val/search_NDCG@10"])
   with pytest.raises(ValueError, match="train.selection_tasks"):
     stage.make_validation_fn(task_data, model_cfg, eval_cfg, selection_tasks=("feed",))
 
