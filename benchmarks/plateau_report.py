@@ -118,6 +118,18 @@ def _cell(metrics: dict | None, task: str, protocol: str, key: str) -> str:
   return "–" if value is None else f"{value:.4f}"
 
 
+def trend(summary: dict, span: int = 4) -> str:
+  """' Over the last k evaluations (e epochs) the mean ... moved by d.' (empty with a single evaluation)."""
+  history, metric = summary["history"], summary["best_metric"]
+  k = min(span, len(history) - 1)
+  if k < 1:
+    return ""
+  first, last = history[-1 - k], history[-1]
+  mean, rec, search = (last[key] - first[key] for key in (metric, "val/rec_NDCG@10", "val/search_NDCG@10"))
+  return (f" Over the last {k} evaluations ({epochs(summary, last['step'] - first['step']):.1f} epochs) the mean "
+          f"validation NDCG@10 moved by {mean:+.4f} (rec {rec:+.4f}, search {search:+.4f}).")
+
+
 def render(summary: dict) -> str:
   """The README section: what ran, where the curve stands, and the test table once there is one."""
   best = summary["best"]
@@ -128,7 +140,7 @@ def render(summary: dict) -> str:
       f"Best mean validation NDCG@10 "
       f"{best[summary['best_metric']]:.4f} (rec {best['val/rec_NDCG@10']:.4f}, search "
       f"{best['val/search_NDCG@10']:.4f}) at step {best['step']:,} ({epochs(summary, best['step']):.1f} epochs); "
-      f"{summary['evaluations_since_best']} evaluation(s) since, patience {summary['patience']}.",
+      f"{summary['evaluations_since_best']} evaluation(s) since, patience {summary['patience']}.{trend(summary)}",
       "",
       "![learning curve](results/office/learning_curve.png)",
       "",

@@ -30,6 +30,8 @@ def test_render_and_plot(tmp_path):
   assert "at step 200 (2.0 epochs); 1 evaluation(s) since, patience 2" in body
   assert "| SASRec | 0.4400 | 0.2400 | – | – | – | – |" in body
   assert "has no test row yet" in body
+  assert ("Over the last 2 evaluations (2.0 epochs) the mean validation NDCG@10 moved by +0.0450 (rec +0.0300, "
+          "search +0.0600).") in body
   test = {"rec": {"sampled": {"HR@10": 0.3, "NDCG@10": 0.15}}, "search": {"sampled": {"HR@10": 0.4, "NDCG@10": 0.2}}}
   finished = plateau_report.render(_summary(test, "stopped early"))
   assert "| GenSAR, selected checkpoint (step 200) | 0.3000 | 0.1500 | 0.4000 | 0.2000 | – | – |" in finished
