@@ -20,7 +20,7 @@ from gensar_jax import stages
 from gensar_jax.config import load_config
 from gensar_jax.data.task_data import load_task_data
 from gensar_jax.io_utils import DataError, atomic_path, read_json, write_json
-from gensar_jax.train.loop import EVAL_HISTORY, evaluations_since_best
+from gensar_jax.train.loop import EVAL_HISTORY, best_evaluation, evaluations_since_best
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "office"
@@ -53,7 +53,7 @@ def summarize(config, workdir: Path, baseline_report: dict) -> dict:
   task_data = load_task_data(workdir, config)
   epoch_examples = task_data.mixture(config.tasks.sizes.to_dict(), 1, int(config.seed)).epoch_len
   metric = t.best_metric
-  best = max(history, key=lambda e: e[metric] if t.best_mode == "max" else -e[metric])
+  best = best_evaluation(history, metric, t.best_mode)
   since = evaluations_since_best(history, metric, t.best_mode)
   stopped = int(t.early_stopping_patience) > 0 and since >= int(t.early_stopping_patience)
   status = ("stopped early" if stopped else "reached the schedule's horizon" if history[-1]["step"] >= int(t.num_steps)

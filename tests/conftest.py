@@ -32,3 +32,19 @@ def tiny_prepared(tmp_path_factory):
   out = tmp_path_factory.mktemp("tiny") / "prepare"
   prepare(load_config("tiny"), out)
   return load_prepared(out)
+
+
+@pytest.fixture
+def dependency_records(tmp_path):
+  """`write(stage)`: placeholder `fingerprint.json` records of `stage`'s dependencies in tmp_path, so that
+  `stages.stage_record(stage, ...)` can be computed without running them. Returns tmp_path."""
+  import json
+
+  from gensar_jax import stages
+
+  def write(stage_name: str):
+    for dep in stages.STAGES[stage_name].deps:
+      (tmp_path / dep).mkdir(exist_ok=True)
+      (tmp_path / dep / "fingerprint.json").write_text(json.dumps({"fingerprint": dep, "config": {}}))
+    return tmp_path
+  return write

@@ -209,12 +209,10 @@ def test_prepare_fingerprint_covers_the_raw_files_content(tmp_path):
   assert any("Toy.item.json.gz changed" in c for c in stages.diff_records(before, after))
 
 
-def test_speed_only_settings_leave_the_fingerprint_alone(tmp_path):
+def test_speed_only_settings_leave_the_fingerprint_alone(tmp_path, dependency_records):
   """tasks.pipeline_workers changes how batches are built, not which: a trained model stays current."""
   train = stages.STAGES["train"]
-  for dep in train.deps:
-    (tmp_path / dep).mkdir()
-    (tmp_path / dep / "fingerprint.json").write_text(json.dumps({"fingerprint": dep, "config": {}}))
+  dependency_records("train")
   record = lambda overrides: stages.stage_record(train, load_config("tiny", overrides), tmp_path)  # noqa: E731
   base = record([])
   assert "pipeline_workers" not in base["config"]["tasks"]
@@ -222,13 +220,11 @@ def test_speed_only_settings_leave_the_fingerprint_alone(tmp_path):
   assert record(["tasks.bucket_window=4"])["fingerprint"] != base["fingerprint"]
 
 
-def test_late_fields_at_their_default_leave_the_fingerprint_alone(tmp_path):
+def test_late_fields_at_their_default_leave_the_fingerprint_alone(tmp_path, dependency_records):
   """train.dropout_rng / early_stopping_patience came after results were recorded: at the values that
   reproduce those results they are left out, so earlier runs stay current; any other value is recorded."""
   train = stages.STAGES["train"]
-  for dep in train.deps:
-    (tmp_path / dep).mkdir()
-    (tmp_path / dep / "fingerprint.json").write_text(json.dumps({"fingerprint": dep, "config": {}}))
+  dependency_records("train")
   record = lambda overrides: stages.stage_record(train, load_config("tiny", overrides), tmp_path)  # noqa: E731
   base = record([])
   assert "dropout_rng" not in base["config"]["train"] and "early_stopping_patience" not in base["config"]["train"]
@@ -236,7 +232,7 @@ def test_late_fields_at_their_default_leave_the_fingerprint_alone(tmp_path):
   assert hashed["config"]["train"]["dropout_rng"] == "hash" and hashed["fingerprint"] != base["fingerprint"]
   assert record(["train.early_stopping_patience=3"])["fingerprint"] != base["fingerprint"]
   doc2query = stages.STAGES["doc2query"]
-  (tmp_path / "prepare" / "fingerprint.json").write_text(json.dumps({"fingerprint": "p", "config": {}}))
+  dependency_records("doc2query")
   d2q = lambda overrides: stages.stage_record(doc2query, load_config("tiny", overrides), tmp_path)  # noqa: E731
   assert "dropout_rng" not in d2q([])["config"]["doc2query"]["train"]
   assert d2q(["doc2query.train.dropout_rng=hash"])["fingerprint"] != d2q([])["fingerprint"]

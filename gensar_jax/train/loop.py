@@ -102,14 +102,23 @@ def _write_eval_history(workdir: epath.Path, history: list[dict]) -> None:
   tmp.replace(path)
 
 
-def evaluations_since_best(history: list[dict], metric: str, mode: str) -> int | None:
-  """How many evaluations came after the best `metric` in `history` (ties keep the earlier one); None when
+def best_evaluation(history: list[dict], metric: str, mode: str) -> dict | None:
+  """The entry of `history` with the best `metric` ("max" or "min"; ties keep the earlier one), or None when
   no entry has the metric."""
-  values = [entry[metric] for entry in history if metric in entry]
-  if not values:
+  scored = [entry for entry in history if metric in entry]
+  if not scored:
     return None
-  best = (max if mode == "max" else min)(values)
-  return len(values) - 1 - values.index(best)
+  sign = 1 if mode == "max" else -1
+  return max(scored, key=lambda entry: sign * entry[metric])      # max keeps the first of equal keys
+
+
+def evaluations_since_best(history: list[dict], metric: str, mode: str) -> int | None:
+  """How many evaluations came after the best `metric` in `history`; None when no entry has the metric."""
+  best = best_evaluation(history, metric, mode)
+  if best is None:
+    return None
+  scored = [entry for entry in history if metric in entry]
+  return len(scored) - 1 - next(i for i, entry in enumerate(scored) if entry is best)
 
 
 def _step_setup(model_cfg: T5Config, train_cfg: ml_collections.ConfigDict, mesh, rules):
@@ -244,7 +253,7 @@ def train(config: ml_collections.ConfigDict, model_cfg: T5Config, train_iter: It
                           force=True)
         last_good_step = step
       if is_eval and patience_spent():
-        best_entry = max(history, key=lambda e: e[train_cfg.best_metric] * (1 if train_cfg.best_mode == "max" else -1))
+        best_entry = best_evaluation(history, train_cfg.best_metric, train_cfg.best_mode)
         logger.info("early stopping at step %d: %s %.4f at step %d, not bettered in %d evaluations", step,
                     train_cfg.best_metric, best_entry[train_cfg.best_metric], best_entry["step"], patience)
         stopped_early, stop_step = True, step
