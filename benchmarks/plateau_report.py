@@ -12,7 +12,6 @@ data section, checked). Writes `results/office/plateau.json` and `results/office
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from benchmarks.report import replace_between_markers
