@@ -8,6 +8,8 @@ this config's train fingerprint, so a run of other inputs is refused), its test 
 has finished, and SASRec / dense retrieval / the 400-step GenSAR from `results/office/results.json` (same
 data section, checked). Writes `results/office/plateau.json` and `results/office/learning_curve.png`; with
 `--readme`, the README section between `<!-- plateau:office:start -->` and `<!-- plateau:office:end -->`.
+An earlier run of the same model and data with another horizon (`--earlier`, by default
+`results/office/plateau_horizon20_partial.json`) is drawn beside the curve and compared at equal steps.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "office"
 MARKERS = ("<!-- plateau:office:start -->", "<!-- plateau:office:end -->")
 CURVES = (("rec", "val/rec_NDCG@10"), ("search", "val/search_NDCG@10"), ("mean", "val/ndcg10_mean"))
+EARLIER = RESULTS / "plateau_horizon20_partial.json"
 BASELINES = (("GenSAR, 400-step CPU budget", "GenSAR"), ("SASRec", "SASRec"), ("Dense retrieval", "Dense retrieval"))
 
 
@@ -42,7 +45,18 @@ def train_dir(config, workdir: Path) -> tuple[Path, bool]:
                   f"run `gensar run --config configs/{config.name}.py --workdir {workdir}` first")
 
 
-def summarize(config, workdir: Path, baseline_report: dict) -> dict:
+def earlier_run(path: Path | None) -> dict | None:
+  """The mean validation curve of an earlier plateau.json (another horizon), or None without one."""
+  if path is None or not path.exists():
+    return None
+  earlier = read_json(path)
+  return {"file": path.name, "planned_steps": earlier["planned_steps"], "last_step": earlier["last_step"],
+          "status": earlier["status"], "train_fingerprint": earlier["train_fingerprint"],
+          "history": [{k: e[k] for k in ("step", "val/rec_NDCG@10", "val/search_NDCG@10", "val/ndcg10_mean")}
+                      for e in earlier["history"]]}
+
+
+def summarize(config, workdir: Path, baseline_report: dict, earlier: dict | None = None) -> dict:
   """Everything the curve, the table and the README need, as plain JSON."""
   run_dir, finished = train_dir(config, workdir)
   history = read_json(run_dir / EVAL_HISTORY)
@@ -77,7 +91,7 @@ def summarize(config, workdir: Path, baseline_report: dict) -> dict:
       "history": [{k: e.get(k) for k in ("step", "seconds", "train/loss", "val/rec_HR@10", "val/rec_NDCG@10",
                                           "val/search_HR@10", "val/search_NDCG@10", "val/ndcg10_mean")}
                   for e in history],
-      "test": test, "baselines": baselines, "baseline_results": baseline_report["header"],
+      "test": test, "baselines": baselines, "baseline_results": baseline_report["header"], "earlier": earlier,
   }
 
 
@@ -98,6 +112,11 @@ def plot_curve(summary: dict, path: Path) -> None:
   for label, key in CURVES:
     axes.plot(x, [e[key] for e in summary["history"]], marker="o", markersize=3, linewidth=1.2,
               label=f"{label} NDCG@10", linestyle="--" if label == "mean" else "-")
+  earlier = summary.get("earlier")
+  if earlier:
+    axes.plot([epochs(summary, e["step"]) for e in earlier["history"]],
+              [e["val/ndcg10_mean"] for e in earlier["history"]], color="0.6", linestyle="--", linewidth=1,
+              marker="x", markersize=3, label=f"mean, {earlier['planned_steps']:,}-step horizon ({earlier['status']})")
   best_epoch = epochs(summary, summary["best"]["step"])
   axes.axvline(best_epoch, color="0.4", linestyle=":", linewidth=1)
   axes.annotate(f"selected: step {summary['best']['step']}", (best_epoch, 0.02), xycoords=axes.get_xaxis_transform(),
@@ -129,6 +148,23 @@ def trend(summary: dict, span: int = 4) -> str:
           f"validation NDCG@10 moved by {mean:+.4f} (rec {rec:+.4f}, search {search:+.4f}).")
 
 
+def earlier_comparison(summary: dict) -> str:
+  """' An earlier run with a h-step horizon ... at step s: mean a here, b there.' (empty without one)."""
+  earlier = summary.get("earlier")
+  if not earlier:
+    return ""
+  here = {e["step"]: e for e in summary["history"]}
+  common = [e for e in earlier["history"] if e["step"] in here]
+  text = (f" The grey curve is an earlier run of the same model and data with a {earlier['planned_steps']:,}-step "
+          f"cosine horizon (`results/office/{earlier['file']}`, {earlier['status']} at step {earlier['last_step']:,})")
+  if not common:
+    return text + "."
+  step = common[-1]["step"]
+  metric = "val/ndcg10_mean"
+  return text + (f"; at step {step:,}, its last step in common with this run, its mean validation NDCG@10 was "
+                 f"{common[-1][metric]:.4f} against {here[step][metric]:.4f} here.")
+
+
 def render(summary: dict) -> str:
   """The README section: what ran, where the curve stands, and the test table once there is one."""
   best = summary["best"]
@@ -139,7 +175,8 @@ def render(summary: dict) -> str:
       f"Best mean validation NDCG@10 "
       f"{best[summary['best_metric']]:.4f} (rec {best['val/rec_NDCG@10']:.4f}, search "
       f"{best['val/search_NDCG@10']:.4f}) at step {best['step']:,} ({epochs(summary, best['step']):.1f} epochs); "
-      f"{summary['evaluations_since_best']} evaluation(s) since, patience {summary['patience']}.{trend(summary)}",
+      f"{summary['evaluations_since_best']} evaluation(s) since, patience {summary['patience']}.{trend(summary)}"
+      f"{earlier_comparison(summary)}",
       "",
       "![learning curve](results/office/learning_curve.png)",
       "",
@@ -165,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--config", default="office_plateau")
   parser.add_argument("--results", default=RESULTS, type=Path, help="results/<config> with the baselines' results.json")
   parser.add_argument("--readme", action="store_true", help="write the section into README.md")
+  parser.add_argument("--earlier", default=EARLIER, type=Path, help="an earlier run's plateau.json to draw beside")
   args = parser.parse_args(argv)
   config = load_config(args.config)
   baseline_report = read_json(args.results / "results.json")
@@ -172,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
   if reference.data.to_dict() != config.data.to_dict():
     raise DataError(f"{args.results / 'results.json'}: its baselines ran on config {reference.name!r}, whose data "
                     f"section differs from {config.name!r}: the splits would not match")
-  summary = summarize(config, args.workdir, baseline_report)
+  summary = summarize(config, args.workdir, baseline_report, earlier_run(args.earlier))
   write_json(args.results / "plateau.json", summary)
   plot_curve(summary, args.results / "learning_curve.png")
   body = render(summary)

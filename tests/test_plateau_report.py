@@ -40,6 +40,25 @@ def test_render_and_plot(tmp_path):
   assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_an_earlier_run_is_compared_at_its_last_common_step(tmp_path):
+  summary = _summary()
+  assert plateau_report.earlier_comparison(summary) == ""
+  earlier = {"planned_steps": 4000, "last_step": 250, "status": "in progress", "train_fingerprint": "def",
+             "history": [{"step": s, "seconds": 1.0, "val/rec_NDCG@10": 0.01, "val/search_NDCG@10": 0.03,
+                          "val/ndcg10_mean": m, "train/loss": 2.0} for s, m in ((100, 0.02), (200, 0.11), (250, 0.12))]}
+  path = tmp_path / "earlier.json"
+  path.write_text(json.dumps(earlier))
+  summary["earlier"] = plateau_report.earlier_run(path)
+  assert set(summary["earlier"]["history"][0]) == {"step", "val/rec_NDCG@10", "val/search_NDCG@10", "val/ndcg10_mean"}
+  body = plateau_report.render(summary)
+  assert ("an earlier run of the same model and data with a 4,000-step cosine horizon (`results/office/earlier.json`, "
+          "in progress at step 250); at step 200, its last step in common with this run, its mean validation "
+          "NDCG@10 was 0.1100 against 0.1300 here.") in body
+  plateau_report.plot_curve(summary, tmp_path / "curve.png")
+  assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert plateau_report.earlier_run(tmp_path / "missing.json") is None
+
+
 def test_only_this_configs_run_is_read(tmp_path, dependency_records):
   config = load_config("tiny")
   dependency_records("train")
