@@ -165,6 +165,27 @@ def earlier_comparison(summary: dict) -> str:
                  f"{common[-1][metric]:.4f} against {here[step][metric]:.4f} here.")
 
 
+def _metric(metrics: dict | None, task: str, protocol: str, key: str = "NDCG@10") -> float | None:
+  return (metrics or {}).get(task, {}).get(protocol, {}).get(key)
+
+
+def versus_baselines(summary: dict) -> str:
+  """'On the test split the selected checkpoint's ... ' ratios against the baseline rows (empty without a test)."""
+  test = summary["test"]
+  if not test:
+    return ""
+  rows = {b["label"]: b["metrics"] for b in summary["baselines"]}
+  parts = []
+  for task, protocol in (("rec", "sampled"), ("search", "sampled"), ("rec", "full"), ("search", "full")):
+    ours = _metric(test, task, protocol)
+    if ours is None:
+      continue
+    ratios = [f"{ours / theirs:.2f}x {label}'s" for label, metrics in rows.items()
+              if (theirs := _metric(metrics, task, protocol))]
+    parts.append(f"{task} {protocol} {ours:.4f}" + (f" ({', '.join(ratios)})" if ratios else ""))
+  return "On the test split the selected checkpoint's NDCG@10 is " + "; ".join(parts) + "."
+
+
 def render(summary: dict) -> str:
   """The README section: what ran, where the curve stands, and the test table once there is one."""
   best = summary["best"]
@@ -190,7 +211,9 @@ def render(summary: dict) -> str:
     lines.append(f"| {label} | " + " | ".join(_cell(metrics, task, protocol, key) for task, protocol, key in (
         ("rec", "sampled", "HR@10"), ("rec", "sampled", "NDCG@10"), ("search", "sampled", "HR@10"),
         ("search", "sampled", "NDCG@10"), ("rec", "full", "NDCG@10"), ("search", "full", "NDCG@10"))) + " |")
-  if not summary["test"]:
+  if summary["test"]:
+    lines += ["", versus_baselines(summary)]
+  else:
     lines += ["", "The plateau model has no test row yet: the run has not finished (it continues from its last "
                   "checkpoint when the same command is run again)."]
   return "\n".join(lines) + "\n"
