@@ -116,7 +116,7 @@ def plot_curve(summary: dict, path: Path) -> None:
   if earlier:
     axes.plot([epochs(summary, e["step"]) for e in earlier["history"]],
               [e["val/ndcg10_mean"] for e in earlier["history"]], color="0.6", linestyle="--", linewidth=1,
-              marker="x", markersize=3, label=f"mean, {earlier['planned_steps']:,}-step horizon ({earlier['status']})")
+              marker="x", markersize=3, label=f"mean, earlier run, {earlier['planned_steps']:,}-step horizon")
   best_epoch = epochs(summary, summary["best"]["step"])
   axes.axvline(best_epoch, color="0.4", linestyle=":", linewidth=1)
   axes.annotate(f"selected: step {summary['best']['step']}", (best_epoch, 0.02), xycoords=axes.get_xaxis_transform(),
@@ -155,8 +155,8 @@ def earlier_comparison(summary: dict) -> str:
     return ""
   here = {e["step"]: e for e in summary["history"]}
   common = [e for e in earlier["history"] if e["step"] in here]
-  text = (f" The grey curve is an earlier run of the same model and data with a {earlier['planned_steps']:,}-step "
-          f"cosine horizon (`results/office/{earlier['file']}`, {earlier['status']} at step {earlier['last_step']:,})")
+  text = (f" The grey curve is an earlier run of the same model and data with a cosine horizon of "
+          f"{earlier['planned_steps']:,} steps (`results/office/{earlier['file']}`, {earlier['status']} at step {earlier['last_step']:,})")
   if not common:
     return text + "."
   step = common[-1]["step"]
