@@ -28,7 +28,7 @@ RESULTS = ROOT / "results" / "office"
 MARKERS = ("<!-- plateau:office:start -->", "<!-- plateau:office:end -->")
 CURVES = (("rec", "val/rec_NDCG@10"), ("search", "val/search_NDCG@10"), ("mean", "val/ndcg10_mean"))
 EARLIER = RESULTS / "plateau_horizon20_partial.json"
-BASELINES = (("GenSAR, 400-step CPU budget", "GenSAR"), ("SASRec", "SASRec"), ("Dense retrieval", "Dense retrieval"))
+BASELINES = (("GenSAR at the 400-step CPU budget", "GenSAR"), ("SASRec", "SASRec"), ("Dense retrieval", "Dense retrieval"))
 
 
 def train_dir(config, workdir: Path) -> tuple[Path, bool]:
@@ -180,7 +180,7 @@ def versus_baselines(summary: dict) -> str:
     ours = _metric(test, task, protocol)
     if ours is None:
       continue
-    ratios = [f"{ours / theirs:.2f}x {label}'s" for label, metrics in rows.items()
+    ratios = [f"{ours / theirs:.2f}x {label}" for label, metrics in rows.items()
               if (theirs := _metric(metrics, task, protocol))]
     parts.append(f"{task} {protocol} {ours:.4f}" + (f" ({', '.join(ratios)})" if ratios else ""))
   return "On the test split the selected checkpoint's NDCG@10 is " + "; ".join(parts) + "."

@@ -36,7 +36,7 @@ def test_render_and_plot(tmp_path):
   finished = plateau_report.render(_summary(test, "stopped early"))
   assert "| GenSAR, selected checkpoint (step 200) | 0.3000 | 0.1500 | 0.4000 | 0.2000 | – | – |" in finished
   assert "has no test row" not in finished
-  assert ("On the test split the selected checkpoint's NDCG@10 is rec sampled 0.1500 (0.62x SASRec's); "
+  assert ("On the test split the selected checkpoint's NDCG@10 is rec sampled 0.1500 (0.62x SASRec); "
           "search sampled 0.2000.") in finished
   plateau_report.plot_curve(_summary(), tmp_path / "curve.png")
   assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
