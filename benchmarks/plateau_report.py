@@ -50,6 +50,10 @@ def earlier_run(path: Path | None) -> dict | None:
   if path is None or not path.exists():
     return None
   earlier = read_json(path)
+  missing = [k for k in ("config", "planned_steps", "last_step", "status", "train_fingerprint", "history")
+             if k not in earlier]
+  if missing:
+    raise DataError(f"{path}: not a plateau_report summary (missing {', '.join(missing)})")
   return {"file": path.name, "planned_steps": earlier["planned_steps"], "last_step": earlier["last_step"],
           "status": earlier["status"], "train_fingerprint": earlier["train_fingerprint"],
           "history": [{k: e[k] for k in ("step", "val/rec_NDCG@10", "val/search_NDCG@10", "val/ndcg10_mean")}
@@ -131,8 +135,12 @@ def plot_curve(summary: dict, path: Path) -> None:
     figure.savefig(tmp, format="png")
 
 
+def _metric(metrics: dict | None, task: str, protocol: str, key: str = "NDCG@10") -> float | None:
+  return (metrics or {}).get(task, {}).get(protocol, {}).get(key)
+
+
 def _cell(metrics: dict | None, task: str, protocol: str, key: str) -> str:
-  value = (metrics or {}).get(task, {}).get(protocol, {}).get(key)
+  value = _metric(metrics, task, protocol, key)
   return "–" if value is None else f"{value:.4f}"
 
 
@@ -163,10 +171,6 @@ def earlier_comparison(summary: dict) -> str:
   metric = "val/ndcg10_mean"
   return text + (f"; at step {step:,}, its last step in common with this run, its mean validation NDCG@10 was "
                  f"{common[-1][metric]:.4f} against {here[step][metric]:.4f} here.")
-
-
-def _metric(metrics: dict | None, task: str, protocol: str, key: str = "NDCG@10") -> float | None:
-  return (metrics or {}).get(task, {}).get(protocol, {}).get(key)
 
 
 def versus_baselines(summary: dict) -> str:

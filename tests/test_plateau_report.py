@@ -45,7 +45,7 @@ def test_render_and_plot(tmp_path):
 def test_an_earlier_run_is_compared_at_its_last_common_step(tmp_path):
   summary = _summary()
   assert plateau_report.earlier_comparison(summary) == ""
-  earlier = {"planned_steps": 4000, "last_step": 250, "status": "in progress", "train_fingerprint": "def",
+  earlier = {"config": "office_plateau", "planned_steps": 4000, "last_step": 250, "status": "in progress", "train_fingerprint": "def",
              "history": [{"step": s, "seconds": 1.0, "val/rec_NDCG@10": 0.01, "val/search_NDCG@10": 0.03,
                           "val/ndcg10_mean": m, "train/loss": 2.0} for s, m in ((100, 0.02), (200, 0.11), (250, 0.12))]}
   path = tmp_path / "earlier.json"
@@ -59,6 +59,9 @@ def test_an_earlier_run_is_compared_at_its_last_common_step(tmp_path):
   plateau_report.plot_curve(summary, tmp_path / "curve.png")
   assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert plateau_report.earlier_run(tmp_path / "missing.json") is None
+  (tmp_path / "bad.json").write_text(json.dumps({"history": []}))
+  with pytest.raises(DataError, match="bad.json: not a plateau_report summary .missing config, planned_steps"):
+    plateau_report.earlier_run(tmp_path / "bad.json")
 
 
 def test_only_this_configs_run_is_read(tmp_path, dependency_records):
