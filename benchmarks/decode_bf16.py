@@ -52,6 +52,7 @@ def matmul_check(n: int = 1024, repeats: int = 7) -> dict:
 def decode_check(workdir: Path, config_name: str, limit: int, repeats: int) -> dict:
   """Sampled-protocol test ranks of both tasks in float32 and bfloat16 compute, interleaved."""
   import numpy as np
+  from gensar_jax import stages
   from gensar_jax.config import load_config
   from gensar_jax.data.task_data import load_task_data
   from gensar_jax.eval import stage as eval_stage
@@ -59,7 +60,7 @@ def decode_check(workdir: Path, config_name: str, limit: int, repeats: int) -> d
   from gensar_jax.model.export import load_model
   config = load_config(config_name)
   eval_cfg = eval_stage.eval_section(config)
-  params, model_cfg = load_model(workdir / "train" / "model")
+  params, model_cfg = load_model(stages.output_dir(workdir, "train") / "model")
   task_data = load_task_data(workdir, config, with_pseudo_queries=False)
   queries = {task: eval_stage.eval_queries(task_data, task, "test", limit) for task in eval_stage.TASKS}
   rule = eval_stage.check_ties(eval_cfg.ties.to_dict())["sampled"]     # eval_section fills the defaults

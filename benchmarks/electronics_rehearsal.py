@@ -61,8 +61,9 @@ def part_prepare(workdir: Path) -> dict:
 
 
 def _prepared(workdir: Path):
+  from gensar_jax import stages
   from gensar_jax.data.prepare import load_prepared
-  return load_prepared(workdir / "prepare")
+  return load_prepared(stages.output_dir(workdir, "prepare"))
 
 
 # Per-token FLOPs of a BERT encoder ~ layers * hidden^2 (feed-forward 4 x hidden): bge-base-en-v1.5 (the

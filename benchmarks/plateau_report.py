@@ -32,13 +32,14 @@ BASELINES = (("GenSAR at the 400-step CPU budget", "GenSAR"), ("SASRec", "SASRec
 
 
 def train_dir(config, workdir: Path) -> tuple[Path, bool]:
-  """(directory of this config's training run, finished?): `<workdir>/train` when its record has this
-  config's fingerprint, else the in-progress `.train.partial-<fingerprint>`; anything else is refused."""
+  """(directory of this config's training run, finished?): the committed output of `train` when its record
+  has this config's fingerprint, else the in-progress attempt directory of that fingerprint; anything else
+  is refused."""
   fp = stages.stage_fingerprint(stages.STAGES["train"], config, workdir)
   record = stages.read_record(workdir / "train")
   if record is not None and record["fingerprint"] == fp:
-    return workdir / "train", True
-  partial = workdir / f".train.partial-{fp}"
+    return stages.output_dir(workdir, "train"), True
+  partial = workdir / "train" / stages.attempt_name(fp)
   if (partial / EVAL_HISTORY).exists():
     return partial, False
   raise DataError(f"{workdir}: no training run of {config.name} with its current inputs (train fingerprint {fp}); "
@@ -78,7 +79,7 @@ def summarize(config, workdir: Path, baseline_report: dict, earlier: dict | None
   test = None
   eval_record = stages.read_record(workdir / "eval")
   if finished and eval_record is not None and stages.is_fresh(stages.STAGES["eval"], config, workdir):
-    test = read_json(workdir / "eval" / "metrics.json")
+    test = read_json(stages.output_dir(workdir, "eval") / "metrics.json")
   baselines = []                      # a list: the JSON writer sorts dict keys
   for label, name in BASELINES:
     method = next((m for m in baseline_report["methods"] if m["name"] == name), None)

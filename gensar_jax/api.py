@@ -27,7 +27,7 @@ from gensar_jax.data.splits import PAD, REC, SEARCH
 from gensar_jax.data.task_data import TaskData, load_task_data
 from gensar_jax.decode import trie as trie_lib
 from gensar_jax.decode.beam_search import constrained_beam_search
-from gensar_jax.io_utils import DataError, read_json
+from gensar_jax.io_utils import DataError, as_path, read_json
 from gensar_jax.model.export import load_model
 
 log = logging.getLogger(__name__)
@@ -55,14 +55,15 @@ class GenSAR:
 
   @classmethod
   def load(cls, workdir: str | Path, num_beams: int | None = None) -> "GenSAR":
-    """Loads `<workdir>/train/model` with the config it was trained with."""
-    workdir = Path(workdir)
-    config_path = workdir / "train" / "config.json"
-    if not config_path.exists():
-      raise DataError(f"{workdir}: no trained model (expected {config_path}); run `gensar train` first")
+    """Loads the `train` stage's model of `workdir` (a local path, a mount or a `gs://` URI) with the config
+    it was trained with."""
+    workdir = as_path(workdir)
+    if stages.read_record(workdir / "train") is None:
+      raise DataError(f"{workdir}: no trained model (no completed {workdir / 'train'}); run `gensar train` first")
     stages.check_consistent(workdir, ["train"])     # the model, its tokenizer and its codes belong together
-    config = ml_collections.ConfigDict(read_json(config_path))
-    params, model_cfg = load_model(workdir / "train" / "model")
+    train_dir = stages.output_dir(workdir, "train")
+    config = ml_collections.ConfigDict(read_json(train_dir / "config.json"))
+    params, model_cfg = load_model(train_dir / "model")
     task_data = load_task_data(workdir, config, with_pseudo_queries=False)
     return cls(config, task_data, params, model_cfg, int(num_beams or config.eval.num_beams))
 

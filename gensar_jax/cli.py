@@ -14,16 +14,17 @@ import sys
 import time
 from pathlib import Path
 
-from gensar_jax import stages
+from gensar_jax import parallel, stages
 from gensar_jax.config import load_config
-from gensar_jax.io_utils import DataError, read_json
+from gensar_jax.io_utils import DataError, as_path, read_json
 
 log = logging.getLogger("gensar")
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--config", required=True, help="configs/<name>.py, or just <name>")
-  p.add_argument("--workdir", default=None, help="output root (default runs/<config name>)")
+  p.add_argument("--workdir", default=None,
+                 help="output root: a local path, a shared mount or a gs:// URI (default runs/<config name>)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="dotted config override, repeatable, e.g. --set data.num_negatives=49")
 
@@ -91,7 +92,7 @@ def quiet_library_chatter() -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                       stream=sys.stderr)
   for name in ("jax._src.xla_bridge", "absl", "tensorflow_datasets", "orbax", "orbax.checkpoint", "grain",
-               "etils", "jax._src.distributed", "tensorboardX"):
+               "etils", "jax._src.distributed", "tensorboardX", "fsspec", "gcsfs", "google"):
     logging.getLogger(name).setLevel(logging.WARNING)
   try:
     from absl import logging as absl_logging
@@ -114,12 +115,12 @@ def check_upstream_fresh(names, config, workdir: Path, command: str) -> None:
                       "up to date.")
 
 
-def _print_run_result(workdir: Path, seconds: float) -> None:
-  metrics_md = workdir / "eval" / "metrics.md"
-  if metrics_md.exists():
-    split = read_json(workdir / "eval" / "stats.json").get("split", "?")
-    print(f"GenSAR metrics ({split} split) from {metrics_md}:\n")
-    print(metrics_md.read_text())
+def _print_run_result(workdir, seconds: float) -> None:
+  if stages.read_record(workdir / "eval") is not None:
+    eval_dir = stages.output_dir(workdir, "eval")
+    split = read_json(eval_dir / "stats.json").get("split", "?")
+    print(f"GenSAR metrics ({split} split) from {eval_dir / 'metrics.md'}:\n")
+    print((eval_dir / "metrics.md").read_text())
   print(f"total time {seconds:.0f} s; outputs in {workdir}")
 
 
@@ -128,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   start = time.time()
   try:
+    # First, before anything touches a device: every process of a multi-host job joins the job here.
+    if args.command != "plan":      # plan compiles for a slice it is not on (deviceless)
+      parallel.maybe_initialize_distributed()
     config = load_config(args.config, args.set)
-    workdir = Path(args.workdir or Path("runs") / config.name)
+    workdir = as_path(args.workdir or Path("runs") / config.name)
     if args.command == "reproduce":
       from gensar_jax.reproduce import reproduce_main
       stages.check_workdir(workdir)
@@ -155,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
       print(format_results(results))
       return 0
     if args.command == "stats":
-      print(format_stats_table(read_json(workdir / "prepare" / "stats.json")))
+      print(format_stats_table(read_json(stages.output_dir(workdir, "prepare") / "stats.json")))
       return 0
     stages.check_workdir(workdir)
     todo = list(stages.STAGES) if args.command == "run" else [args.command]
@@ -168,12 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         continue
       t0 = time.time()
       stats = stages.run_stage(stage, config, workdir)
-      log.info("%s: done in %.1fs -> %s", name, time.time() - t0, workdir / name)
-      if name == "prepare":
+      log.info("%s: done in %.1fs -> %s", name, time.time() - t0, stages.output_dir(workdir, name))
+      if name == "prepare" and parallel.is_primary():
         print(format_stats_table(stats))
-    if args.command == "run":
+    if args.command == "run" and parallel.is_primary():
       _print_run_result(workdir, time.time() - start)
-  except (DataError, FileNotFoundError, KeyError, ValueError) as e:
+  except (DataError, FileNotFoundError, KeyError, ValueError, parallel.PrimaryFailed) as e:
     log.error("%s", e.args[0] if isinstance(e, KeyError) and e.args else e)   # KeyError's str() adds quotes
     return 2
   except OSError as e:                      # a full disk, a read-only or vanished directory, ...

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import math
 import os
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -49,6 +49,7 @@ def parallel_config() -> ml_collections.ConfigDict:
 def maybe_initialize_distributed() -> bool:
   """Starts `jax.distributed` when the environment describes several processes; True if it did.
 
+  `gensar` calls it first thing in every command. GENSAR_DISTRIBUTED=off keeps a process on its own.
   Sources, in order: JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID, optional
   JAX_LOCAL_DEVICE_IDS), GENSAR_DISTRIBUTED=auto (JAX's own cluster detection: Cloud TPU, SLURM,
   Open MPI, ...; set by launch/tpu_pod.sh), a SLURM job step with more than one task, a multi-host
@@ -60,6 +61,8 @@ def maybe_initialize_distributed() -> bool:
     return True
   env = os.environ
   kwargs: dict[str, Any] | None = None
+  if env.get("GENSAR_DISTRIBUTED", "").lower() == "off":
+    return False
   if env.get("JAX_COORDINATOR_ADDRESS"):
     missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if not env.get(k)]
     if missing:
@@ -81,6 +84,86 @@ def maybe_initialize_distributed() -> bool:
   logger.info("jax.distributed initialised: process %d of %d, %d local / %d global devices", jax.process_index(),
               jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+# ------------------------------------------------------------------------------------ coordination
+
+def is_primary() -> bool:
+  """Whether this is process 0, the one that runs host-side work and writes shared files."""
+  return jax.process_index() == 0
+
+
+def barrier_timeout_ms() -> int:
+  """How long a process waits for the others (GENSAR_BARRIER_TIMEOUT_S, default 24 h: a host-side stage
+  of a large catalogue runs on process 0 alone while the others wait)."""
+  return int(float(os.environ.get("GENSAR_BARRIER_TIMEOUT_S", 24 * 3600)) * 1000)
+
+
+def _coordination_client():
+  """The `jax.distributed` coordination client (key-value store and barriers), as Orbax uses it."""
+  from jax._src import distributed
+  client = distributed.global_state.client
+  if client is None:
+    raise RuntimeError("jax.distributed is not initialised; call maybe_initialize_distributed() first")
+  return client
+
+
+class PrimaryFailed(RuntimeError):
+  """Process 0 failed in work the other processes were waiting for."""
+
+
+def value_from_primary(name: str, compute: Callable[[], str]) -> str:
+  """`compute()` run on process 0 only, its string result given to every process (through the coordination
+  service's key-value store; for small values such as a fingerprint)."""
+  if jax.process_count() == 1:
+    return compute()
+  client, key = _coordination_client(), f"gensar/{name}/value"
+  on_primary(name, lambda: client.key_value_set(key, compute()))
+  return client.blocking_key_value_get(key, barrier_timeout_ms())
+
+
+def on_primary(name: str, work: Callable[[], Any]) -> Any:
+  """Runs `work` on process 0 while the others wait, then returns its result on process 0 (None elsewhere).
+
+  Process 0 publishes "ok" or its error under `name` in the coordination service; the others wait for it
+  (GENSAR_BARRIER_TIMEOUT_S) and raise `PrimaryFailed` with process 0's message, so every process stops
+  with the same reason instead of hanging at a barrier. `name` must be unique within the job.
+  """
+  if jax.process_count() == 1:
+    return work()
+  client, key = _coordination_client(), f"gensar/{name}"
+  if is_primary():
+    try:
+      result = work()
+    except BaseException as e:
+      client.key_value_set(key, f"error: {type(e).__name__}: {e}")
+      raise
+    client.key_value_set(key, "ok")
+    return result
+  status = client.blocking_key_value_get(key, barrier_timeout_ms())
+  if status != "ok":
+    raise PrimaryFailed(f"process 0 failed in {name} ({status.removeprefix('error: ')})")
+  return None
+
+
+def process_batches(num_batches: int) -> range:
+  """The batches this process computes when a loop over `num_batches` batches is split across processes
+  (round robin: process p takes p, p + P, ...)."""
+  return range(jax.process_index(), num_batches, jax.process_count())
+
+
+def gather_process_batches(local: list, num_batches: int, template: Any) -> list:
+  """Every process's results of `process_batches(num_batches)` -> all `num_batches` results in batch order,
+  on every process. local: this process's results (pytrees of arrays shaped like `template`)."""
+  if jax.process_count() == 1:
+    return list(local)
+  from jax.experimental import multihost_utils
+  count = jax.process_count()
+  per_process = -(-num_batches // count)
+  padding = [jax.tree.map(np.zeros_like, template)] * (per_process - len(local))
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *(list(local) + padding))   # [per_process, ...]
+  gathered = multihost_utils.process_allgather(stacked)                          # [count, per_process, ...]
+  return [jax.tree.map(lambda x, b=b: np.asarray(x[b % count, b // count]), gathered) for b in range(num_batches)]
 
 
 def resolve_mesh_shape(mesh_shape: Mapping[str, int], num_devices: int) -> dict[str, int]:

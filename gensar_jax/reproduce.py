@@ -24,7 +24,7 @@ import ml_collections
 
 from gensar_jax import stages
 from gensar_jax.config import section_with_defaults
-from gensar_jax.io_utils import DataError, atomic_path, fingerprint, read_json, write_json, write_text
+from gensar_jax.io_utils import DataError, atomic_path, fingerprint, is_uri, read_json, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,8 @@ def with_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, An
 # ------------------------------------------------------------------------------ stage sharing
 
 def _stage_fingerprint_on_disk(stage_dir: Path) -> str | None:
-  path = stage_dir / "fingerprint.json"
-  return read_json(path)["fingerprint"] if path.exists() else None
+  record = stages.read_record(stage_dir)
+  return record["fingerprint"] if record else None
 
 
 def stage_action(stage: stages.Stage, config: ml_collections.ConfigDict, run_dir: Path, main_workdir: Path) -> str:
@@ -285,13 +285,14 @@ def _identifier_summary(index_stats: Mapping[str, Any]) -> dict:
 
 
 def _generative_row(method: Method, run_dir: Path, split: str, config: ml_collections.ConfigDict) -> dict:
-  eval_stats = read_json(run_dir / "eval" / "stats.json")
+  eval_dir = stages.output_dir(run_dir, "eval")
+  eval_stats = read_json(eval_dir / "stats.json")
   if eval_stats["split"] != split:
-    raise DataError(f"{run_dir / 'eval' / 'stats.json'}: split {eval_stats['split']!r}, expected {split!r}")
-  metrics = read_json(run_dir / "eval" / "metrics.json")
-  train = read_json(run_dir / "train" / "stats.json")
+    raise DataError(f"{eval_dir / 'stats.json'}: split {eval_stats['split']!r}, expected {split!r}")
+  metrics = read_json(eval_dir / "metrics.json")
+  train = read_json(stages.output_dir(run_dir, "train") / "stats.json")
   return {"metrics": {task: metrics[task] for task in method.tasks},
-          "identifiers": _identifier_summary(read_json(run_dir / "index" / "stats.json")),
+          "identifiers": _identifier_summary(read_json(stages.output_dir(run_dir, "index") / "stats.json")),
           "identifier_lengths": [int(config.identifiers.num_shared_levels), int(config.identifiers.num_specific_levels)],
           "train": {k: train.get(k) for k in ("steps", "batch_size", "num_params", "selected_step", "seconds")},
           "workdir": str(run_dir)}
@@ -308,10 +309,10 @@ def _log_method(row: Mapping[str, Any], seconds: float) -> None:
 
 
 def _header(config: ml_collections.ConfigDict, workdir: Path, suite: str) -> dict:
-  prepare_stats = read_json(workdir / "prepare" / "stats.json")
-  train = read_json(workdir / "train" / "stats.json")
-  model = read_json(workdir / "train" / "model" / "model_config.json")
-  eval_stats = read_json(workdir / "eval" / "stats.json")
+  prepare_stats = read_json(stages.output_dir(workdir, "prepare") / "stats.json")
+  train = read_json(stages.output_dir(workdir, "train") / "stats.json")
+  model = read_json(stages.output_dir(workdir, "train") / "model" / "model_config.json")
+  eval_stats = read_json(stages.output_dir(workdir, "eval") / "stats.json")
   return {"config": config.name, "config_fingerprint": fingerprint(config.to_dict()), "suite": suite,
           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
           "seed": int(config.seed), "split": config.eval.split, "num_beams": int(eval_stats["num_beams"]),
@@ -334,6 +335,10 @@ def reproduce_main(config: ml_collections.ConfigDict, workdir: Path, suite: str 
   if config.eval.get("limit") is not None:
     raise ValueError(f"config.eval.limit={config.eval.limit}: reproduce compares every method on all rows of the "
                      "split (the baselines have no row limit); unset it")
+  if is_uri(workdir):
+    raise DataError(f"workdir {workdir}: `gensar reproduce` needs a local or mounted workdir (its methods share "
+                    "stage outputs through symbolic links); run it on a shared mount of the bucket (gcsfuse), or run "
+                    "`gensar run` per method on the bucket")
   workdir = Path(workdir)
   out_dir = workdir / "reproduce"
   out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,23 @@
-"""Pipeline stages: each reads its inputs from `<workdir>/<dep>/` and writes `<workdir>/<stage>/` with
-`stats.json`, `config.json` and `fingerprint.json`; `run` skips a stage whose fingerprint (a hash of the
-config values it reads, of its raw input files' contents and of its inputs' fingerprints) is unchanged.
+"""Pipeline stages: each reads its inputs from the committed outputs of the stages it depends on and writes
+its own with `stats.json` and `config.json`; `run` skips a stage whose fingerprint (a hash of the config values
+it reads, of its raw input files' contents and of its inputs' fingerprints) is unchanged.
 
-Safety (README "Safety"):
-  - A stage whose inputs or config changed builds its new output in `<workdir>/.<stage>.partial-<fp>/`
-    and swaps it in by two renames only when it succeeded: a failed or interrupted re-run leaves the
-    previous output as it was (an unfinished training run stays in its partial directory and resumes
-    when the same config runs again).
-  - `fingerprint.json` records what the output was built from (config values, raw files' sizes and
-    hashes, and each input stage's record); `check_consistent` refuses outputs that no longer belong
-    together (a model trained on another prepared dataset) and `explain_changes` says what changed.
+Layout and commit (the same on a local disk, a shared mount and an object store such as `gs://`):
+  - `<workdir>/<stage>/fingerprint.json` is the stage's record: what its output was built from (config
+    values, raw files' sizes and hashes, each input stage's record) and, under "output", the attempt
+    directory that holds the output, `<workdir>/<stage>/run-<fingerprint>/`. Readers resolve a stage through
+    its record (`output_dir`), never by listing.
+  - A run writes its output into its attempt directory, and the output becomes visible only when the record
+    naming it is written, last, as one file (a rename locally, one upload on an object store; no directory
+    is ever renamed). A failed or interrupted run leaves the previous record, hence the previous output, as
+    they were; an unfinished training run keeps its checkpoints in its attempt directory and resumes when
+    the same config runs again. After a commit the replaced attempt is deleted.
+  - `check_consistent` refuses outputs that no longer belong together (a model trained on another prepared
+    dataset) and `explain_changes` says what changed.
+
+Multi-host: a "primary" stage runs on process 0 while the other processes wait for its outcome; an "all" stage
+runs on every process (each does its share, e.g. its batches of the catalogue or its rows of the global
+batch); in both, process 0 alone writes the record.
 """
 from __future__ import annotations
 
@@ -20,14 +28,14 @@ import json
 import logging
 import os
 import shutil
-import sys
-import tempfile
-from pathlib import Path
 from typing import Callable
 
 import ml_collections
+from etils import epath
 
-from gensar_jax.io_utils import DataError, fingerprint, read_json, to_json, write_json
+from gensar_jax import parallel
+from gensar_jax.io_utils import (DataError, as_path, check_reachable, fingerprint, is_uri, read_json, remove_tree,
+                                  to_json, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -37,49 +45,54 @@ class Stage:
   name: str
   config_keys: tuple[str, ...]            # config sections or dotted fields the stage reads
   deps: tuple[str, ...]
-  # (config, out_dir, fingerprint) -> stats. Long stages use the fingerprint to tell a resumable run
-  # of the same inputs from a stale one.
-  run: Callable[[ml_collections.ConfigDict, Path, str], dict]
+  # (config, workdir, out_dir) -> stats: reads its inputs through `output_dir(workdir, dep)`, writes out_dir.
+  run: Callable[[ml_collections.ConfigDict, epath.Path, epath.Path], dict]
   summary: str
+  # "primary": process 0 runs it while the others wait; "all": every process runs it (see module doc).
+  processes: str = "all"
 
 
-def _prepare(config, out_dir, fingerprint):
+def _prepare(config, workdir, out_dir):
   from gensar_jax.data.prepare import prepare
   return prepare(config, out_dir)
 
 
-def _embed(config, out_dir, fingerprint):
+def _embed(config, workdir, out_dir):
   from gensar_jax.embed.stage import run_embed
-  return run_embed(config, out_dir)
+  return run_embed(config, workdir, out_dir)
 
 
-def _index(config, out_dir, fingerprint):
+def _index(config, workdir, out_dir):
   from gensar_jax.identifiers.stage import run_index
-  return run_index(config, out_dir)
+  return run_index(config, workdir, out_dir)
 
 
-def _doc2query(config, out_dir, fingerprint):
+def _doc2query(config, workdir, out_dir):
   from gensar_jax.train.stage import run_doc2query
-  return run_doc2query(config, out_dir, fingerprint)
+  return run_doc2query(config, workdir, out_dir)
 
 
-def _train(config, out_dir, fingerprint):
+def _train(config, workdir, out_dir):
   from gensar_jax.train.stage import run_train
-  return run_train(config, out_dir, fingerprint)
+  return run_train(config, workdir, out_dir)
 
 
-def _eval(config, out_dir, fingerprint):
+def _eval(config, workdir, out_dir):
   from gensar_jax.eval.stage import run_eval
-  return run_eval(config, out_dir)
+  return run_eval(config, workdir, out_dir)
 
 
 # Order matters: `run` executes stages in this order.
 STAGES: dict[str, Stage] = {s.name: s for s in [
+    # Host-side work (parsing, splits, BM25 negatives, SentencePiece): process 0 alone.
     Stage("prepare", ("seed", "data"), (), _prepare,
-          "raw data -> events, histories, splits, negatives, tokenizer, ArrayRecord samples"),
+          "raw data -> events, histories, splits, negatives, tokenizer, ArrayRecord samples", "primary"),
     Stage("embed", ("seed", "embed"), ("prepare",), _embed,
           "semantic (text encoder) and collaborative (SASRec) item embeddings"),
-    Stage("index", ("identifiers",), ("embed",), _index, "RQ-VAE dual identifiers with collision resolution"),
+    # The RQ-VAE is a few small matrices over N x d embeddings: its steps are latency-bound on one chip, and
+    # data parallelism over hosts would add a cross-host all-reduce per step that costs more than the step.
+    Stage("index", ("identifiers",), ("embed",), _index, "RQ-VAE dual identifiers with collision resolution",
+          "primary"),
     # doc2query reads item text and queries only (its vocabulary is the SentencePiece one).
     Stage("doc2query", ("seed", "tasks.max_text_tokens", "model", "doc2query", "parallel"), ("prepare",),
           _doc2query,
@@ -99,7 +112,7 @@ HASH_BLOCK = 1 << 20
 
 # ------------------------------------------------------------------------------------ records
 
-def raw_input_files(stage: Stage, config: ml_collections.ConfigDict) -> list[Path]:
+def raw_input_files(stage: Stage, config: ml_collections.ConfigDict) -> list[epath.Path]:
   """The raw files a stage reads from outside the workdir (only `prepare` has any)."""
   if stage.name != "prepare":
     return []
@@ -107,25 +120,33 @@ def raw_input_files(stage: Stage, config: ml_collections.ConfigDict) -> list[Pat
   return source_files(config.data)
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: epath.Path) -> str:
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with as_path(path).open("rb") as f:
     while block := f.read(HASH_BLOCK):
       h.update(block)
   return h.hexdigest()
 
 
-def file_records(paths: list[Path], known: dict | None = None) -> dict[str, dict]:
+def _size_and_mtime_ns(path: epath.Path) -> tuple[int, int]:
+  if is_uri(path):
+    st = as_path(path).stat()
+    return int(st.length), int(st.mtime * 1e9)
+  st = os.stat(path)
+  return st.st_size, st.st_mtime_ns
+
+
+def file_records(paths: list[epath.Path], known: dict | None = None) -> dict[str, dict]:
   """{path: {size, mtime_ns, sha256}}; a file whose size and mtime match `known` keeps its recorded hash."""
   out = {}
   for path in paths:
-    st = path.stat()
-    old = (known or {}).get(str(path))
-    if old and old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns:
+    size, mtime_ns = _size_and_mtime_ns(path)
+    old = (known or {}).get(os.fspath(path))
+    if old and old.get("size") == size and old.get("mtime_ns") == mtime_ns:
       digest = old["sha256"]
     else:
       digest = _sha256(path)
-    out[str(path)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    out[os.fspath(path)] = {"size": size, "mtime_ns": mtime_ns, "sha256": digest}
   return out
 
 
@@ -165,15 +186,33 @@ def _config_value(config: ml_collections.ConfigDict, key: str):
   return value
 
 
-def read_record(stage_dir: Path) -> dict | None:
-  """The stage directory's `fingerprint.json`, or None if the stage never completed there."""
-  path = Path(stage_dir) / "fingerprint.json"
-  return read_json(path) if path.exists() else None
+RECORD = "fingerprint.json"
 
 
-def stage_record(stage: Stage, config: ml_collections.ConfigDict, workdir: Path) -> dict:
+def read_record(stage_dir: epath.Path) -> dict | None:
+  """The stage directory's record (`fingerprint.json`), or None if the stage never completed there."""
+  path = as_path(stage_dir) / RECORD
+  try:
+    return read_json(path)
+  except DataError:
+    if path.exists():
+      raise                      # there but unreadable: say so
+    return None
+
+
+def output_dir(workdir: epath.Path, name: str) -> epath.Path:
+  """Where stage `name`'s committed output lives: the attempt directory its record names (a record without
+  one, as older workdirs have, keeps its files beside the record). Raises DataError when it never completed."""
+  stage_dir = as_path(workdir) / name
+  record = read_record(stage_dir)
+  if record is None:
+    raise DataError(f"{stage_dir}: no completed output; run `gensar {name}` (or `gensar run`) first")
+  return stage_dir / record["output"] if record.get("output") else stage_dir
+
+
+def stage_record(stage: Stage, config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
   """What `<workdir>/<stage>` built from this config would depend on, and its fingerprint."""
-  workdir = Path(workdir)
+  workdir = as_path(workdir)
   values = json.loads(to_json({key: _config_value(config, key) for key in stage.config_keys}))   # as recorded
   previous = read_record(workdir / stage.name) or {}
   inputs = file_records(raw_input_files(stage, config), previous.get("inputs"))
@@ -191,13 +230,14 @@ def stage_record(stage: Stage, config: ml_collections.ConfigDict, workdir: Path)
           "deps": deps}
 
 
-def stage_fingerprint(stage: Stage, config: ml_collections.ConfigDict, workdir: Path) -> str:
+def stage_fingerprint(stage: Stage, config: ml_collections.ConfigDict, workdir: epath.Path) -> str:
   return stage_record(stage, config, workdir)["fingerprint"]
 
 
-def is_fresh(stage: Stage, config, workdir: Path) -> bool:
-  record = read_record(Path(workdir) / stage.name)
-  if record is None or any(read_record(Path(workdir) / d) is None for d in stage.deps):
+def is_fresh(stage: Stage, config, workdir: epath.Path) -> bool:
+  workdir = as_path(workdir)
+  record = read_record(workdir / stage.name)
+  if record is None or any(read_record(workdir / d) is None for d in stage.deps):
     return False
   return record["fingerprint"] == stage_fingerprint(stage, config, workdir)
 
@@ -238,11 +278,12 @@ def diff_records(old: dict, new: dict) -> list[str]:
   return changes
 
 
-def explain_changes(stage: Stage, config, workdir: Path) -> list[str]:
+def explain_changes(stage: Stage, config, workdir: epath.Path) -> list[str]:
   """Why `<workdir>/<stage>` is not fresh for `config` ([] when it is)."""
-  record = read_record(Path(workdir) / stage.name)
+  workdir = as_path(workdir)
+  record = read_record(workdir / stage.name)
   if record is None:
-    return [f"{Path(workdir) / stage.name} has no completed output"]
+    return [f"{workdir / stage.name} has no completed output"]
   return diff_records(record, stage_record(stage, config, workdir))
 
 
@@ -257,10 +298,10 @@ def upstream(names) -> list[str]:
   return [name for name in STAGES if name in wanted]
 
 
-def check_consistent(workdir: Path, names) -> None:
+def check_consistent(workdir: epath.Path, names) -> None:
   """Raises DataError unless every stage output that `names` read was built from the outputs now on disk
   (e.g. the model in train/ from the tokenizer in prepare/ and the codes in index/)."""
-  workdir = Path(workdir)
+  workdir = as_path(workdir)
   for name in upstream(names):
     record = read_record(workdir / name)
     if record is None:
@@ -280,15 +321,20 @@ def check_consistent(workdir: Path, names) -> None:
 
 # ------------------------------------------------------------------------------------ running
 
-def check_workdir(workdir: Path, min_free_bytes: int = MIN_FREE_BYTES) -> None:
-  """Raises DataError before any work if `workdir` is a file, cannot be written, or its disk is full."""
-  workdir = Path(workdir)
+def check_workdir(workdir: epath.Path, min_free_bytes: int = MIN_FREE_BYTES) -> None:
+  """Raises DataError before any work if `workdir` is a file, cannot be written, or its disk is full; for a
+  URI, if its store cannot be reached."""
+  if is_uri(workdir):
+    check_reachable(workdir)
+    return
+  workdir = as_path(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise DataError(f"workdir {workdir} is a file, not a directory; give --workdir a directory path")
+  probe = workdir / f".write-test-{os.getpid()}-{os.urandom(4).hex()}"
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
-      pass
+    probe.write_bytes(b"")
+    probe.unlink()
   except OSError as e:
     raise DataError(f"workdir {workdir} is not writable ({e.strerror or e}); give --workdir a writable "
                     "directory") from None
@@ -298,79 +344,79 @@ def check_workdir(workdir: Path, min_free_bytes: int = MIN_FREE_BYTES) -> None:
                     f"{min_free_bytes / 2**20:.0f} MiB (GENSAR_MIN_FREE_MB sets the threshold)")
 
 
-def _partial_dir(workdir: Path, name: str, fp: str) -> Path:
-  return workdir / f".{name}.partial-{fp}"
+def attempt_name(fingerprint: str) -> str:
+  """The attempt directory of a run with this fingerprint: a rerun of the same inputs finds (and resumes) it."""
+  return f"run-{fingerprint}"
 
 
-def _previous_dir(workdir: Path, name: str) -> Path:
-  return workdir / f".{name}.previous"
+def _resumable(attempt: epath.Path) -> bool:
+  """Whether an uncommitted attempt holds training checkpoints worth resuming from."""
+  return (attempt / "checkpoints").is_dir()
 
 
-def _recover_interrupted_swap(workdir: Path, name: str) -> None:
-  """A swap stopped between its two renames: put the previous output back."""
-  out_dir, previous = workdir / name, _previous_dir(workdir, name)
-  if previous.is_dir() and not out_dir.exists() and not out_dir.is_symlink():
-    try:
-      os.replace(previous, out_dir)
-    except FileNotFoundError:        # another process of a multi-host run restored it first
-      return
-    log.warning("%s: restored the previous output (a swap was interrupted)", out_dir)
+def _clean_stage_dir(stage_dir: epath.Path, keep: str, replaced: str | None) -> None:
+  """After a commit: removes everything in `stage_dir` but the record, the committed attempt `keep` and
+  unfinished training attempts of other configs (they resume when their config runs again); the attempt
+  the commit `replaced` goes too."""
+  for entry in stage_dir.iterdir():
+    if entry.name in (RECORD, keep):
+      continue
+    if entry.name != replaced and entry.name.startswith("run-") and _resumable(entry):
+      continue
+    remove_tree(entry)
 
 
-def _swap_in(new_dir: Path, out_dir: Path) -> None:
-  """Makes `new_dir` the stage's output; the previous output (or a symlink to a shared one) is dropped
-  only after the new one is in place."""
-  previous = _previous_dir(out_dir.parent, out_dir.name)
-  shutil.rmtree(previous, ignore_errors=True)
-  if out_dir.is_symlink():
-    out_dir.unlink()
-  elif out_dir.exists():
-    os.replace(out_dir, previous)
-  os.replace(new_dir, out_dir)
-  shutil.rmtree(previous, ignore_errors=True)
+def _commit(stage_dir: epath.Path, record: dict, replaced: str | None) -> None:
+  """Makes the attempt `record["output"]` the stage's output by writing the record (last), then cleans up."""
+  write_json(stage_dir / RECORD, record)
+  _clean_stage_dir(stage_dir, record["output"], replaced)
 
 
-def _primary_then_sync(action: Callable[[], None]) -> None:
-  """Runs `action` on process 0 only, with the other processes waiting (multi-host runs)."""
-  jax = sys.modules.get("jax")
-  multi = jax is not None and jax.process_count() > 1
-  if not multi or jax.process_index() == 0:
-    action()
-  if multi:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("gensar stage output")
-
-
-def run_stage(stage: Stage, config, workdir: Path) -> dict:
-  """Runs one stage. Its output replaces `<workdir>/<stage>` only once it is complete (see module doc)."""
-  workdir = Path(workdir)
+def run_stage(stage: Stage, config, workdir: epath.Path) -> dict:
+  """Runs one stage into its attempt directory and commits it (see module doc). Every process of a
+  multi-host job calls it; `stage.processes` says which of them do the work."""
+  workdir = as_path(workdir)
   check_workdir(workdir)
-  for name in upstream([stage.name]):
-    _recover_interrupted_swap(workdir, name)
   check_consistent(workdir, stage.deps)
-  record = stage_record(stage, config, workdir)
-  fp = record["fingerprint"]
-  out_dir = workdir / stage.name
-  current = read_record(out_dir)
-  in_place = current is not None and current["fingerprint"] == fp and not out_dir.is_symlink()
-  target = out_dir if in_place else _partial_dir(workdir, stage.name, fp)
-  if not in_place and current is not None:
-    log.info("%s: building the new output in %s; the current %s/ stays until it succeeds (changed: %s)",
-             stage.name, target.name, stage.name, "; ".join(diff_records(current, record)) or "?")
-  try:
-    stats = stage.run(config, target, fp)
-  except BaseException:
-    if not in_place and target.is_dir() and not (target / "checkpoints").is_dir():
-      shutil.rmtree(target, ignore_errors=True)
-    elif not in_place and target.is_dir():
-      log.warning("%s: stopped; its unfinished run is kept in %s and resumes when the same config runs again "
-                  "(the previous %s/ is unchanged)", stage.name, target, stage.name)
-    raise
-  record["written"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  # Process 0 computes the record (hashing raw files is not repeated on every host); the others need only
+  # its fingerprint, which names the attempt directory.
+  record = stage_record(stage, config, workdir) if parallel.is_primary() else None
+  fp = parallel.value_from_primary(f"{stage.name}/fingerprint", lambda: record["fingerprint"])
+  stage_dir = workdir / stage.name
+  current = read_record(stage_dir)
+  in_place = current is not None and current["fingerprint"] == fp and bool(current.get("output"))
+  attempt = current["output"] if in_place else attempt_name(fp)
+  target = stage_dir / attempt
+  if not in_place and current is not None and record is not None:
+    log.info("%s: building the new output in %s; the current output stays until it succeeds (changed: %s)",
+             stage.name, target, "; ".join(diff_records(current, record)) or "?")
 
-  def finish():
-    write_json(target / "fingerprint.json", record)
-    if not in_place:
-      _swap_in(target, out_dir)
-  _primary_then_sync(finish)
+  def start() -> None:
+    if not in_place and target.exists() and not _resumable(target):
+      remove_tree(target)          # left by a run killed before it could clean up
+    target.mkdir(parents=True, exist_ok=True)
+
+  def work() -> dict:
+    try:
+      return stage.run(config, workdir, target)
+    except BaseException:
+      if not in_place and parallel.is_primary():
+        if _resumable(target):
+          log.warning("%s: stopped; its unfinished run is kept in %s and resumes when the same config runs "
+                      "again (the previous output is unchanged)", stage.name, target)
+        else:
+          remove_tree(target)
+      raise
+
+  parallel.on_primary(f"{stage.name}/{fp}/start", start)
+  stats = parallel.on_primary(f"{stage.name}/{fp}/run", work) if stage.processes == "primary" else work()
+  replaced = (current or {}).get("output")
+
+  def commit() -> None:
+    record.update(output=attempt,
+                  written=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    _commit(stage_dir, record, replaced)
+  parallel.on_primary(f"{stage.name}/{fp}/commit", commit)
+  if stats is None:                # a primary stage, on the other processes
+    stats = read_json(target / "stats.json")
   return stats

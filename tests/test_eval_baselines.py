@@ -181,7 +181,8 @@ def test_evaluate_baselines_prepare_only_methods_and_bad_input(tiny_prepared):
 
 def test_evaluate_baselines_rejects_mismatched_negatives(tiny_prepared, tmp_path):
   from gensar_jax.data.prepare import load_prepared
-  prepared = load_prepared(tiny_prepared[0] / "prepare")
+  from gensar_jax.stages import output_dir
+  prepared = load_prepared(output_dir(tiny_prepared[0], "prepare"))
   prepared.negatives["search_test"] = prepared.negatives["search_test"][:-1]
   with pytest.raises(DataError, match="search_test has shape"):
     baselines.split_inputs(prepared, "search", "test")
@@ -190,7 +191,7 @@ def test_evaluate_baselines_rejects_mismatched_negatives(tiny_prepared, tmp_path
 @pytest.mark.slow
 def test_evaluate_baselines_on_tiny_workdir(tiny_prepared):
   from gensar_jax.io_utils import read_json
-  from gensar_jax.stages import STAGES, run_stage
+  from gensar_jax.stages import STAGES, output_dir, run_stage
   workdir, config = tiny_prepared
   run_stage(STAGES["embed"], config, workdir)
   results = baselines.evaluate_baselines(workdir, config, split="test")
@@ -203,11 +204,11 @@ def test_evaluate_baselines_on_tiny_workdir(tiny_prepared):
         assert set(metrics) == {"HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10"}
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
   # The sampled SASRec numbers are the ones the embed stage reported on the same test candidates.
-  expected = read_json(workdir / "embed" / "stats.json")["sasrec"]["test"]
+  expected = read_json(output_dir(workdir, "embed") / "stats.json")["sasrec"]["test"]
   for key, value in expected.items():
     assert results["sasrec"]["rec"]["sampled"][key] == pytest.approx(value)
   # Dense embeddings of the wrong width are reported with the file at fault.
-  save_arrays(workdir / "embed" / "embeddings.npz", semantic=np.zeros((3, 4), np.float32),
+  save_arrays(output_dir(workdir, "embed") / "embeddings.npz", semantic=np.zeros((3, 4), np.float32),
               collab=np.zeros((3, 4), np.float32))
   with pytest.raises(DataError, match="embeddings.npz"):
     baselines.evaluate_baselines(workdir, config, methods=["dense"])

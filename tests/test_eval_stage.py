@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from workdir_fixtures import committed_stage
 
 from gensar_jax import parallel
 from gensar_jax.config import load_config
@@ -134,7 +135,7 @@ def workdir(tiny_prepared, tmp_path_factory):
   search) while every item has different identifiers in the two views.
   """
   workdir = tmp_path_factory.mktemp("eval_stage")
-  (workdir / "prepare").symlink_to(tiny_prepared.directory, target_is_directory=True)
+  committed_stage(workdir, "prepare", linked_to=tiny_prepared.directory)
   config = load_config("tiny")
   rng = np.random.default_rng(0)
   num_items = tiny_prepared.dataset.num_items
@@ -146,20 +147,20 @@ def workdir(tiny_prepared, tmp_path_factory):
     queries = stage.eval_queries(task_data, task, "test", NUM_ROWS)
     for row in range(0, NUM_ROWS, 2):
       base[index[queries.candidates[row, 1]]] = base[index[queries.targets[row]]]
-  save_arrays(workdir / "index" / "codes.npz", semantic_codes=base, collab_codes=base[permutation])
+  save_arrays(committed_stage(workdir, "index") / "codes.npz", semantic_codes=base, collab_codes=base[permutation])
 
   task_data = load_task_data(workdir, config)
   model_cfg = T5Config.tiny(task_data.vocab_size, dropout_rate=0.0)
   params = jax.jit(lambda key: init_params(model_cfg, key))(jax.random.key(1))
   params = jax.tree.map(lambda p: p * 2.0, params)     # sharper scores: no accidental float ties
-  export.save_model(workdir / "train" / "model", params, model_cfg, {"step": 12})
+  export.save_model(committed_stage(workdir, "train") / "model", params, model_cfg, {"step": 12})
   return workdir
 
 
 @pytest.fixture(scope="module")
 def model(workdir):
   """(task_data, model_cfg, params) as the eval stage loads them (the same compiled searches)."""
-  params, model_cfg = export.load_model(workdir / "train" / "model")
+  params, model_cfg = export.load_model(workdir / "train" / "run-test" / "model")
   return load_task_data(workdir, load_config("tiny")), model_cfg, params
 
 
@@ -332,9 +333,9 @@ def test_run_eval_writes_metrics_tables_and_stats(workdir, model, reference, tmp
   # Queries are sharded over the data axis of config.parallel's mesh (all 8 simulated devices).
   config.eval.update(dict(limit=NUM_ROWS, batch_size=8, num_beams=_exhaustive_beams(task_data)))
   with pytest.raises(DataError, match="gensar train"):
-    stage.run_eval(config, tmp_path / "eval")         # a workdir without train/model
-  stats = stage.run_eval(config, workdir / "eval")
+    stage.run_eval(config, tmp_path, tmp_path / "eval")         # a workdir without a trained model
   out = workdir / "eval"
+  stats = stage.run_eval(config, workdir, out)
   assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "metrics.md", "stats.json"]
   metrics = json.loads((out / "metrics.json").read_text())
   for task in ("rec", "search"):

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from workdir_fixtures import committed_stage
 
 import jax
 import jax.numpy as jnp
@@ -161,7 +162,7 @@ def test_pretrained_dir_uses_the_checkpoints_tokenizer_and_keeps_its_embedding_r
   model, sp = _write_pretrained_dir(checkpoint, texts)
   workdir = tmp_path / "work"
   workdir.mkdir()
-  (workdir / "prepare").symlink_to(tiny_prepared.directory, target_is_directory=True)
+  committed_stage(workdir, "prepare", linked_to=tiny_prepared.directory)
   config = load_config("tiny")
   config.model.pretrained_dir = str(checkpoint)
   rng = np.random.default_rng(0)

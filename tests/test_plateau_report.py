@@ -74,12 +74,12 @@ def test_only_this_configs_run_is_read(tmp_path, dependency_records):
   (tmp_path / "train" / "fingerprint.json").write_text(json.dumps({"fingerprint": "another run"}))
   with pytest.raises(DataError, match="no training run"):      # a finished run of other inputs is refused
     plateau_report.train_dir(config, tmp_path)
-  partial = tmp_path / f".train.partial-{fp}"
+  partial = tmp_path / "train" / f"run-{fp}"
   partial.mkdir()
   (partial / "eval_history.json").write_text("[]")
   assert plateau_report.train_dir(config, tmp_path) == (partial, False)
-  (tmp_path / "train" / "fingerprint.json").write_text(json.dumps({"fingerprint": fp}))
-  assert plateau_report.train_dir(config, tmp_path) == (tmp_path / "train", True)
+  (tmp_path / "train" / "fingerprint.json").write_text(json.dumps({"fingerprint": fp, "output": f"run-{fp}"}))
+  assert plateau_report.train_dir(config, tmp_path) == (partial, True)
 
 
 def test_readme_plateau_section_is_the_recorded_summary():

@@ -79,10 +79,9 @@ def fake_stages(monkeypatch):
   calls = []
 
   def make_run(name):
-    def run(config, out_dir, fp):
+    def run(config, workdir, out_dir):
       calls.append((name, out_dir))
-      out_dir.mkdir(parents=True, exist_ok=True)
-      write_json(out_dir / "stats.json", {"stage": name, "fingerprint": fp})
+      write_json(out_dir / "stats.json", {"stage": name, "attempt": out_dir.name})
       return {}
     return run
 
@@ -122,7 +121,7 @@ def test_variants_link_shared_stages_and_run_the_rest(tmp_path, tiny_config, fak
     run_dir, actions = run(methods[slug])
     assert actions == {s: "shared" if s in shared else "ran" for s in stages.STAGES}, slug
     assert [name for name, _ in fake_stages] == [s for s in stages.STAGES if s not in shared]
-    assert all(out_dir.parent == run_dir for _, out_dir in fake_stages)
+    assert all(out_dir.parent.parent == run_dir for _, out_dir in fake_stages)     # <run_dir>/<stage>/<attempt>
     for name in stages.STAGES:
       assert (run_dir / name).is_symlink() == (name in shared), (slug, name)
     assert _actions(timings, slug) == actions
@@ -144,13 +143,13 @@ def test_stale_links_are_replaced_without_touching_the_main_workdir(tmp_path, ti
   reproduce.run_reference_pipeline(tiny_config, main, timings)
   run_dir = main / "reproduce" / "runs" / "x"
   reproduce.run_method(reproduce.GENSAR, tiny_config, main, run_dir, timings)
-  main_index = read_json(main / "index" / "stats.json")
+  main_index = read_json(stages.output_dir(main, "index") / "stats.json")
   fake_stages.clear()
   semantic = reproduce.with_overrides(tiny_config, {"identifiers.mode": "semantic"})
   actions = reproduce.run_method(reproduce.GENSAR, semantic, main, run_dir, timings)   # links are stale now
   assert actions["embed"] == "shared" and actions["index"] == "ran"
-  assert not (run_dir / "index").is_symlink() and (run_dir / "index" / "stats.json").exists()
-  assert read_json(main / "index" / "stats.json") == main_index
+  assert not (run_dir / "index").is_symlink() and (stages.output_dir(run_dir, "index") / "stats.json").exists()
+  assert read_json(stages.output_dir(main, "index") / "stats.json") == main_index
   assert read_json(main / "index" / "fingerprint.json")["fingerprint"] != \
       read_json(run_dir / "index" / "fingerprint.json")["fingerprint"]
   # Back to the reference config: the method's own stale copies give way to links again.
@@ -390,7 +389,7 @@ def test_reproduce_main_suite_on_tiny(tmp_path):
       assert (out / "runs" / slug / stage).is_symlink() == (stage in names), (slug, stage)
       assert timings[slug][stage]["action"] == ("shared" if stage in names else "ran"), (slug, stage)
   gensar = {r["slug"]: r for r in saved["methods"]}["gensar"]
-  assert gensar["metrics"] == read_json(workdir / "eval" / "metrics.json")
+  assert gensar["metrics"] == read_json(stages.output_dir(workdir, "eval") / "metrics.json")
   assert results["header"]["training"] == {"steps": 40, "batch_size": 16}
   # A second call finds everything up to date.
   before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/*/stats.json")}

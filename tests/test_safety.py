@@ -4,16 +4,24 @@ import gzip
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+from etils import epath
+from gcs_emulator import client_env
 
 from gensar_jax import cli, stages
 from gensar_jax import config as config_lib
 from gensar_jax.config import apply_overrides, load_config
 from gensar_jax.data import events, loaders
 from gensar_jax.io_utils import DataError, load_arrays, read_json
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # ------------------------------------------------------------------------------ config values
@@ -95,19 +103,17 @@ def test_cli_refuses_bad_values_before_any_work(tmp_path, caplog):
 def _fake_pipeline(monkeypatch, fail_in=None):
   """Two stages, `a` -> `b`, that write a file with their config value; `b` behaves like the training
   stage (checkpoints first, then the model) and can be made to fail half-way."""
-  def run_a(config, out_dir, fp):
-    out_dir.mkdir(parents=True, exist_ok=True)
+  def run_a(config, workdir, out_dir):
     (out_dir / "value.txt").write_text(str(config.x))
     return {}
 
-  def run_b(config, out_dir, fp):
-    from gensar_jax.train.stage import _clear_stale_run
-    _clear_stale_run(out_dir, fp)
+  def run_b(config, workdir, out_dir):
     (out_dir / "checkpoints").mkdir(exist_ok=True)
     (out_dir / "checkpoints" / f"step-{config.y}").write_text("state")
     if fail_in == "b":
       raise KeyboardInterrupt
-    (out_dir / "model.txt").write_text(f"model x={(out_dir.parent / 'a' / 'value.txt').read_text()} y={config.y}")
+    a_value = (stages.output_dir(workdir, "a") / "value.txt").read_text()
+    (out_dir / "model.txt").write_text(f"model x={a_value} y={config.y}")
     return {}
   fake = {"a": stages.Stage("a", ("x",), (), run_a, ""), "b": stages.Stage("b", ("y",), ("a",), run_b, "")}
   monkeypatch.setattr(stages, "STAGES", fake)
@@ -119,46 +125,84 @@ def _cfg(x, y):
   return ml_collections.ConfigDict({"x": x, "y": y})
 
 
-def test_failed_rerun_keeps_the_previous_output_and_resumes_later(tmp_path, monkeypatch):
+@pytest.fixture(params=["local", "gcs"])
+def store(request, tmp_path):
+  """A fresh workdir on a local disk, or in a bucket of the GCS emulator (the commit protocol is the same)."""
+  if request.param == "local":
+    yield tmp_path / "work"
+    return
+  env = request.getfixturevalue("gcs_emulator_env")
+  with client_env(env):
+    yield epath.Path(f"gs://bkt/{request.node.name.replace('[', '-').rstrip(']')}")
+
+
+def _names(directory) -> list[str]:
+  return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def test_failed_rerun_keeps_the_previous_output_and_resumes_later(store, monkeypatch):
   fake = _fake_pipeline(monkeypatch)
   for name in ("a", "b"):
-    stages.run_stage(fake[name], _cfg(1, 10), tmp_path)
-  assert (tmp_path / "b" / "model.txt").read_text() == "model x=1 y=10"
+    stages.run_stage(fake[name], _cfg(1, 10), store)
+  first = stages.output_dir(store, "b")
+  assert (first / "model.txt").read_text() == "model x=1 y=10"
+  assert _names(store / "b") == ["fingerprint.json", first.name]
 
   fake = _fake_pipeline(monkeypatch, fail_in="b")      # a changed config, interrupted half-way
   with pytest.raises(KeyboardInterrupt):
-    stages.run_stage(fake["b"], _cfg(1, 20), tmp_path)
-  assert (tmp_path / "b" / "model.txt").read_text() == "model x=1 y=10"    # the previous model is intact
-  assert stages.is_fresh(fake["b"], _cfg(1, 10), tmp_path)
-  partials = list(tmp_path.glob(".b.partial-*"))
-  assert len(partials) == 1 and (partials[0] / "checkpoints" / "step-20").exists()   # unfinished work kept
+    stages.run_stage(fake["b"], _cfg(1, 20), store)
+  assert (stages.output_dir(store, "b") / "model.txt").read_text() == "model x=1 y=10"   # the previous model
+  assert stages.is_fresh(fake["b"], _cfg(1, 10), store)
+  attempt = store / "b" / stages.attempt_name(stages.stage_fingerprint(fake["b"], _cfg(1, 20), store))
+  assert (attempt / "checkpoints" / "step-20").exists()                                  # unfinished work kept
 
-  fake = _fake_pipeline(monkeypatch)                   # the same changed config again: resumes, then swaps
-  stages.run_stage(fake["b"], _cfg(1, 20), tmp_path)
-  assert (tmp_path / "b" / "model.txt").read_text() == "model x=1 y=20"
-  assert (tmp_path / "b" / "checkpoints" / "step-20").exists()
-  assert not list(tmp_path.glob(".b.*"))
+  fake = _fake_pipeline(monkeypatch)                   # the same changed config again: resumes, then commits
+  stages.run_stage(fake["b"], _cfg(1, 20), store)
+  assert stages.output_dir(store, "b") == attempt
+  assert (attempt / "model.txt").read_text() == "model x=1 y=20" and (attempt / "checkpoints" / "step-20").exists()
+  assert _names(store / "b") == ["fingerprint.json", attempt.name]        # the replaced attempt is gone
 
 
-def test_failed_stage_without_checkpoints_leaves_nothing_behind(tmp_path, monkeypatch):
-  def boom(config, out_dir, fp):
-    out_dir.mkdir(parents=True)
+def test_failed_stage_without_checkpoints_leaves_nothing_behind(store, monkeypatch):
+  def boom(config, workdir, out_dir):
     (out_dir / "half.txt").write_text("half")
     raise RuntimeError("disk went away")
   stage = stages.Stage("a", ("x",), (), boom, "")
   monkeypatch.setattr(stages, "STAGES", {"a": stage})
   with pytest.raises(RuntimeError):
-    stages.run_stage(stage, _cfg(1, 0), tmp_path)
-  assert sorted(p.name for p in tmp_path.iterdir()) == []
+    stages.run_stage(stage, _cfg(1, 0), store)
+  assert stages.read_record(store / "a") is None and _names(store / "a") == []
 
 
-def test_interrupted_swap_restores_the_previous_output(tmp_path, monkeypatch):
-  fake = _fake_pipeline(monkeypatch)
-  stages.run_stage(fake["a"], _cfg(1, 0), tmp_path)
-  os.replace(tmp_path / "a", tmp_path / ".a.previous")        # as if stopped between a swap's two renames
-  stages.run_stage(fake["b"], _cfg(1, 5), tmp_path)            # the next run puts a/ back before reading it
-  assert (tmp_path / "a" / "value.txt").read_text() == "1" and not (tmp_path / ".a.previous").exists()
-  assert (tmp_path / "b" / "model.txt").read_text() == "model x=1 y=5"
+KILL_BETWEEN_WRITE_AND_COMMIT = """
+import os, signal, sys
+import ml_collections
+from etils import epath
+from gensar_jax import stages
+
+def run_a(config, workdir, out_dir):
+  (out_dir / "value.txt").write_text(str(config.x))
+  return {}
+
+stage = stages.Stage("a", ("x",), (), run_a, "")
+stages.STAGES = {"a": stage}
+if sys.argv[2] == "kill":     # after the output is written, before its record
+  stages._commit = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+stages.run_stage(stage, ml_collections.ConfigDict({"x": int(sys.argv[3])}), epath.Path(sys.argv[1]))
+"""
+
+
+def test_kill_9_between_write_and_commit_keeps_the_previous_output(store):
+  def run(mode: str, x: int) -> int:
+    return subprocess.run([sys.executable, "-c", KILL_BETWEEN_WRITE_AND_COMMIT, os.fspath(store), mode, str(x)],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300).returncode
+  assert run("commit", 1) == 0
+  good = stages.output_dir(store, "a")
+  assert run("kill", 2) == -signal.SIGKILL
+  assert stages.output_dir(store, "a") == good and (good / "value.txt").read_text() == "1"
+  assert len(_names(store / "a")) == 3            # the record, the good attempt, the uncommitted one
+  assert run("commit", 2) == 0                    # the next run rebuilds its attempt, commits, cleans up
+  assert (stages.output_dir(store, "a") / "value.txt").read_text() == "2" and len(_names(store / "a")) == 2
 
 
 def test_outputs_that_no_longer_belong_together_are_refused(tmp_path, monkeypatch):
@@ -184,6 +228,15 @@ def test_workdir_problems_are_found_before_any_work(tmp_path, monkeypatch):
   monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 << 30, 10 << 30, 5 << 20))
   with pytest.raises(DataError, match="only 5 MiB free"):
     stages.check_workdir(tmp_path / "w")
+
+
+def test_a_workdir_uri_that_cannot_be_written_is_one_error_before_any_work(gcs_emulator_env, caplog):
+  with client_env(gcs_emulator_env):
+    stages.check_workdir("gs://bkt/fine")                                   # the emulator's bucket
+    with pytest.raises(DataError, match=r"workdir gs://no-such-bucket/run: cannot write there .*credentials"):
+      stages.check_workdir("gs://no-such-bucket/run")
+    assert cli.main(["prepare", "--config", "tiny", "--workdir", "gs://no-such-bucket/run"]) == 2
+  assert "gs://no-such-bucket/run: cannot write there" in caplog.text
 
 
 # ------------------------------------------------------------------------------ provenance of raw files
@@ -344,4 +397,4 @@ def test_prepare_prints_only_its_table_on_stdout(tmp_path, capsys):
   assert cli.main(["prepare", "--config", "tiny", "--workdir", str(tmp_path)]) == 0
   out = capsys.readouterr().out
   assert out.startswith("| statistic | value |") and "Downloading" not in out
-  assert read_json(tmp_path / "prepare" / "stats.json")["duplicates_dropped"] == {}
+  assert read_json(stages.output_dir(tmp_path, "prepare") / "stats.json")["duplicates_dropped"] == {}

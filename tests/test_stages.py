@@ -1,14 +1,16 @@
 """Stages through the CLI on the tiny config: caching, Orbax persistence, end-to-end outputs."""
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from gensar_jax import cli
+from gensar_jax import cli, stages
 from gensar_jax.identifiers.stage import load_rqvae_params
 from gensar_jax.io_utils import DataError, load_arrays
 
@@ -19,30 +21,31 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   assert cli.main(["run", "--config", "tiny", "--workdir", str(workdir)]) == 0
   for stage in ("prepare", "embed", "index", "doc2query", "train", "eval"):
     assert (workdir / stage / "fingerprint.json").exists(), stage
-  index_stats = json.loads((workdir / "index" / "stats.json").read_text())
+  out = lambda stage: stages.output_dir(workdir, stage)  # noqa: E731
+  index_stats = json.loads((out("index") / "stats.json").read_text())
   assert index_stats["shared_prefix_consistent"]
-  restored = load_rqvae_params(workdir / "index" / "rqvae")
-  flat = load_arrays(workdir / "index" / "rqvae_params.npz")
+  restored = load_rqvae_params(out("index") / "rqvae")
+  flat = load_arrays(out("index") / "rqvae_params.npz")
   leaves = {"/".join(str(k.key) for k in path): np.asarray(v)
             for path, v in jax.tree_util.tree_flatten_with_path(restored)[0]}
   assert leaves.keys() == flat.keys()
   for name, value in flat.items():
     np.testing.assert_array_equal(leaves[name], value)
-  train = json.loads((workdir / "train" / "stats.json").read_text())
+  train = json.loads((out("train") / "stats.json").read_text())
   assert train["probe_loss_after"] < train["probe_loss_before"]         # learning happened
-  metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
+  metrics = json.loads((out("eval") / "metrics.json").read_text())
   for task in ("rec", "search"):
     for protocol in ("sampled", "full"):
       assert 0.0 <= metrics[task][protocol]["HR@10"] <= 1.0
-  pseudo = load_arrays(workdir / "doc2query" / "pseudo_queries.npz")["tokens"]
+  pseudo = load_arrays(out("doc2query") / "pseudo_queries.npz")["tokens"]
   import sentencepiece as spm
-  pieces = spm.SentencePieceProcessor(model_file=str(workdir / "prepare" / "spm.model")).get_piece_size()
+  pieces = spm.SentencePieceProcessor(model_file=os.fspath(out("prepare") / "spm.model")).get_piece_size()
   assert 0 < pseudo.max() < pieces      # text only: ids inside the SentencePiece vocabulary
-  assert pseudo.shape[:2] == (json.loads((workdir / "prepare" / "stats.json").read_text())["items"], 2)
+  assert pseudo.shape[:2] == (json.loads((out("prepare") / "stats.json").read_text())["items"], 2)
   # A second run finds every stage fresh and recomputes nothing.
-  before = {s: (workdir / s / "stats.json").stat().st_mtime_ns for s in ("prepare", "train", "eval")}
+  before = {s: (out(s) / "stats.json").stat().st_mtime_ns for s in ("prepare", "train", "eval")}
   assert cli.main(["run", "--config", "tiny", "--workdir", str(workdir)]) == 0
-  assert before == {s: (workdir / s / "stats.json").stat().st_mtime_ns for s in ("prepare", "train", "eval")}
+  assert before == {s: (out(s) / "stats.json").stat().st_mtime_ns for s in ("prepare", "train", "eval")}
   # The retrieval API on the trained workdir.
   from gensar_jax.api import GenSAR
   model = GenSAR.load(workdir)
@@ -77,19 +80,23 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   assert cli.main(["recommend", "--config", "tiny", "--workdir", str(tmp_path / "none"), "--user", "x"]) == 2
 
   # Safety: a re-run of a changed training config killed half-way leaves the trained model intact.
-  model_bytes = {p.relative_to(workdir): p.read_bytes() for p in (workdir / "train").rglob("*") if p.is_file()}
-  metrics_text = (workdir / "eval" / "metrics.json").read_text()
+  trained = stages.output_dir(workdir, "train")
+  model_bytes = {p.relative_to(workdir): p.read_bytes() for p in Path(trained).rglob("*") if p.is_file()}
+  record = (workdir / "train" / "fingerprint.json").read_text()
+  metrics_text = (stages.output_dir(workdir, "eval") / "metrics.json").read_text()
   killed = subprocess.Popen([sys.executable, "-m", "gensar_jax.cli", "train", "--config", "tiny", "--workdir",
                              str(workdir), "--set", "train.learning_rate=0.002", "--set", "train.checkpoint_every=3"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 600
-  while not list(workdir.glob(".train.partial-*/checkpoints/*/_CHECKPOINT_METADATA")) and time.time() < deadline:
+  while not list(workdir.glob("train/run-*/checkpoints/*/_CHECKPOINT_METADATA")) and time.time() < deadline:
     assert killed.poll() is None, "the re-run ended before it was interrupted"
     time.sleep(0.5)
   killed.kill()
   killed.wait()
-  assert {p.relative_to(workdir): p.read_bytes() for p in (workdir / "train").rglob("*") if p.is_file()} == model_bytes
-  assert len(list(workdir.glob(".train.partial-*"))) == 1          # the unfinished run is kept to resume
+  assert {p.relative_to(workdir): p.read_bytes() for p in Path(trained).rglob("*") if p.is_file()} == model_bytes
+  assert (workdir / "train" / "fingerprint.json").read_text() == record
+  unfinished = [p for p in (workdir / "train").glob("run-*") if p.name != trained.name]
+  assert len(unfinished) == 1 and (unfinished[0] / "checkpoints").is_dir()   # the unfinished run is kept to resume
   assert GenSAR.load(workdir).recommend(user=user, k=2)
   # A prepared dataset with another tokenizer makes the model stale: eval, search and recommend refuse
   # (saying what changed), and the good metrics stay.
@@ -100,4 +107,4 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   assert cli.main(["eval", "--config", "tiny", "--workdir", str(workdir), "--set", "data.vocab_size=550"]) == 2
   assert cli.main(["eval", "--config", "tiny", "--workdir", str(workdir)]) == 2
   assert cli.main(["search", "pens", "--config", "tiny", "--workdir", str(workdir)]) == 2
-  assert (workdir / "eval" / "metrics.json").read_text() == metrics_text
+  assert (stages.output_dir(workdir, "eval") / "metrics.json").read_text() == metrics_text

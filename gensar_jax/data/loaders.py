@@ -23,7 +23,7 @@ import numpy as np
 
 from gensar_jax.data.schema import Catalog, Purchases
 from gensar_jax.data.text import clean_text, detect_category_dialect, split_category_path
-from gensar_jax.io_utils import DataError
+from gensar_jax.io_utils import DataError, as_path, is_uri
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,13 @@ class _Duplicates:
 
 
 def _open_binary(path: Path):
+  path = as_path(path)
   if not path.exists():
     raise DataError(f"{path}: file not found")
-  return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+  if not is_uri(path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+  stream = path.open("rb")
+  return gzip.GzipFile(fileobj=stream, mode="rb") if path.suffix == ".gz" else stream
 
 
 def _decode(raw: bytes, path: Path, lineno: int) -> str:
@@ -191,7 +195,7 @@ def load_lcrec(directory: str | Path, name: str, dialect: str = "auto",
   dialect: "2014" (", "-joined, root dropped), "2018" (","-joined full path) or "auto".
   category_root: prepended to every non-empty path (restores the root the 2014 export dropped).
   """
-  directory = Path(directory)
+  directory = as_path(directory)
   item_path = _find(directory, f"{name}.item.json.gz", f"{name}.item.json")
   inter_path = _find(directory, f"{name}.inter.json.gz", f"{name}.inter.json")
   duplicates = _Duplicates()
@@ -299,7 +303,7 @@ def _add_item(meta: dict[str, dict], where: dict[str, str], asin: str, record: d
 
 def load_amazon2014(directory: str | Path, category: str) -> RawData:
   """McAuley 2014 release: `reviews_<category>_5.json.gz` + `meta_<category>.json.gz` (Python literals)."""
-  directory = Path(directory)
+  directory = as_path(directory)
   reviews = _find(directory, f"reviews_{category}_5.json.gz", f"reviews_{category}_5.json")
   meta_path = _find(directory, f"meta_{category}.json.gz", f"meta_{category}.json")
   duplicates, ratings = _Duplicates(), {}
@@ -321,7 +325,7 @@ def load_amazon2014(directory: str | Path, category: str) -> RawData:
 
 def load_amazon2018(directory: str | Path, category: str) -> RawData:
   """McAuley 2018 release: `<category>_5.json.gz` + `meta_<category>.json.gz` (JSON lines; `category` is one path)."""
-  directory = Path(directory)
+  directory = as_path(directory)
   reviews = _find(directory, f"{category}_5.json.gz", f"{category}_5.json")
   meta_path = _find(directory, f"meta_{category}.json.gz", f"meta_{category}.json")
   duplicates, ratings = _Duplicates(), {}
@@ -343,7 +347,7 @@ def load_amazon2018(directory: str | Path, category: str) -> RawData:
 
 def load_ai_queries(directory: str | Path) -> dict[tuple[str, str], list[str]]:
   """Ai et al. query files: {(reviewerID, asin): [query text, ...]} from all `*.qrels.gz` in `directory`."""
-  directory = Path(directory)
+  directory = as_path(directory)
   query_path, qrels = _ai_query_files(directory)
   queries = [line.strip() for _, line in _read_lines(query_path)]
   pairs: dict[tuple[str, str], list[str]] = {}
@@ -377,7 +381,7 @@ def _ai_query_files(directory: Path) -> tuple[Path, list[Path]]:
 def source_files(cfg) -> list[Path]:
   """The raw files the `data` config section reads (their contents enter prepare's fingerprint)."""
   files: list[Path] = []
-  directory = Path(cfg.raw_dir) if cfg.get("raw_dir") else None
+  directory = as_path(cfg.raw_dir) if cfg.get("raw_dir") else None
   if cfg.source != "synthetic":
     if directory is None:
       raise DataError(f"data.raw_dir is empty: source {cfg.source!r} needs the directory with the raw files")
@@ -392,6 +396,6 @@ def source_files(cfg) -> list[Path]:
       files += [_find(directory, f"{name}_5.json.gz", f"{name}_5.json"),
                 _find(directory, f"meta_{name}.json.gz", f"meta_{name}.json")]
   if cfg.get("query_dir") and cfg.get("queries", "auto") != "generated":
-    query_path, qrels = _ai_query_files(Path(cfg.query_dir))
+    query_path, qrels = _ai_query_files(as_path(cfg.query_dir))
     files += [query_path, *qrels]
   return files

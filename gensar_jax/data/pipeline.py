@@ -192,10 +192,18 @@ def make_train_iterator(source: MixtureSource, global_batch_size: int, process_i
   return iter(dataset)
 
 
+def host_block(global_batch: int, process_index: int, process_count: int) -> slice:
+  """The rows of a global batch that host `process_index` of `process_count` feeds: one contiguous block, so the
+  hosts' blocks in process order (`parallel.host_local_batch_to_global`) are the batch one process would feed,
+  row for row (the same examples in the same rows, hence the same dropout masks)."""
+  rows = global_batch // process_count
+  return slice(process_index * rows, (process_index + 1) * rows)
+
+
 class PaddedBatches:
   """Random-access source of this host's training batches padded to max_input_len x max_target_len
-  (grain data source protocol): batch k holds global examples k B + h, k B + h + n, ... (host h of n),
-  B the global batch; the examples that do not fill a last global batch are dropped."""
+  (grain data source protocol): batch k holds this host's block (`host_block`) of the global examples
+  k B, ..., (k + 1) B - 1, B the global batch; the examples that do not fill a last global batch are dropped."""
 
   def __init__(self, source: MixtureSource, global_batch_size: int, process_index: int = 0, process_count: int = 1):
     if global_batch_size % process_count or not 0 <= process_index < process_count:
@@ -211,7 +219,8 @@ class PaddedBatches:
   def __getitem__(self, k: int) -> dict[str, np.ndarray]:
     if not 0 <= int(k) < self.num_batches:
       raise IndexError(f"batch {k} out of range ({self.num_batches} batches)")
-    indices = range(int(k) * self.batch_size + self.process_index, (int(k) + 1) * self.batch_size, self.process_count)
+    indices = range(int(k) * self.batch_size, (int(k) + 1) * self.batch_size)[
+        host_block(self.batch_size, self.process_index, self.process_count)]
     return stack_features([example_features(self.source.builder, i, *example)
                            for i, example in zip(indices, self.source.examples(indices))])
 
@@ -328,7 +337,7 @@ class BucketedBatches:
     target_width = bucket_width(max(builder.target_length(examples[r][1]) for r in rows), self.target_widths)
     start = w * self.window * self.batch_size
     return stack_features([example_features(builder, start + int(r), *examples[r], input_width, target_width)
-                           for r in rows[self.process_index::self.process_count]])
+                           for r in rows[host_block(self.batch_size, self.process_index, self.process_count)]])
 
   def __repr__(self) -> str:
     return (f"BucketedBatches(batch={self.batch_size}, window={self.window}, widths={self.input_widths.tolist()} x "

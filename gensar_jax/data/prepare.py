@@ -1,8 +1,10 @@
 """The `prepare` stage: raw data -> SAR dataset (events, samples with histories and splits, negatives,
-tokenizer), written under `<workdir>/prepare/` in one atomic rename.
+tokenizer), written into the stage's attempt directory (committed by `stages.run_stage`).
 
 Outputs: catalog.json, queries.json, users.json, events.npz, samples_{rec,search}.npz,
-negatives.npz, spm.model, tfds/ (ArrayRecord samples), stats.json, config.json.
+negatives.npz, spm.model, tfds/ (ArrayRecord samples; local and mounted workdirs only: the ArrayRecord
+reader opens POSIX files, so on an object store the same records are served from samples_*.npz, see
+`data.storage.open_samples`), stats.json, config.json.
 """
 from __future__ import annotations
 
@@ -17,9 +19,9 @@ import numpy as np
 from gensar_jax.data import events, loaders, negatives, splits, synthetic
 from gensar_jax.data.prompts import template_texts
 from gensar_jax.data.schema import Catalog, SARDataset
-from gensar_jax.data.storage import write_samples
+from gensar_jax.data.storage import array_samples, open_samples, write_samples
 from gensar_jax.data.tokenizer import train_sentencepiece
-from gensar_jax.io_utils import DataError, atomic_path, load_arrays, read_json, save_arrays, write_json
+from gensar_jax.io_utils import DataError, as_path, is_uri, load_arrays, read_json, save_arrays, write_bytes, write_json
 
 log = logging.getLogger(__name__)
 TASK_SOURCES = ("rec", "search")
@@ -70,7 +72,7 @@ def query_source(cfg) -> str:
                     "(query_text.txt.gz, train.qrels.gz, test.qrels.gz; github.com/QingyaoAi/"
                     "Amazon-Product-Search-Datasets), or set data.queries=generated")
   for split in ("train", "test"):
-    if not any(Path(cfg.query_dir).glob(f"{split}.qrels*")):
+    if not any(as_path(cfg.query_dir).glob(f"{split}.qrels*")):
       raise DataError(f"{cfg.query_dir}: no {split}.qrels(.gz): the real queries need both the train and the test "
                       "qrels of Ai et al. (the reference joins both); or set data.queries=generated")
   return "real"
@@ -139,7 +141,7 @@ def dataset_stats(data: SARDataset, samples: dict[str, splits.TaskSamples], negs
 
 
 def prepare(config: ml_collections.ConfigDict, out_dir: Path) -> dict:
-  """Runs the stage; writes everything into a temp dir renamed onto `out_dir`. Returns stats."""
+  """Runs the stage; writes everything into `out_dir` (stats.json last). Returns stats."""
   cfg, seed = config.data, int(config.seed)
   t0 = time.time()
   data = load_dataset(cfg, seed)
@@ -165,20 +167,20 @@ def prepare(config: ml_collections.ConfigDict, out_dir: Path) -> dict:
   sp_model = train_sentencepiece(texts, cfg.vocab_size)
   stats = dataset_stats(data, samples, negs)
   stats["search_negative_topup_share"] = topup
-  with atomic_path(out_dir) as tmp:
-    tmp.mkdir(parents=True)
-    write_json(tmp / "catalog.json", dataclasses.asdict(data.catalog))
-    write_json(tmp / "queries.json", data.queries)
-    write_json(tmp / "users.json", data.user_ids)
-    save_arrays(tmp / "events.npz", **{f.name: getattr(data, f.name) for f in dataclasses.fields(data)
-                                       if isinstance(getattr(data, f.name), np.ndarray)})
-    for task, s in samples.items():
-      save_arrays(tmp / f"samples_{task}.npz", **dataclasses.asdict(s))
-    save_arrays(tmp / "negatives.npz", **negs)
-    (tmp / "spm.model").write_bytes(sp_model)
-    write_samples(tmp / "tfds", samples, negs, history_size=2 * cfg.history_len)
-    write_json(tmp / "stats.json", stats)
-    write_json(tmp / "config.json", config.to_dict())
+  out_dir = as_path(out_dir)
+  write_json(out_dir / "catalog.json", dataclasses.asdict(data.catalog))
+  write_json(out_dir / "queries.json", data.queries)
+  write_json(out_dir / "users.json", data.user_ids)
+  save_arrays(out_dir / "events.npz", **{f.name: getattr(data, f.name) for f in dataclasses.fields(data)
+                                         if isinstance(getattr(data, f.name), np.ndarray)})
+  for task, s in samples.items():
+    save_arrays(out_dir / f"samples_{task}.npz", **dataclasses.asdict(s))
+  save_arrays(out_dir / "negatives.npz", **negs)
+  write_bytes(out_dir / "spm.model", sp_model)
+  if not is_uri(out_dir):
+    write_samples(out_dir / "tfds", samples, negs, history_size=2 * cfg.history_len)
+  write_json(out_dir / "config.json", config.to_dict())
+  write_json(out_dir / "stats.json", stats)
   log.info("prepare: wrote %s in %.1fs", out_dir, time.time() - t0)
   return stats
 
@@ -197,6 +199,13 @@ class Prepared:
   def tfds_dir(self) -> Path:
     return self.directory / "tfds" / "gensar_samples" / "1.0.0"
 
+  def sample_sources(self) -> dict:
+    """Random-access sources per split ("rec_train", ...): the ArrayRecord files where they were written,
+    else the same records served from the sample arrays (object-store workdirs)."""
+    if self.tfds_dir.exists():
+      return open_samples(self.tfds_dir)
+    return array_samples(self.samples, self.negatives)
+
   @property
   def has_timestamps(self) -> bool:
     """Whether event times are real timestamps (else positions in the user's list)."""
@@ -204,7 +213,7 @@ class Prepared:
 
 
 def load_prepared(directory: str | Path) -> Prepared:
-  directory = Path(directory)
+  directory = as_path(directory)
   if not (directory / "stats.json").exists():
     raise DataError(f"{directory}: no prepared dataset (run `gensar prepare` first)")
   cat = read_json(directory / "catalog.json")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging as absl_logging
-from tensorflow_datasets.core import example_serializer, split_builder
+from tensorflow_datasets.core import example_serializer, hashing, split_builder
 
 from gensar_jax.data.splits import SPLIT_NAMES, TaskSamples
 
@@ -95,6 +95,45 @@ def write_samples(data_dir: Path, samples: dict[str, TaskSamples], negatives: di
   with _deterministic_serialization(), contextlib.redirect_stdout(sys.stderr):
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
   return Path(builder.data_dir)
+
+
+def stored_order(rows: np.ndarray, split_name: str) -> np.ndarray:
+  """The positions of `rows` in the order TFDS stores them in a split's ArrayRecord files: sorted by the
+  split-salted hash of each example's key (the row), as its shuffler writes them."""
+  hasher = hashing.Hasher(split_name)
+  return np.asarray(sorted(range(len(rows)), key=lambda n: hasher.hash_key(int(rows[n]))), np.int64)
+
+
+class ArraySamples:
+  """One split's records served from the prepared arrays: `source[i]` and `source.__getitems__(rows)` give
+  the dicts the ArrayRecord files hold, in the same order (the same keys, values and dtypes)."""
+
+  def __init__(self, samples: TaskSamples, split: int, split_name: str, negatives: np.ndarray | None):
+    rows = samples.split_rows(split)
+    self._samples, self._negatives = samples, negatives
+    self._positions = stored_order(rows, split_name)        # record i is split row rows[positions[i]]
+    self._rows = rows[self._positions]
+
+  def __len__(self) -> int:
+    return len(self._rows)
+
+  def __getitem__(self, index: int) -> dict:
+    s, r, n = self._samples, int(self._rows[index]), int(self._positions[index])
+    return {"row": r, "user": int(s.user[r]), "item": int(s.item[r]), "query": int(s.query[r]),
+            "time": int(s.time[r]),
+            "hist_kind": s.hist_kind[r].astype(np.int32), "hist_item": s.hist_item[r].astype(np.int32),
+            "hist_query": s.hist_query[r].astype(np.int32),
+            "negatives": (self._negatives[n].astype(np.int32) if self._negatives is not None
+                          else np.zeros(0, np.int32))}
+
+  def __getitems__(self, indices) -> list[dict]:
+    return [self[i] for i in indices]
+
+
+def array_samples(samples: dict[str, TaskSamples], negatives: dict[str, np.ndarray]) -> dict:
+  """The sources of `open_samples`, built from the sample arrays instead of ArrayRecord files."""
+  return {f"{task}_{name}": ArraySamples(s, split, f"{task}_{name}", negatives.get(f"{task}_{name}"))
+          for task, s in samples.items() for split, name in enumerate(SPLIT_NAMES)}
 
 
 def open_samples(version_dir: str | Path) -> dict:

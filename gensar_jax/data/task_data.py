@@ -13,11 +13,10 @@ import numpy as np
 
 from gensar_jax.data import pipeline
 from gensar_jax.data.prepare import Prepared, load_prepared
-from gensar_jax.data.storage import open_samples
 from gensar_jax.data.tasks import ExampleBuilder
 from gensar_jax.data.tokenizer import GenSARTokenizer, levels_from_config
 from gensar_jax.decode.trie import NO_BEHAVIOUR_TOKEN
-from gensar_jax.io_utils import DataError, load_arrays
+from gensar_jax.io_utils import DataError, as_path, load_arrays
 from gensar_jax.model.hf_import import pretrained_tokenizer
 
 # Behaviour token and identifier view decoded for each main task.
@@ -79,14 +78,13 @@ def load_tokenizer(prepared: Prepared, config: ml_collections.ConfigDict, levels
 
 def load_task_data(workdir: str | Path, config: ml_collections.ConfigDict, codes: dict[str, np.ndarray] | None = None,
                    with_pseudo_queries: bool = True) -> TaskData:
-  """Assembles TaskData; `codes` overrides the index stage's tables (tests use random tables)."""
-  workdir = Path(workdir)
-  prepared = load_prepared(workdir / "prepare")
+  """Assembles TaskData from the committed outputs of prepare, index and (when present) doc2query in `workdir`;
+  `codes` overrides the index stage's tables (tests use random tables)."""
+  from gensar_jax.stages import output_dir, read_record
+  workdir = as_path(workdir)
+  prepared = load_prepared(output_dir(workdir, "prepare"))
   if codes is None:
-    path = workdir / "index" / "codes.npz"
-    if not path.exists():
-      raise DataError(f"{path}: no identifiers (run `gensar index` first)")
-    arrays = load_arrays(path)
+    arrays = load_arrays(output_dir(workdir, "index") / "codes.npz")
     codes = {"semantic": arrays["semantic_codes"], "collab": arrays["collab_codes"]}
   ids = config.identifiers
   levels, semantic, collab = levels_from_config(ids)
@@ -99,10 +97,11 @@ def load_task_data(workdir: str | Path, config: ml_collections.ConfigDict, codes
                            codes["semantic"], codes["collab"], semantic, collab, max_input_len=t.max_input_len,
                            max_target_len=t.max_target_len, max_text_tokens=t.max_text_tokens,
                            behaviour_tokens=t.behaviour_tokens)
-  pseudo_path = workdir / "doc2query" / "pseudo_queries.npz"
-  pseudo = load_pseudo_queries(pseudo_path) if with_pseudo_queries and pseudo_path.exists() else None
+  pseudo = None
+  if with_pseudo_queries and read_record(workdir / "doc2query") is not None:
+    pseudo = load_pseudo_queries(output_dir(workdir, "doc2query") / "pseudo_queries.npz")
   return TaskData(prepared, tokenizer, builder, codes, {"semantic": semantic, "collab": collab},
-                  open_samples(prepared.tfds_dir), pseudo, tuple(t.get("with_replacement", ())))
+                  prepared.sample_sources(), pseudo, tuple(t.get("with_replacement", ())))
 
 
 def item_text_pairs(task_data: TaskData, split: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -18,6 +18,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from gensar_jax import parallel
 from gensar_jax.model.t5 import T5, T5Config, init_decoder_cache
 
 DATA_AXIS = "data"
@@ -157,21 +158,27 @@ def generate_text_batched(params, config: T5Config, encoder_tokens: np.ndarray, 
   """`generate_text` over many inputs in fixed-size batches (last one padded), with progress.
 
   encoder_tokens: int32[n, S] -> TextOutput of numpy arrays with leading axis n. Batch i samples with
-  `fold_in(key(seed), i)`, so results do not depend on what else runs.
+  `fold_in(key(seed), i)`, so results do not depend on what else runs; in a multi-process job each process
+  generates its share of the batches (`parallel.process_batches`) and every process gets all n results.
   """
   encoder_tokens = np.asarray(encoder_tokens, np.int32)
   num_inputs = encoder_tokens.shape[0]
-  outputs = []
+  num_batches = -(-num_inputs // batch_size)
+  outputs = []           # this process's batches (all of them in a single-process run)
   start_time = time.perf_counter()
-  for index, begin in enumerate(tqdm(range(0, num_inputs, batch_size), desc=name, unit="batch")):
+  for index in tqdm(parallel.process_batches(num_batches), desc=name, unit="batch"):
+    begin, end = index * batch_size, min((index + 1) * batch_size, num_inputs)
     batch = np.full((batch_size, encoder_tokens.shape[1]), config.pad_id, np.int32)
-    end = min(begin + batch_size, num_inputs)
     batch[:end - begin] = encoder_tokens[begin:end]
     rng = jax.random.fold_in(jax.random.key(seed), index) if method == "sample" else None
     out = generate_text(params, config, batch, max_length, method=method, num_samples=num_samples,
                         temperature=temperature, top_k=top_k, top_p=top_p, rng=rng, mesh=mesh)
-    outputs.append(jax.tree.map(lambda x: np.asarray(x)[:end - begin], out))
-  result = jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+    outputs.append(jax.tree.map(np.asarray, out))
+  template = TextOutput(tokens=np.zeros((batch_size, num_samples, max_length), np.int32),
+                        lengths=np.zeros((batch_size, num_samples), np.int32),
+                        log_probs=np.zeros((batch_size, num_samples), np.float32))
+  outputs = parallel.gather_process_batches(outputs, num_batches, template)
+  result = jax.tree.map(lambda *xs: np.concatenate(xs)[:num_inputs], *outputs)
   logger.info("%s: %d inputs x %d outputs (%s) in %.1fs, mean length %.1f tokens", name, num_inputs, num_samples,
               method, time.perf_counter() - start_time, float(result.lengths.mean()))
   return result

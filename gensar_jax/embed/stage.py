@@ -2,7 +2,12 @@
 SASRec trained on the recommendation training events. SASRec is also evaluated on the sampled
 protocol (target + the prepared negatives), since it is a baseline of the final tables.
 
-Outputs under `<workdir>/embed/`: embeddings.npz (semantic f32[N, d_s], collab f32[N, d_c]),
+Multi-host: every process encodes its share of the catalogue's batches (`parallel.process_batches`), the
+shares are gathered, and process 0 trains and evaluates SASRec alone while the others wait: SASRec is a
+small model whose steps are latency-bound on one chip, where a cross-host all-reduce per step would cost more
+than the step.
+
+Outputs in the stage's output directory: embeddings.npz (semantic f32[N, d_s], collab f32[N, d_c]),
 sasrec.npz, stats.json (with "semantic_encoder": the encoder directory and pooling, or the TF-IDF + SVD
 fallback and why), config.json. A fallback is also printed as a warning when the stage ends.
 """
@@ -21,7 +26,8 @@ from gensar_jax.data.splits import TEST, TRAIN, VALID
 from gensar_jax.embed import sasrec
 from gensar_jax.embed.text_encoder import semantic_embeddings, text_encoder_config
 from gensar_jax.eval.metrics import ranking_metrics, ranks_from_scores
-from gensar_jax.io_utils import atomic_path, load_arrays, save_arrays, write_json
+from gensar_jax import parallel
+from gensar_jax.io_utils import as_path, load_arrays, save_arrays, write_json
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +60,9 @@ def rec_eval_inputs(prepared: Prepared, split: int, max_len: int) -> tuple[np.nd
   return histories, candidates.astype(np.int32)
 
 
-def run_embed(config: ml_collections.ConfigDict, out_dir: Path) -> dict:
-  prepared = load_prepared(out_dir.parent / "prepare")
+def run_embed(config: ml_collections.ConfigDict, workdir: Path, out_dir: Path) -> dict:
+  from gensar_jax.stages import output_dir
+  prepared = load_prepared(output_dir(workdir, "prepare"))
   data = prepared.dataset
   t0 = time.time()
   texts = [data.catalog.text(i) for i in range(data.num_items)]
@@ -63,7 +70,17 @@ def run_embed(config: ml_collections.ConfigDict, out_dir: Path) -> dict:
   t_text = time.time() - t0
   log.info("embed: %d item texts -> %d-d semantic embeddings in %.1fs", len(texts), semantic.shape[1], t_text)
 
-  cfg = config.embed.sasrec
+  stats = {"num_items": data.num_items, "semantic_dim": int(semantic.shape[1]), "semantic_encoder": encoder_info,
+           "text_seconds": round(t_text, 1)}
+  return parallel.on_primary(f"embed/{out_dir.name}/sasrec", lambda: _collaborative(config, prepared, semantic,
+                                                                                      stats, out_dir))
+
+
+def _collaborative(config: ml_collections.ConfigDict, prepared: Prepared, semantic: np.ndarray, stats: dict,
+                   out_dir: Path) -> dict:
+  """Trains and evaluates SASRec, writes the stage's files; returns the stats."""
+  data, cfg = prepared.dataset, config.embed.sasrec
+  encoder_info = stats["semantic_encoder"]
   validation = rec_eval_inputs(prepared, VALID, int(cfg.max_len))
   model = sasrec.train_sasrec(rec_training_sequences(prepared), data.num_items, cfg, seed=int(config.seed),
                               validation=validation)
@@ -75,14 +92,11 @@ def run_embed(config: ml_collections.ConfigDict, out_dir: Path) -> dict:
     metrics[name] = ranking_metrics(ranks_from_scores(scores, target_column=0))
   log.info("embed: SASRec %d-d collaborative embeddings; test HR@10 %.4f NDCG@10 %.4f (sampled protocol)",
            collab.shape[1], metrics["test"]["HR@10"], metrics["test"]["NDCG@10"])
-  stats = {"num_items": data.num_items, "semantic_dim": int(semantic.shape[1]), "collab_dim": int(collab.shape[1]),
-           "semantic_encoder": encoder_info, "text_seconds": round(t_text, 1), "sasrec": metrics}
-  with atomic_path(out_dir) as tmp:
-    tmp.mkdir(parents=True)
-    save_arrays(tmp / "embeddings.npz", semantic=semantic.astype(np.float32), collab=collab.astype(np.float32))
-    sasrec.save_sasrec(tmp / "sasrec.npz", model)
-    write_json(tmp / "stats.json", stats)
-    write_json(tmp / "config.json", config.to_dict())
+  stats = {**stats, "collab_dim": int(collab.shape[1]), "sasrec": metrics}
+  save_arrays(out_dir / "embeddings.npz", semantic=semantic.astype(np.float32), collab=collab.astype(np.float32))
+  sasrec.save_sasrec(out_dir / "sasrec.npz", model)
+  write_json(out_dir / "config.json", config.to_dict())
+  write_json(out_dir / "stats.json", stats)
   warning = fallback_warning(encoder_info)
   if warning:
     log.warning(warning)
@@ -100,4 +114,4 @@ def fallback_warning(encoder_info: dict) -> str | None:
 
 
 def load_embeddings(embed_dir: Path) -> dict[str, np.ndarray]:
-  return load_arrays(Path(embed_dir) / "embeddings.npz")
+  return load_arrays(as_path(embed_dir) / "embeddings.npz")

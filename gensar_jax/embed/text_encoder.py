@@ -26,7 +26,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from gensar_jax.io_utils import DataError, read_json
+from gensar_jax import parallel
+from gensar_jax.io_utils import DataError, as_path, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +316,10 @@ class SentenceEncoder:
     return [(e.ids, e.type_ids) for e in encodings]
 
   def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """Embeds texts. Returns float32[len(texts), dim], L2-normalized rows in input order."""
+    """Embeds texts. Returns float32[len(texts), dim], L2-normalized rows in input order.
+
+    In a multi-process job every process encodes its share of the batches and all processes get every row;
+    the batches are the same as in one process, so the vectors are bit-identical."""
     if isinstance(texts, str):
       raise TypeError("encode expects a list of texts, got one string")
     num_texts = len(texts)
@@ -326,11 +330,13 @@ class SentenceEncoder:
     tokens = self.tokenize(texts)
     lengths = np.array([len(ids) for ids, _ in tokens])
     order = np.argsort(-lengths, kind="stable")  # longest first: the first batch compiles the biggest bucket
-    batches = range(0, num_texts, batch_size)
-    for lo in tqdm.tqdm(batches, desc="encode texts", unit="batch", disable=not progress):
-      rows = order[lo:lo + batch_size]
+    num_batches = -(-num_texts // batch_size)
+    vectors = []           # this process's batches (all of them in a single-process run)
+    for b in tqdm.tqdm(parallel.process_batches(num_batches), desc="encode texts", unit="batch",
+                       disable=not progress):
+      rows = order[b * batch_size:(b + 1) * batch_size]
       longest = int(lengths[rows].max())
-      width = next(b for b in self.buckets if b >= longest)
+      width = next(w for w in self.buckets if w >= longest)
       input_ids = np.full((batch_size, width), self._pad_id, np.int32)
       type_ids = np.zeros((batch_size, width), np.int32)
       mask = np.zeros((batch_size, width), np.int32)
@@ -339,8 +345,11 @@ class SentenceEncoder:
         input_ids[j, :len(ids)] = ids
         type_ids[j, :len(ids)] = types
         mask[j, :len(ids)] = 1
-      vectors = self._encode_batch(self._params, input_ids, mask, type_ids)
-      out[rows] = np.asarray(vectors)[:len(rows)]
+      vectors.append(np.asarray(self._encode_batch(self._params, input_ids, mask, type_ids)))
+    template = np.zeros((batch_size, self.dim), np.float32)
+    for b, batch_vectors in enumerate(parallel.gather_process_batches(vectors, num_batches, template)):
+      rows = order[b * batch_size:(b + 1) * batch_size]
+      out[rows] = batch_vectors[:len(rows)]
     logger.info("encoded %d texts into %d-d vectors with %s in %.1fs (mean %.1f tokens)",
                 num_texts, self.dim, self.model_dir.name, time.perf_counter() - start, lengths.mean())
     return out
@@ -359,7 +368,7 @@ def load_sentence_encoder(model_dir: str | Path | None = None, max_seq_length: i
   import safetensors.numpy
   import tokenizers
 
-  model_dir = Path(model_dir) if model_dir else default_model_dir()
+  model_dir = as_path(model_dir) if model_dir else as_path(default_model_dir())
   if not model_dir.is_dir():
     raise DataError(f"{model_dir}: sentence encoder directory not found (embed.text.model_dir): download the "
                     f"sentence-transformers model into it (e.g. `huggingface-cli download <model> --local-dir "
@@ -381,12 +390,12 @@ def load_sentence_encoder(model_dir: str | Path | None = None, max_seq_length: i
     raise DataError(f"{tokenizer_path}: missing (a fast-tokenizer tokenizer.json is required)")
 
   try:
-    tensors = safetensors.numpy.load_file(str(weights_path))
+    tensors = safetensors.numpy.load(weights_path.read_bytes())
   except Exception as e:  # safetensors raises its own error types for corrupt headers
     raise DataError(f"{weights_path}: cannot read safetensors file ({e})") from None
   params = hf_bert_to_flax(tensors, config, str(weights_path))
   try:
-    tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_path))
+    tokenizer = tokenizers.Tokenizer.from_str(tokenizer_path.read_text(encoding="utf-8"))
   except Exception as e:
     raise DataError(f"{tokenizer_path}: cannot load tokenizer ({e})") from None
   limit = min(int(max_seq_length), _read_max_seq_length(model_dir, config))

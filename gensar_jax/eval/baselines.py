@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from gensar_jax.data.negatives import BM25Index
 from gensar_jax.data.prepare import Prepared, load_prepared
+from gensar_jax.stages import output_dir
 from gensar_jax.data.splits import SPLIT_NAMES, TRAIN
 from gensar_jax.embed import sasrec, tfidf
 from gensar_jax.embed.stage import load_embeddings, rec_eval_inputs
@@ -335,8 +336,8 @@ def _bm25(prepared, workdir, config, cfg, split):
 
 def _dense(prepared, workdir, config, cfg, split):
   data = prepared.dataset
-  path = Path(workdir) / "embed" / "embeddings.npz"
-  semantic = load_embeddings(Path(workdir) / "embed")["semantic"]
+  path = output_dir(workdir, "embed") / "embeddings.npz"
+  semantic = load_embeddings(output_dir(workdir, "embed"))["semantic"]
   if semantic.ndim != 2 or semantic.shape[0] != data.num_items:
     raise DataError(f"{path}: semantic has shape {semantic.shape}, expected [{data.num_items}, d] "
                     f"(one row per catalogue item)")
@@ -352,7 +353,7 @@ def _dense(prepared, workdir, config, cfg, split):
 
 
 def _sasrec(prepared, workdir, config, cfg, split):
-  path = Path(workdir) / "embed" / "sasrec.npz"
+  path = output_dir(workdir, "embed") / "sasrec.npz"
   model = sasrec.load_sasrec(path)
   if model.num_items != prepared.dataset.num_items:
     raise DataError(f"{path}: SASRec has {model.num_items} items, the catalogue {prepared.dataset.num_items}")
@@ -387,7 +388,7 @@ def evaluate_baselines(workdir: str | Path, config: ml_collections.ConfigDict, s
     raise ValueError(f"baselines: unknown methods {unknown}; expected some of {list(_METHODS)}")
   if split not in SPLIT_NAMES[1:]:
     raise ValueError(f"baselines: split {split!r}, expected 'validation' or 'test'")
-  prepared = load_prepared(Path(workdir) / "prepare")
+  prepared = load_prepared(output_dir(workdir, "prepare"))
   results = {}
   for method in methods:
     results[method] = _METHODS[method](prepared, workdir, config, cfg, split)

@@ -31,7 +31,7 @@ from gensar_jax.decode import trie as trie_lib
 from gensar_jax.decode.beam_search import DATA_AXIS
 from gensar_jax.eval import protocols
 from gensar_jax.eval.metrics import TIE_RULES, mean_metrics, ranking_metrics
-from gensar_jax.io_utils import DataError, atomic_path, write_json, write_text
+from gensar_jax.io_utils import DataError, write_json, write_text
 from gensar_jax.model.export import load_model, load_model_extra
 from gensar_jax.model.t5 import T5Config
 
@@ -293,20 +293,19 @@ def eval_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   return section
 
 
-def run_eval(config: ml_collections.ConfigDict, out_dir: Path) -> dict:
-  """The `eval` stage: the trained model of `<workdir>/train/model` on `config.eval.split`.
+def run_eval(config: ml_collections.ConfigDict, workdir: Path, out_dir: Path) -> dict:
+  """The `eval` stage: the trained model of the `train` stage on `config.eval.split`.
 
-  Writes `<out_dir>/{metrics.json, metrics.md, stats.json, config.json}`.
+  Writes `<out_dir>/{metrics.json, metrics.md, stats.json, config.json}` (process 0).
   """
-  out_dir = Path(out_dir)
-  workdir = out_dir.parent
+  from gensar_jax.stages import output_dir
   eval_cfg = eval_section(config)
   mesh = parallel.make_mesh(config.parallel.mesh_shape) if "parallel" in config else None
   rules = config.parallel.logical_axis_rules if "parallel" in config else parallel.DEFAULT_LOGICAL_AXIS_RULES
   if mesh is not None and eval_cfg.batch_size % mesh.shape[DATA_AXIS]:
     raise ValueError(f"config.eval.batch_size {eval_cfg.batch_size} is not divisible by the mesh's '{DATA_AXIS}' "
                      f"axis ({mesh.shape[DATA_AXIS]}, config.parallel.mesh_shape)")
-  model_dir = workdir / "train" / "model"
+  model_dir = output_dir(workdir, "train") / "model"
   params, model_cfg = load_model(model_dir, mesh, rules)
   task_data = load_task_data(workdir, config, with_pseudo_queries=False)
   if model_cfg.vocab_size < task_data.vocab_size:
@@ -326,12 +325,10 @@ def run_eval(config: ml_collections.ConfigDict, out_dir: Path) -> dict:
            "ties": _ties(eval_cfg), "subset_rule": subset_rule(task_data) if eval_cfg.limit else "all rows",
            "num_queries": {task: len(q) for task, q in queries.items()}, "seconds": round(seconds, 1),
            "model": load_model_extra(model_dir), "metrics": metrics}
-  if jax.process_index() == 0:
-    with atomic_path(out_dir) as tmp:
-      tmp.mkdir(parents=True)
-      write_json(tmp / "metrics.json", metrics)
-      write_text(tmp / "metrics.md", format_metrics_table(metrics))
-      write_json(tmp / "stats.json", stats)
-      write_json(tmp / "config.json", config.to_dict())
+  if parallel.is_primary():
+    write_json(out_dir / "metrics.json", metrics)
+    write_text(out_dir / "metrics.md", format_metrics_table(metrics))
+    write_json(out_dir / "config.json", config.to_dict())
+    write_json(out_dir / "stats.json", stats)
   return stats
 

@@ -23,7 +23,7 @@ from gensar_jax.identifiers import rqvae
 from gensar_jax.identifiers import rqvae_train
 from gensar_jax.identifiers.kmeans import squared_distances
 from gensar_jax.identifiers.sinkhorn import sinkhorn_assign
-from gensar_jax.io_utils import DataError, save_arrays, write_json
+from gensar_jax.io_utils import DataError, as_path, save_arrays, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> rqvae.Params:
 def write_identifiers(out_dir: str | Path, index: IdentifierIndex) -> None:
   """Writes codes.npz (semantic_codes, collab_codes, argmin codes and the identifier -> items maps as
   <view>_ids / <view>_id_offsets / <view>_id_items), rqvae_params.npz, history.json and stats.json."""
-  out_dir = Path(out_dir)
+  out_dir = as_path(out_dir)
   arrays = {}
   for view in VIEWS:
     arrays[f"{view}_codes"] = index.codes[view]

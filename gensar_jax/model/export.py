@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from gensar_jax import parallel
-from gensar_jax.io_utils import DataError, to_json
+from gensar_jax.io_utils import DataError, absolute, is_uri, to_json
 from gensar_jax.model.t5 import T5Config, count_params, init_params, param_logical_axes
 
 logger = logging.getLogger(__name__)
@@ -54,13 +54,16 @@ def save_model(directory: str | epath.PathLike, params: Any, model_cfg: T5Config
                extra: Mapping[str, Any] | None = None) -> epath.Path:
   """Writes `params` (a T5 parameter pytree, host or sharded arrays) with `model_cfg` and `extra` (JSON-able).
 
-  Returns the model directory. An existing model there is replaced only once the new one is complete.
+  Returns the model directory. An existing model there is replaced only once the new one is complete (by
+  renames: atomic on a local or POSIX disk; on an object store a new model goes straight to `directory`, which
+  is inside a stage's uncommitted attempt directory).
   """
-  directory = epath.Path(directory).absolute()
-  staging = directory.parent / f".{directory.name}.saving"
+  directory = absolute(directory)
+  direct = is_uri(directory) and not directory.exists()
+  staging = directory if direct else directory.parent / f".{directory.name}.saving"
   is_primary = jax.process_index() == 0
   if is_primary:
-    if staging.exists():
+    if staging.exists() and not direct:
       staging.rmtree()                      # left by an interrupted save
     directory.parent.mkdir(parents=True, exist_ok=True)
   _sync(f"save_model:{directory}:staging")
@@ -71,7 +74,8 @@ def save_model(directory: str | epath.PathLike, params: Any, model_cfg: T5Config
   if is_primary:
     (staging / CONFIG_FILE).write_text(to_json(dataclasses.asdict(model_cfg)))
     (staging / EXTRA_FILE).write_text(to_json(dict(extra or {})))
-    _replace_directory(staging, directory)
+    if not direct:
+      _replace_directory(staging, directory)
   _sync(f"save_model:{directory}:done")
   logger.info("model saved: %d parameters -> %s", count_params(params), directory)
   return directory
@@ -92,7 +96,7 @@ def _require_model(directory: epath.Path) -> None:
 
 def load_model_config(directory: str | epath.PathLike) -> T5Config:
   """The T5Config stored with a model."""
-  directory = epath.Path(directory).absolute()
+  directory = absolute(directory)
   _require_model(directory)
   path = directory / CONFIG_FILE
   fields = _read_json(path)
@@ -110,7 +114,7 @@ def load_model_config(directory: str | epath.PathLike) -> T5Config:
 
 def load_model_extra(directory: str | epath.PathLike) -> dict:
   """The `extra` metadata saved with a model ({} when none was given)."""
-  directory = epath.Path(directory).absolute()
+  directory = absolute(directory)
   _require_model(directory)
   path = directory / EXTRA_FILE
   return _read_json(path) if path.exists() else {}
@@ -123,7 +127,7 @@ def load_model(directory: str | epath.PathLike, mesh: jax.sharding.Mesh | None =
   Without a mesh the parameters land on the first local device; with a mesh they are laid out by
   their logical axes under `rules` (any mesh, whatever the mesh they were saved from).
   """
-  directory = epath.Path(directory).absolute()
+  directory = absolute(directory)
   model_cfg = load_model_config(directory)
   abstract = jax.eval_shape(lambda: init_params(model_cfg, jax.random.key(0)))
   if mesh is None:

@@ -28,7 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from gensar_jax.io_utils import DataError
+from gensar_jax.io_utils import DataError, as_path
 from gensar_jax.model.t5 import T5Config, init_params, t5_config_from_section
 
 logger = logging.getLogger(__name__)
@@ -135,12 +135,12 @@ def params_from_hf_state_dict(state_dict: Mapping[str, np.ndarray], cfg: T5Confi
 
 def load_hf_state_dict(checkpoint_dir: str | Path) -> dict[str, np.ndarray]:
   """Reads `model.safetensors` (preferred) or `pytorch_model.bin` from a HF checkpoint directory."""
-  checkpoint_dir = Path(checkpoint_dir)
+  checkpoint_dir = as_path(checkpoint_dir)
   safetensors_path = checkpoint_dir / "model.safetensors"
   bin_path = checkpoint_dir / "pytorch_model.bin"
   if safetensors_path.exists():
-    from safetensors.numpy import load_file
-    return dict(load_file(str(safetensors_path)))
+    from safetensors.numpy import load
+    return dict(load(safetensors_path.read_bytes()))
   if bin_path.exists():
     try:
       import torch
@@ -156,7 +156,7 @@ def load_hf_state_dict(checkpoint_dir: str | Path) -> dict[str, np.ndarray]:
 
 def load_hf_checkpoint(checkpoint_dir: str | Path, **config_overrides) -> tuple[T5Config, dict]:
   """A HF T5 checkpoint directory -> (T5Config, params). `config_overrides` e.g. dropout_rate, dtype."""
-  checkpoint_dir = Path(checkpoint_dir)
+  checkpoint_dir = as_path(checkpoint_dir)
   cfg = t5_config_from_hf(read_hf_config(checkpoint_dir), **config_overrides)
   params = params_from_hf_state_dict(load_hf_state_dict(checkpoint_dir), cfg)
   logger.info("loaded HF T5 from %s: vocab %d, d_model %d, %d+%d layers", checkpoint_dir, cfg.vocab_size,
@@ -166,7 +166,7 @@ def load_hf_checkpoint(checkpoint_dir: str | Path, **config_overrides) -> tuple[
 
 def read_hf_config(checkpoint_dir: str | Path) -> dict:
   """The `config.json` dict of a HF checkpoint directory (clear errors when missing or malformed)."""
-  config_path = Path(checkpoint_dir) / "config.json"
+  config_path = as_path(checkpoint_dir) / "config.json"
   if not config_path.exists():
     raise DataError(f"{checkpoint_dir}: config.json not found (expected a Hugging Face T5 checkpoint directory)")
   try:
@@ -185,7 +185,7 @@ def pretrained_tokenizer(checkpoint_dir: str | Path) -> tuple[bytes, int]:
   """
   import sentencepiece as spm
 
-  checkpoint_dir = Path(checkpoint_dir)
+  checkpoint_dir = as_path(checkpoint_dir)
   spiece = checkpoint_dir / "spiece.model"
   if not spiece.exists():
     raise DataError(f"{spiece}: not found; model.pretrained_dir needs the checkpoint's own SentencePiece model "

@@ -15,6 +15,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
+from gensar_jax.io_utils import absolute
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,7 +37,7 @@ class Checkpointer:
                best_metric: str | None = None, best_mode: str = "max", async_save: bool = True):
     if best_mode not in ("max", "min"):
       raise ValueError(f"checkpoint best_mode: expected 'max' or 'min', got {best_mode!r}")
-    self.directory = epath.Path(directory).absolute()  # local paths or gs://
+    self.directory = absolute(directory)  # local paths or gs://
     self.best_metric = best_metric
     self.best_mode = best_mode
     policies = [preservation_policy.LatestN(n=keep)]

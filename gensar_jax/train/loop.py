@@ -7,9 +7,11 @@ sees exactly the batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -21,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gensar_jax import parallel
+from gensar_jax.io_utils import is_uri, write_bytes, write_text
 from gensar_jax.model.t5 import T5Config, init_params
 from gensar_jax.train import checkpoint as checkpoint_lib
 from gensar_jax.train import state as state_lib
@@ -54,14 +57,45 @@ def _sections(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigD
   return train_cfg, parallel_cfg
 
 
+class _StoreEventFile:
+  """A TensorBoard event file on an object store: objects cannot be appended to, so each flush uploads the
+  whole file again (one object write, visible whole)."""
+
+  def __init__(self, path: str):
+    self.path, self.buffer = path, io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    write_bytes(self.path, self.buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _StoreEventFiles:
+  """tensorboardX writer factory for URIs, through the project's file layer (gcsfs), so that TensorBoard reads
+  the scalars from the shared store while the run goes on."""
+
+  def open(self, path: str) -> _StoreEventFile:
+    return _StoreEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    del path                    # object stores need no directories
+
+
 class _ScalarWriter:
-  """TensorBoard scalars through tensorboardX, written by process 0 only."""
+  """TensorBoard scalars through tensorboardX, written by process 0 only (local disk or object store)."""
 
   def __init__(self, logdir: epath.Path):
     self.writer = None
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter
-      self.writer = SummaryWriter(str(logdir))
+      from tensorboardX import record_writer
+      if is_uri(logdir):
+        record_writer.register_writer_factory(os.fspath(logdir).split("://")[0], _StoreEventFiles())
+      self.writer = SummaryWriter(os.fspath(logdir))
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if self.writer is not None:
@@ -93,13 +127,10 @@ def read_eval_history(workdir, up_to_step: int | None = None) -> list[dict]:
 
 
 def _write_eval_history(workdir: epath.Path, history: list[dict]) -> None:
-  """Whole-file write through a temporary name, so an interruption leaves the previous history."""
+  """Whole-file write (`io_utils.write_text`), so an interruption leaves the previous history."""
   if jax.process_index() != 0:
     return
-  path = workdir / EVAL_HISTORY
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(history, indent=1))
-  tmp.replace(path)
+  write_text(workdir / EVAL_HISTORY, json.dumps(history, indent=1))
 
 
 def best_evaluation(history: list[dict], metric: str, mode: str) -> dict | None:

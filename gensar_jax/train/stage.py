@@ -1,17 +1,16 @@
 """The `train` and `doc2query` stages: the multi-task GenSAR model, and the item-text -> query model
 whose samples become pseudo-queries for the ad-hoc search task.
 
-Both train with the sharded loop of `train/loop.py` directly in the directory `stages.run_stage` gives
-them: `<workdir>/<stage>/` when re-running the same inputs and config, else a partial directory
-`<workdir>/.<stage>.partial-<fingerprint>/` that replaces `<stage>/` only once the run succeeded.
-Checkpoints there survive interruption and a rerun of the same config resumes from them; then the
-selected parameters are exported to `<dir>/model` (`model/export.py`).
+Both train with the sharded loop of `train/loop.py` on every process of the job, directly in the attempt
+directory `stages.run_stage` gives them (one per fingerprint, committed only once the run succeeded).
+Checkpoints there (local or on the shared store) survive interruption and preemption, and a rerun of the same
+config resumes from them; then the selected parameters are exported to `<dir>/model` (`model/export.py`).
+Process 0 alone writes the stats and config files.
 """
 from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +20,8 @@ import ml_collections
 import numpy as np
 
 from gensar_jax import parallel
-from gensar_jax.data.pipeline import make_train_iterator
+from gensar_jax.stages import output_dir
+from gensar_jax.data.pipeline import host_block, make_train_iterator
 from gensar_jax.data.task_data import load_task_data, stack_padded
 from gensar_jax.data.tokenizer import EOS_ID, levels_from_config
 from gensar_jax.decode.sampling import generate_text_batched
@@ -36,17 +36,6 @@ from gensar_jax.train import state as state_lib
 from gensar_jax.train.step import weighted_cross_entropy
 
 log = logging.getLogger(__name__)
-
-
-def _clear_stale_run(out_dir: Path, fingerprint: str) -> None:
-  """Removes checkpoints of a run with other inputs/config in `out_dir`, so resuming never mixes runs
-  (`run_stage` gives each fingerprint its own directory, so this only meets runs of older versions)."""
-  marker = out_dir / "run_fingerprint.json"
-  if out_dir.exists() and (not marker.exists() or read_json(marker)["fingerprint"] != fingerprint):
-    log.info("%s: inputs or config changed since the last run; starting afresh", out_dir)
-    shutil.rmtree(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  write_json(marker, {"fingerprint": fingerprint})
 
 
 def _steps(train_cfg: ml_collections.ConfigDict, epoch_len: int) -> tuple[int, int]:
@@ -101,12 +90,17 @@ def _fit(config, model_cfg: T5Config, params, train_iter, num_steps: int, run_di
   return selected, stats
 
 
-def run_train(config: ml_collections.ConfigDict, out_dir: Path, fingerprint: str = "") -> dict:
+def _write_results(out_dir: Path, stats: dict, config: ml_collections.ConfigDict) -> None:
+  """The stage's stats.json and config.json, written by process 0."""
+  if parallel.is_primary():
+    write_json(out_dir / "config.json", config.to_dict())
+    write_json(out_dir / "stats.json", stats)
+
+
+def run_train(config: ml_collections.ConfigDict, workdir: Path, out_dir: Path) -> dict:
   """Multi-task GenSAR training with validation-based model selection (NDCG@5 mean)."""
-  parallel.maybe_initialize_distributed()
   t0 = time.time()
-  _clear_stale_run(out_dir, fingerprint)
-  td = load_task_data(out_dir.parent, config)
+  td = load_task_data(workdir, config)
   seed = int(config.seed)
   model_cfg, params = build_model(config.model, td.vocab_size, jax.random.key(seed))
   source = td.mixture(config.tasks.sizes.to_dict(), 1, seed)
@@ -126,8 +120,7 @@ def run_train(config: ml_collections.ConfigDict, out_dir: Path, fingerprint: str
   save_model(out_dir / "model", selected, model_cfg, extra={"selected_step": stats["selected_step"]})
   stats.update(epoch_examples=source.epoch_len, batch_size=batch, seconds=round(time.time() - t0, 1),
                num_params=int(sum(np.size(x) for x in jax.tree_util.tree_leaves(selected))))
-  write_json(out_dir / "stats.json", stats)
-  write_json(out_dir / "config.json", config.to_dict())
+  _write_results(out_dir, stats, config)
   log.info("train: loss on a probe batch %.4f -> %.4f; kept step %d", stats["probe_loss_before"],
            stats["probe_loss_after"], stats["selected_step"])
   return stats
@@ -184,19 +177,34 @@ class _PairSource:
             "decoder_target_tokens": target.astype(np.int32), "decoder_loss_weights": weights}
 
 
-def run_doc2query(config: ml_collections.ConfigDict, out_dir: Path, fingerprint: str = "") -> dict:
-  """Trains item text -> query on the search training sessions, samples pseudo-queries for every item."""
-  parallel.maybe_initialize_distributed()
+class _HostRows:
+  """This process's rows of every global batch of `source`: its block (`pipeline.host_block`) of each batch."""
+
+  def __init__(self, source, global_batch: int, process_index: int, process_count: int):
+    block = host_block(global_batch, process_index, process_count)
+    self.source, self.global_batch = source, global_batch
+    self.rows, self.offset = block.stop - block.start, block.start
+
+  def __len__(self) -> int:
+    return len(self.source) // self.global_batch * self.rows
+
+  def __getitem__(self, index: int):
+    batch, row = divmod(int(index), self.rows)
+    return self.source[batch * self.global_batch + self.offset + row]
+
+
+def run_doc2query(config: ml_collections.ConfigDict, workdir: Path, out_dir: Path) -> dict:
+  """Trains item text -> query on the search training sessions, samples pseudo-queries for every item
+  (each process its share of the catalogue's batches)."""
   t0 = time.time()
-  _clear_stale_run(out_dir, fingerprint)
   cfg = config.doc2query
   # Only text is read here: the identifier tables do not matter (placeholders), and the model's
   # vocabulary is the SentencePiece one, so it can only ever generate text.
-  num_items = int(read_json(out_dir.parent / "prepare" / "stats.json")["items"])
+  num_items = int(read_json(output_dir(workdir, "prepare") / "stats.json")["items"])
   _, semantic_levels, collab_levels = levels_from_config(config.identifiers)
   no_codes = {"semantic": np.zeros((num_items, len(semantic_levels)), np.int32),
               "collab": np.zeros((num_items, len(collab_levels)), np.int32)}
-  td = load_task_data(out_dir.parent, config, codes=no_codes, with_pseudo_queries=False)
+  td = load_task_data(workdir, config, codes=no_codes, with_pseudo_queries=False)
   search = td.prepared.samples["search"]
   rows = search.split_rows(0)
   texts = stack_padded([td.builder.item_text_ids[i] for i in search.item[rows]], int(cfg.max_input_len))
@@ -205,8 +213,9 @@ def run_doc2query(config: ml_collections.ConfigDict, out_dir: Path, fingerprint:
   run_config = ml_collections.ConfigDict({"train": cfg.train, "parallel": config.parallel})
   num_steps, num_epochs = _steps(cfg.train, epoch_len)
   source = _PairSource(texts, queries, num_epochs, int(config.seed))
-  ds = grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
-  it = iter(ds.batch(int(cfg.train.batch_size) // jax.process_count(), drop_remainder=True).to_iter_dataset())
+  rows = int(cfg.train.batch_size) // jax.process_count()
+  ds = grain.MapDataset.source(_HostRows(source, int(cfg.train.batch_size), jax.process_index(), jax.process_count()))
+  it = iter(ds.batch(rows, drop_remainder=True).to_iter_dataset())
   probe_ds = grain.MapDataset.source(_PairSource(texts, queries, 1, int(config.seed) + 1))
   probe = probe_ds.batch(int(cfg.train.batch_size))[0]
   model_cfg, params = build_model(config.model, td.tokenizer.sp_vocab_size, jax.random.key(int(config.seed) + 17))
@@ -224,12 +233,12 @@ def run_doc2query(config: ml_collections.ConfigDict, out_dir: Path, fingerprint:
   tokens = np.where(np.arange(out.tokens.shape[-1]) < (out.lengths[..., None] - 1), out.tokens, 0).astype(np.int32)
   examples = {td.prepared.dataset.catalog.titles[i]: [td.tokenizer.decode(q) for q in tokens[i, :3]]
               for i in range(min(3, len(tokens)))}
-  save_arrays(out_dir / "pseudo_queries.npz", tokens=tokens)
+  if parallel.is_primary():
+    save_arrays(out_dir / "pseudo_queries.npz", tokens=tokens)
   distinct = len({td.tokenizer.decode(q) for q in tokens.reshape(-1, tokens.shape[-1])[:5000]})
   stats.update(pairs=epoch_len, items=int(tokens.shape[0]), per_item=int(tokens.shape[1]),
                distinct_in_first_5000=distinct, examples=examples, seconds=round(time.time() - t0, 1))
-  write_json(out_dir / "stats.json", stats)
-  write_json(out_dir / "config.json", config.to_dict())
+  _write_results(out_dir, stats, config)
   log.info("doc2query: %d items x %d pseudo-queries; probe loss %.3f -> %.3f", tokens.shape[0], tokens.shape[1],
            stats["probe_loss_before"], stats["probe_loss_after"])
   return stats
