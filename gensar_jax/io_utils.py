@@ -52,11 +52,10 @@ def absolute(path: PathLike) -> epath.Path:
   return path if is_uri(path) else path.absolute()
 
 
-def check_reachable(directory: PathLike, what: str = "workdir") -> None:
-  """Raises DataError, before any work, when a URI `directory` cannot be listed and written (no credentials,
-  no bucket, no gcsfs)."""
-  if not is_uri(directory):
-    return
+def check_writable(directory: PathLike, what: str = "workdir") -> None:
+  """Raises DataError, before any work, unless a probe file can be written and removed in `directory` (made if
+  missing): a local path or mount that is not writable, a URI whose store cannot be reached (no credentials, no
+  bucket, no gcsfs)."""
   directory = as_path(directory)
   probe = directory / f".write-test-{os.getpid()}-{os.urandom(4).hex()}"
   try:
@@ -66,7 +65,12 @@ def check_reachable(directory: PathLike, what: str = "workdir") -> None:
   except ImportError as e:
     raise DataError(f"{what} {directory}: no file system for this URI ({e}); `pip install gcsfs` (the `tpu` and "
                     "`gcs` extras bring it)") from None
-  except Exception as e:  # noqa: BLE001 - every client error means the same thing here
+  except Exception as e:  # noqa: BLE001 - a store's client errors all mean the same thing here
+    if not is_uri(directory):
+      if isinstance(e, OSError):
+        raise DataError(f"{what} {directory} is not writable ({e.strerror or e}); give --{what} a writable "
+                        "directory") from None
+      raise
     raise DataError(f"{what} {directory}: cannot write there ({type(e).__name__}: {e}); check the bucket name "
                     "and the credentials (GOOGLE_APPLICATION_CREDENTIALS or `gcloud auth application-default "
                     "login`)") from None

@@ -34,7 +34,7 @@ import ml_collections
 from etils import epath
 
 from gensar_jax import parallel
-from gensar_jax.io_utils import (DataError, as_path, check_reachable, fingerprint, is_uri, read_json, remove_tree,
+from gensar_jax.io_utils import (DataError, as_path, check_writable, fingerprint, is_uri, read_json, remove_tree,
                                   to_json, write_json)
 
 log = logging.getLogger(__name__)
@@ -324,20 +324,12 @@ def check_consistent(workdir: epath.Path, names) -> None:
 def check_workdir(workdir: epath.Path, min_free_bytes: int = MIN_FREE_BYTES) -> None:
   """Raises DataError before any work if `workdir` is a file, cannot be written, or its disk is full; for a
   URI, if its store cannot be reached."""
-  if is_uri(workdir):
-    check_reachable(workdir)
-    return
   workdir = as_path(workdir)
-  if workdir.exists() and not workdir.is_dir():
+  if not is_uri(workdir) and workdir.exists() and not workdir.is_dir():
     raise DataError(f"workdir {workdir} is a file, not a directory; give --workdir a directory path")
-  probe = workdir / f".write-test-{os.getpid()}-{os.urandom(4).hex()}"
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    probe.write_bytes(b"")
-    probe.unlink()
-  except OSError as e:
-    raise DataError(f"workdir {workdir} is not writable ({e.strerror or e}); give --workdir a writable "
-                    "directory") from None
+  check_writable(workdir)
+  if is_uri(workdir):
+    return
   free = shutil.disk_usage(workdir).free
   if free < min_free_bytes:
     raise DataError(f"workdir {workdir}: only {free / 2**20:.0f} MiB free on its disk; the stages need at least "

@@ -100,10 +100,15 @@ def bucket(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   """One process with two devices on a local workdir: the metrics every rehearsal must reproduce."""
-  workdir = tmp_path_factory.mktemp("reference") / "run"
+  root = tmp_path_factory.mktemp("reference")
+  workdir, logs = root / "run", root / "logs"
+  logs.mkdir()
   env = process_env({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
-  subprocess.run(GENSAR + ["run", "--config", CONFIG, "--workdir", str(workdir)], env=env, cwd=ROOT, check=True,
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=RUN_TIMEOUT)
+  start = time.monotonic()
+  with open(logs / "process_0.log", "w") as log:
+    subprocess.run(GENSAR + ["run", "--config", CONFIG, "--workdir", str(workdir)], env=env, cwd=ROOT, check=True,
+                   stdout=log, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT)
+  _report("1 process, local", time.monotonic() - start, logs)
   return str(workdir)
 
 
