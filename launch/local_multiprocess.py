@@ -84,7 +84,7 @@ def wait(procs: list[subprocess.Popen], log_path: Path, timeout: float | None = 
   deadline = None if timeout is None else time.monotonic() + timeout
   status = 0
   try:
-    while any(p.poll() is None for p in procs):
+    while [p.poll() for p in procs].count(None):      # poll every process (any() would stop at the first)
       failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
       if failed or (deadline is not None and time.monotonic() > deadline):
         status = failed[0] if failed else 124
