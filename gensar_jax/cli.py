@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from gensar_jax import parallel, stages
+from gensar_jax import inputs, parallel, stages
 from gensar_jax.config import load_config
 from gensar_jax.io_utils import DataError, as_path, read_json
 
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "reproduce":
       from gensar_jax.reproduce import reproduce_main
       stages.check_workdir(workdir)
+      inputs.preflight(config)
       reproduce_main(config, workdir, args.suite)
       out = workdir / "reproduce"
       print((out / "tables.md").read_text())
@@ -165,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = list(stages.STAGES) if args.command == "run" else [args.command]
     if args.command != "run":
       check_upstream_fresh(stages.STAGES[args.command].deps, config, workdir, args.command)
+    else:
+      inputs.preflight(config, inputs.stages_to_run(config, workdir))
     for name in todo:
       stage = stages.STAGES[name]
       if args.command == "run" and stages.is_fresh(stage, config, workdir):

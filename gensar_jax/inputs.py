@@ -1,8 +1,9 @@
-"""Inputs by name.
+"""Inputs by name, and their check before any stage runs.
 
 `resolve_model_dir` turns a model setting (`embed.text.model_dir`, `model.pretrained_dir`) into a directory:
 an existing local path or URI as it is, else a Hugging Face hub name (`owner/name`) from the standard HF
-cache, downloaded there when the hub can be reached.
+cache, downloaded there when the hub can be reached. `preflight` checks every raw file, query file and
+model the stages about to run will read, and reports all problems in one error.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ HUB_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*/[A-Za-z0-9_][A-Za-z0-9_.-]*"
 # The files the loaders read from a model repository (weights in safetensors, configs, tokenizers); the
 # rest of a hub repository (other frameworks' weights, ONNX exports) is not downloaded.
 MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.txt")
+# Which stages read each model setting (`gensar reproduce`'s dense-retrieval baseline also reads the encoder).
+MODEL_SETTINGS = {"embed.text.model_dir": ("embed",), "model.pretrained_dir": ("doc2query", "train", "eval")}
 
 
 def is_hub_name(setting: str) -> bool:
@@ -72,3 +75,105 @@ def resolve_model_dir(setting: str | os.PathLike, what: str) -> epath.Path:
                     f"{text}`") from None
   log.info("%s: Hugging Face model %s from %s", what, text, folder)
   return as_path(folder)
+
+
+# ------------------------------------------------------------------------------------ preflight
+
+def _file_problems(directory: epath.Path, groups: list[tuple[str, ...]], setting: str) -> list[str]:
+  """Problems with the files `directory` must hold: per group of accepted names, one that exists and reads."""
+  from gensar_jax.data.loaders import probe_file
+  if not directory.is_dir():
+    return [f"{directory}: directory not found ({setting}; expected {', '.join(g[0] for g in groups)} there)"]
+  problems = []
+  for names in groups:
+    found = next((directory / name for name in names if (directory / name).exists()), None)
+    if found is None:
+      problems.append(f"{directory}: none of {list(names)} found ({setting})")
+      continue
+    try:
+      probe_file(found)
+    except DataError as e:
+      problems.append(str(e))
+  return problems
+
+
+def data_problems(data) -> list[str]:
+  """Problems with the raw files and query files a `data` config section reads (the loaders' file names)."""
+  from gensar_jax.data.loaders import QUERY_FILE_NAMES, raw_file_names
+  problems = []
+  if data.source != "synthetic":
+    if not data.get("raw_dir"):
+      problems.append(f"data.raw_dir is empty: source {data.source!r} needs the directory with the raw files")
+    else:
+      problems += _file_problems(as_path(data.raw_dir), raw_file_names(data.source, data.name), "data.raw_dir")
+  mode = data.get("queries", "auto")
+  if mode == "real" or (mode == "auto" and data.get("query_dir")):
+    if not data.get("query_dir"):
+      problems.append("data.queries='real' needs data.query_dir: the directory of Ai et al.'s query files "
+                      "(query_text.txt.gz, train.qrels.gz, test.qrels.gz), or set data.queries=generated")
+    else:
+      problems += _file_problems(as_path(data.query_dir), list(QUERY_FILE_NAMES), "data.query_dir")
+  return problems
+
+
+def _setting(config, dotted: str) -> str:
+  value = config
+  for part in dotted.split("."):
+    value = value.get(part) if value is not None else None
+  return value or ""
+
+
+def _model_problem(config, setting: str) -> str | None:
+  """What is wrong with a model setting's directory, or None (an empty setting is the default model)."""
+  value = _setting(config, setting)
+  if not value:
+    if setting == "embed.text.model_dir" and config.embed.text.get("fallback") == "error":
+      from gensar_jax.embed.text_encoder import default_model_dir
+      try:
+        default_model_dir()
+      except FileNotFoundError as e:
+        return f"{setting} is empty and embed.text.fallback='error': {e}"
+    return None
+  try:
+    directory = resolve_model_dir(value, setting)
+  except DataError as e:
+    return str(e)
+  return None if directory.is_dir() else f"{setting}={value!r}: directory {directory} not found"
+
+
+def input_problems(config, stage_names=None) -> list[str]:
+  """Every problem with the inputs of `stage_names` (default: all stages and the baselines): the raw and
+  query files (always: `run` fingerprints them even when `prepare` is up to date) and the model settings
+  of the stages that read them."""
+  problems = data_problems(config.data)
+  for setting, readers in MODEL_SETTINGS.items():
+    if stage_names is None or any(name in readers for name in stage_names):
+      problem = _model_problem(config, setting)
+      if problem:
+        problems.append(problem)
+  return problems
+
+
+def preflight(config, stage_names=None) -> None:
+  """Raises one DataError listing every input problem of `stage_names` (see `input_problems`)."""
+  problems = input_problems(config, stage_names)
+  if not problems:
+    return
+  raise DataError(f"{len(problems)} input problem(s), found before any stage ran:\n  - " + "\n  - ".join(problems))
+
+
+def stages_to_run(config, workdir) -> list[str]:
+  """The stages `gensar run` will run: the stale ones and every stage that reads from one of them."""
+  from gensar_jax import stages
+  todo: list[str] = []
+  for name, stage in stages.STAGES.items():
+    if any(dep in todo for dep in stage.deps):
+      todo.append(name)
+      continue
+    try:
+      fresh = stages.is_fresh(stage, config, workdir)
+    except DataError:      # e.g. a raw file it fingerprints is missing: preflight reports that
+      fresh = False
+    if not fresh:
+      todo.append(name)
+  return todo
