@@ -159,7 +159,12 @@ def preflight(config, stage_names=None) -> None:
   problems = input_problems(config, stage_names)
   if not problems:
     return
-  raise DataError(f"{len(problems)} input problem(s), found before any stage ran:\n  - " + "\n  - ".join(problems))
+  hint = ""
+  if config.data.source == "amazon2014" or config.data.get("query_dir"):
+    hint = ("\n`gensar fetch` with the same --config and --set downloads the Amazon 2014 files and Ai et al.'s "
+            "query files into data.raw_dir and data.query_dir")
+  raise DataError(f"{len(problems)} input problem(s), found before any stage ran:\n  - " + "\n  - ".join(problems)
+                  + hint)
 
 
 def stages_to_run(config, workdir) -> list[str]:

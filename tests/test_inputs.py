@@ -141,7 +141,8 @@ def test_run_lists_every_input_problem_before_any_stage(tmp_path, offline_cache,
                      "none of ['train.qrels.gz', 'train.qrels'] found (data.query_dir)",
                      "none of ['test.qrels.gz', 'test.qrels'] found (data.query_dir)",
                      "`hf download no-org/no-model`",
-                     f"model.pretrained_dir={str(tmp_path / 't5')!r}: directory {tmp_path / 't5'} not found"):
+                     f"model.pretrained_dir={str(tmp_path / 't5')!r}: directory {tmp_path / 't5'} not found",
+                     "`gensar fetch` with the same --config and --set downloads"):
       assert expected in message, expected
     assert not (workdir / "prepare").exists()
 
