@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "PyStemmer>=2.2,<4",       # Porter stemming of the BM25 English analyzer (Pyserini's default)
     "safetensors>=0.4,<1",
     "tokenizers>=0.20,<1",
+    "huggingface_hub>=0.34,<3",  # hub model names in embed.text.model_dir / model.pretrained_dir; the `hf` CLI
     "tqdm>=4.66",
     "tensorboardX>=2.6",
     "matplotlib>=3.8",

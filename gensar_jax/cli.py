@@ -4,6 +4,7 @@
   gensar stats   --config configs/office.py
   gensar run     --config configs/synthetic.py     # every stage whose outputs are missing or stale
   gensar reproduce --config configs/office.py [--suite main|ablations|all]
+  gensar fetch   --config configs/electronics.py   # the raw files into data.raw_dir / data.query_dir
   gensar search "wireless mouse" --user 42 --config configs/office.py;  gensar recommend --user 42 ...
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from gensar_jax import parallel, stages
+from gensar_jax import inputs, parallel, stages
 from gensar_jax.config import load_config
 from gensar_jax.io_utils import DataError, as_path, read_json
 
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common_args(sub.add_parser(name, help=stage.summary))
   _common_args(sub.add_parser("run", help="run every stage whose outputs are missing or stale"))
   _common_args(sub.add_parser("stats", help="print the prepared dataset's statistics table"))
+  _common_args(sub.add_parser("fetch", help="download the raw files the config reads (Amazon 2014 reviews and "
+                                            "metadata, Ai et al. query files) into data.raw_dir / data.query_dir"))
   from gensar_jax.reproduce import add_reproduce_args
   reproduce = sub.add_parser("reproduce", help="GenSAR, its variants and the classic baselines on one protocol "
                                                "-> <workdir>/reproduce/ (tables.md, results.json, tradeoff.png)")
@@ -130,13 +133,19 @@ def main(argv: list[str] | None = None) -> int:
   start = time.time()
   try:
     # First, before anything touches a device: every process of a multi-host job joins the job here.
-    if args.command != "plan":      # plan compiles for a slice it is not on (deviceless)
+    if args.command not in ("plan", "fetch"):   # plan compiles for a slice it is not on; fetch uses no device
       parallel.maybe_initialize_distributed()
     config = load_config(args.config, args.set)
     workdir = as_path(args.workdir or Path("runs") / config.name)
+    if args.command == "fetch":
+      from gensar_jax.data.fetch import fetch
+      for path in fetch(config):
+        print(path)
+      return 0
     if args.command == "reproduce":
       from gensar_jax.reproduce import reproduce_main
       stages.check_workdir(workdir)
+      inputs.preflight(config)
       reproduce_main(config, workdir, args.suite)
       out = workdir / "reproduce"
       print((out / "tables.md").read_text())
@@ -165,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = list(stages.STAGES) if args.command == "run" else [args.command]
     if args.command != "run":
       check_upstream_fresh(stages.STAGES[args.command].deps, config, workdir, args.command)
+    else:
+      inputs.preflight(config, inputs.stages_to_run(config, workdir))
     for name in todo:
       stage = stages.STAGES[name]
       if args.command == "run" and stages.is_fresh(stage, config, workdir):

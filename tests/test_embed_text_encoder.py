@@ -232,7 +232,8 @@ def test_electronics_config_names_the_reference_encoder_and_fails_without_it(tmp
   monkeypatch.chdir(tmp_path)              # no models/ here
   text = load_config("electronics").embed.text
   assert Path(text.model_dir).name == "bge-base-en-v1.5" and text.pooling == "cls" and text.fallback == "error"
-  with pytest.raises(DataError, match="bge-base-en-v1.5: sentence encoder directory not found"):
+  with pytest.raises(DataError, match=r"embed.text.model_dir='models/bge-base-en-v1.5' is neither a directory "
+                                      r"\(.*models/bge-base-en-v1.5 not found\) nor a Hugging Face model in the cache"):
     text_encoder.semantic_embeddings(["black pen"], text)
 
 

@@ -6,12 +6,16 @@ search session at the same time: one query, one click.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from gensar_jax.data.loaders import RawData
 from gensar_jax.data.schema import SARDataset
 from gensar_jax.data.text import normalize_query, query_from_category_path
 from gensar_jax.io_utils import DataError
+
+log = logging.getLogger(__name__)
 
 
 def item_queries_from_categories(category_paths: list[list[tuple[str, ...]]], min_levels: int = 2,
@@ -23,6 +27,45 @@ def item_queries_from_categories(category_paths: list[list[tuple[str, ...]]], mi
     queries = [query_from_category_path(p, min_levels, singular) for p in paths]
     out.append(list(dict.fromkeys(q for q in queries if q)))
   return out
+
+
+def unmatched_qrels(raw: RawData, qrels_lines: dict[tuple[str, str], list]) -> dict:
+  """The qrels lines whose (user, item) is not a purchase in `raw`: {"lines": all lines, "unmatched",
+  "unknown_user", "unknown_item", "not_purchased" (counts), "first": "file:line" of the first or None}.
+
+  qrels_lines: {(source user id, source item id): [line count, first "file:line"]} (`loaders.load_ai_queries`).
+  """
+  users, items = raw.user_ids, raw.catalog.item_ids
+  purchased = {(users[u], items[i]) for u, i in zip(raw.purchases.user.tolist(), raw.purchases.item.tolist())}
+  known_users, known_items = set(users), set(items)
+  out = {"lines": 0, "unmatched": 0, "unknown_user": 0, "unknown_item": 0, "not_purchased": 0, "first": None}
+  for (user, item), (count, first) in qrels_lines.items():   # pairs in the order of their first line
+    out["lines"] += count
+    if (user, item) in purchased:
+      continue
+    kind = ("unknown_user" if user not in known_users else "unknown_item" if item not in known_items
+            else "not_purchased")
+    out[kind] += count
+    out["unmatched"] += count
+    out["first"] = out["first"] or first
+  return out
+
+
+def check_qrels_match(raw: RawData, qrels_lines: dict[tuple[str, str], list], name: str) -> dict:
+  """Warns with the count and the first file:line when qrels lines name users or items absent from the
+  reviews (they give no search session); raises DataError when no line matches a purchase."""
+  found = unmatched_qrels(raw, qrels_lines)
+  if not found["unmatched"]:
+    return found
+  detail = (f"{found['unknown_user']:,} with a user absent from the reviews, {found['unknown_item']:,} with an "
+            f"item absent from them, {found['not_purchased']:,} with a pair the reviews do not have; first at "
+            f"{found['first']}")
+  if found["unmatched"] == found["lines"]:
+    raise DataError(f"{name}: none of the {found['lines']:,} qrels lines matches a purchase of the reviews ({detail}); "
+                    "check that data.query_dir holds the query files of this dataset (data.name)")
+  log.warning("%s: %d of %d qrels lines match no purchase and are ignored (%s)", name, found["unmatched"],
+              found["lines"], detail)
+  return found
 
 
 def build_sar_dataset(raw: RawData, name: str, *, search_fraction: float = 1.0, seed: int = 0,

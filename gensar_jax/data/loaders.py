@@ -109,6 +109,20 @@ def _read_whole_text(path: Path) -> str:
                     "expected UTF-8 encoded JSON") from None
 
 
+def probe_file(path: Path) -> None:
+  """Opens a raw file as the loaders do and reads its first byte; DataError naming it when it cannot be read
+  or holds nothing."""
+  try:
+    with _open_binary(path) as f:
+      first = f.read(1)
+  except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+    raise _damaged(path, 0, e) from None
+  except OSError as e:
+    raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+  if not first:
+    raise DataError(f"{path}: empty file")
+
+
 def _find(directory: Path, *names: str) -> Path:
   if not directory.is_dir():
     raise DataError(f"{directory}: directory not found (expected the raw data files there)")
@@ -286,6 +300,8 @@ def _load_reviews(path: Path, duplicates: _Duplicates, ratings: dict | None = No
     seqs.setdefault(str(user), []).append((t, str(asin)))
     if ratings is not None and isinstance(r.get("overall"), (int, float)) and not isinstance(r["overall"], bool):
       ratings[event] = float(r["overall"])
+  if not seqs:
+    raise DataError(f"no reviews in {path}: expected one JSON review per line (reviewerID, asin, unixReviewTime)")
   return seqs
 
 
@@ -345,8 +361,10 @@ def load_amazon2018(directory: str | Path, category: str) -> RawData:
   return raw
 
 
-def load_ai_queries(directory: str | Path) -> dict[tuple[str, str], list[str]]:
-  """Ai et al. query files: {(reviewerID, asin): [query text, ...]} from all `*.qrels.gz` in `directory`."""
+def load_ai_queries(directory: str | Path, lines: dict[tuple[str, str], list] | None = None
+                    ) -> dict[tuple[str, str], list[str]]:
+  """Ai et al. query files: {(reviewerID, asin): [query text, ...]} from all `*.qrels.gz` in `directory`.
+  With `lines`, also fills {(reviewerID, asin): [number of qrels lines naming the pair, first "file:line"]}."""
   directory = as_path(directory)
   query_path, qrels = _ai_query_files(directory)
   queries = [line.strip() for _, line in _read_lines(query_path)]
@@ -364,18 +382,40 @@ def load_ai_queries(directory: str | Path) -> dict[tuple[str, str], list[str]]:
       if not queries[int(qid)]:
         raise DataError(f"{path}:{lineno}: query id {qid} refers to line {int(qid) + 1} of {query_path}, which is "
                         "empty; expected the query's words there")
+      if lines is not None:
+        if (user, parts[2]) in lines:
+          lines[user, parts[2]][0] += 1
+        else:
+          lines[user, parts[2]] = [1, f"{path}:{lineno}"]
       found = pairs.setdefault((user, parts[2]), [])
       if queries[int(qid)] not in found:          # the same (user, item, query) listed twice counts once
         found.append(queries[int(qid)])
   return pairs
 
 
+# The Ai et al. files `data.queries=real` needs in data.query_dir, each with its accepted names (gzip first);
+# every `*.qrels(.gz)` there is read.
+QUERY_FILE_NAMES = (("query_text.txt.gz", "query_text.txt"), ("train.qrels.gz", "train.qrels"),
+                    ("test.qrels.gz", "test.qrels"))
+
+
 def _ai_query_files(directory: Path) -> tuple[Path, list[Path]]:
-  query_path = _find(directory, "query_text.txt.gz", "query_text.txt")
+  query_path = _find(directory, *QUERY_FILE_NAMES[0])
   qrels = sorted(directory.glob("*.qrels.gz")) + sorted(directory.glob("*.qrels"))
   if not qrels:
     raise DataError(f"{directory}: no *.qrels(.gz) files found next to {query_path.name}")
   return query_path, qrels
+
+
+def raw_file_names(source: str, name: str) -> list[tuple[str, ...]]:
+  """The raw files a source reads from data.raw_dir, each with its accepted names (gzip first)."""
+  if source == "lcrec":
+    return [(f"{name}.item.json.gz", f"{name}.item.json"), (f"{name}.inter.json.gz", f"{name}.inter.json")]
+  if source == "amazon2014":
+    return [(f"reviews_{name}_5.json.gz", f"reviews_{name}_5.json"), (f"meta_{name}.json.gz", f"meta_{name}.json")]
+  if source == "amazon2018":
+    return [(f"{name}_5.json.gz", f"{name}_5.json"), (f"meta_{name}.json.gz", f"meta_{name}.json")]
+  return []
 
 
 def source_files(cfg) -> list[Path]:
@@ -385,16 +425,7 @@ def source_files(cfg) -> list[Path]:
   if cfg.source != "synthetic":
     if directory is None:
       raise DataError(f"data.raw_dir is empty: source {cfg.source!r} needs the directory with the raw files")
-    name = cfg.name
-    if cfg.source == "lcrec":
-      files += [_find(directory, f"{name}.item.json.gz", f"{name}.item.json"),
-                _find(directory, f"{name}.inter.json.gz", f"{name}.inter.json")]
-    elif cfg.source == "amazon2014":
-      files += [_find(directory, f"reviews_{name}_5.json.gz", f"reviews_{name}_5.json"),
-                _find(directory, f"meta_{name}.json.gz", f"meta_{name}.json")]
-    elif cfg.source == "amazon2018":
-      files += [_find(directory, f"{name}_5.json.gz", f"{name}_5.json"),
-                _find(directory, f"meta_{name}.json.gz", f"meta_{name}.json")]
+    files += [_find(directory, *names) for names in raw_file_names(cfg.source, cfg.name)]
   if cfg.get("query_dir") and cfg.get("queries", "auto") != "generated":
     query_path, qrels = _ai_query_files(as_path(cfg.query_dir))
     files += [query_path, *qrels]

@@ -47,7 +47,11 @@ def load_dataset(cfg: ml_collections.ConfigDict, seed: int) -> SARDataset:
     raw = loaders.load_amazon2018(cfg.raw_dir, cfg.name)
   else:
     raise ValueError(f"data.source {source!r}: expected synthetic, lcrec, amazon2014 or amazon2018")
-  user_item_queries = loaders.load_ai_queries(cfg.query_dir) if query_source(cfg) == "real" else None
+  user_item_queries = None
+  if query_source(cfg) == "real":
+    qrels_lines: dict[tuple[str, str], list] = {}
+    user_item_queries = loaders.load_ai_queries(cfg.query_dir, qrels_lines)
+    events.check_qrels_match(raw, qrels_lines, cfg.name)
   return events.build_sar_dataset(raw, cfg.name, search_fraction=cfg.search_fraction, seed=seed,
                                   user_item_queries=user_item_queries,
                                   singular_queries=bool(cfg.get("singular_queries", False)))

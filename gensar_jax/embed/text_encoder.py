@@ -27,6 +27,7 @@ import numpy as np
 import tqdm
 
 from gensar_jax import parallel
+from gensar_jax.inputs import resolve_model_dir
 from gensar_jax.io_utils import DataError, as_path, read_json
 
 logger = logging.getLogger(__name__)
@@ -358,7 +359,7 @@ class SentenceEncoder:
 def load_sentence_encoder(model_dir: str | Path | None = None, max_seq_length: int = 256,
                           min_bucket_length: int = 16, dtype: str = "float32",
                           pooling: str | None = None) -> SentenceEncoder:
-  """Loads a BERT-family sentence-transformers directory (default: packaged all-MiniLM-L6-v2).
+  """Loads a BERT-family sentence-transformers directory or hub name (default: packaged all-MiniLM-L6-v2).
 
   max_seq_length is capped at the model's own limit (sentence_bert_config.json / position table).
   pooling: one of POOLING_MODES to use instead of the directory's 1_Pooling/config.json (None or "").
@@ -368,10 +369,10 @@ def load_sentence_encoder(model_dir: str | Path | None = None, max_seq_length: i
   import safetensors.numpy
   import tokenizers
 
-  model_dir = as_path(model_dir) if model_dir else as_path(default_model_dir())
+  model_dir = resolve_model_dir(model_dir, "embed.text.model_dir") if model_dir else as_path(default_model_dir())
   if not model_dir.is_dir():
     raise DataError(f"{model_dir}: sentence encoder directory not found (embed.text.model_dir): download the "
-                    f"sentence-transformers model into it (e.g. `huggingface-cli download <model> --local-dir "
+                    f"sentence-transformers model into it (e.g. `hf download <model> --local-dir "
                     f"{model_dir}`) or point embed.text.model_dir at it")
   if pooling and pooling not in POOLING_MODES:
     raise ValueError(f"embed.text.pooling {pooling!r}: expected one of {POOLING_MODES} (or '' for the directory's)")

@@ -28,6 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from gensar_jax.inputs import resolve_model_dir
 from gensar_jax.io_utils import DataError, as_path
 from gensar_jax.model.t5 import T5Config, init_params, t5_config_from_section
 
@@ -155,8 +156,8 @@ def load_hf_state_dict(checkpoint_dir: str | Path) -> dict[str, np.ndarray]:
 
 
 def load_hf_checkpoint(checkpoint_dir: str | Path, **config_overrides) -> tuple[T5Config, dict]:
-  """A HF T5 checkpoint directory -> (T5Config, params). `config_overrides` e.g. dropout_rate, dtype."""
-  checkpoint_dir = as_path(checkpoint_dir)
+  """A HF T5 checkpoint directory or hub name -> (T5Config, params). `config_overrides` e.g. dropout_rate, dtype."""
+  checkpoint_dir = resolve_model_dir(checkpoint_dir, "model.pretrained_dir")
   cfg = t5_config_from_hf(read_hf_config(checkpoint_dir), **config_overrides)
   params = params_from_hf_state_dict(load_hf_state_dict(checkpoint_dir), cfg)
   logger.info("loaded HF T5 from %s: vocab %d, d_model %d, %d+%d layers", checkpoint_dir, cfg.vocab_size,
@@ -185,7 +186,7 @@ def pretrained_tokenizer(checkpoint_dir: str | Path) -> tuple[bytes, int]:
   """
   import sentencepiece as spm
 
-  checkpoint_dir = as_path(checkpoint_dir)
+  checkpoint_dir = resolve_model_dir(checkpoint_dir, "model.pretrained_dir")
   spiece = checkpoint_dir / "spiece.model"
   if not spiece.exists():
     raise DataError(f"{spiece}: not found; model.pretrained_dir needs the checkpoint's own SentencePiece model "
