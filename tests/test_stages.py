@@ -88,7 +88,9 @@ def test_tiny_pipeline_end_to_end(tmp_path):
                              str(workdir), "--set", "train.learning_rate=0.002", "--set", "train.checkpoint_every=3"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 600
-  while not list(workdir.glob("train/run-*/checkpoints/*/_CHECKPOINT_METADATA")) and time.time() < deadline:
+  rerun_checkpoints = lambda: [p for p in workdir.glob("train/run-*/checkpoints/*/_CHECKPOINT_METADATA")  # noqa: E731
+                               if trained.name not in p.parts]
+  while not rerun_checkpoints() and time.time() < deadline:
     assert killed.poll() is None, "the re-run ended before it was interrupted"
     time.sleep(0.5)
   killed.kill()
