@@ -219,3 +219,14 @@ def test_qrels_that_match_no_purchase_are_refused(tmp_path):
   with pytest.raises(DataError, match=r"Toys: none of the 2 qrels lines matches a purchase of the reviews \(2 with a "
                                       r"user absent .* first at .*test.qrels.gz:1\); check that data.query_dir"):
     prepare.load_dataset(data, seed=0)
+
+
+@pytest.mark.slow        # about a minute: prepare, the encoder and one SASRec epoch
+def test_the_embed_stage_reads_a_hub_named_encoder_from_the_cache(offline_cache, tmp_path):
+  snapshot = hub_cache(offline_cache, MINILM, text_encoder.default_model_dir())
+  workdir = tmp_path / "work"
+  args = ["--config", "tiny", "--workdir", str(workdir), "--set", f"embed.text.model_dir={MINILM}",
+          "--set", "embed.sasrec.epochs=1"]
+  assert cli.main(["prepare", *args]) == 0 and cli.main(["embed", *args]) == 0
+  stats = json.loads((stages.output_dir(workdir, "embed") / "stats.json").read_text())
+  assert stats["semantic_encoder"]["encoder"] == str(snapshot) and stats["semantic_encoder"]["fallback"] is None
