@@ -8,6 +8,7 @@ fsdp) and "embed" -> fsdp coexist: parameters are sharded over fsdp, activations
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -112,12 +113,22 @@ class PrimaryFailed(RuntimeError):
   """Process 0 failed in work the other processes were waiting for."""
 
 
+_coordination_calls = itertools.count()
+
+
+def _unique_key(name: str) -> str:
+  """A coordination key unique within the job: every process makes the same calls in the same order, so the
+  n-th call has the same key everywhere, and a name used twice (a stage run for several methods) never
+  collides with its earlier use. Work that process 0 runs alone must therefore not call these functions."""
+  return f"gensar/{next(_coordination_calls)}/{name}"
+
+
 def value_from_primary(name: str, compute: Callable[[], str]) -> str:
   """`compute()` run on process 0 only, its string result given to every process (through the coordination
   service's key-value store; for small values such as a fingerprint)."""
   if jax.process_count() == 1:
     return compute()
-  client, key = _coordination_client(), f"gensar/{name}/value"
+  client, key = _coordination_client(), _unique_key(name) + "/value"
   on_primary(name, lambda: client.key_value_set(key, compute()))
   return client.blocking_key_value_get(key, barrier_timeout_ms())
 
@@ -127,11 +138,11 @@ def on_primary(name: str, work: Callable[[], Any]) -> Any:
 
   Process 0 publishes "ok" or its error under `name` in the coordination service; the others wait for it
   (GENSAR_BARRIER_TIMEOUT_S) and raise `PrimaryFailed` with process 0's message, so every process stops
-  with the same reason instead of hanging at a barrier. `name` must be unique within the job.
+  with the same reason instead of hanging at a barrier. `name` says what is waited for (see `_unique_key`).
   """
   if jax.process_count() == 1:
     return work()
-  client, key = _coordination_client(), f"gensar/{name}"
+  client, key = _coordination_client(), _unique_key(name)
   if is_primary():
     try:
       result = work()
