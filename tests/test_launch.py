@@ -243,6 +243,17 @@ def test_run_starts_the_same_gensar_run_on_every_worker_inside_the_venv(pod):
   assert worker_flag == "--worker=all"
 
 
+@pytest.mark.parametrize("action", ["train", "eval"])
+def test_train_and_eval_run_alone_on_every_worker(pod, action):
+  pod.launch("setup", "my-tpu", "zone-a")
+  result = pod.launch(action, "my-tpu", "zone-a", CONFIG, f"--workdir={RUN}", "--set", "eval.num_beams=50")
+  assert result.returncode == 0, result.stderr
+  calls = _job_calls(pod, action, wait_for=2)
+  assert sorted(c.split(" ", 2)[2] for c in calls) == 2 * [
+      f"GENSAR_DISTRIBUTED=auto gensar {action} --config {CONFIG} --workdir {RUN} --set eval.num_beams=50"]
+  assert len(pod.calls("local_gensar_calls")) == (action == "train")          # only train plans first
+
+
 def test_status_reports_each_worker_and_the_latest_progress_line(pod):
   pod.launch("setup", "my-tpu", "zone-a")
   pod.launch("run", "my-tpu", "zone-a", CONFIG, "--workdir", RUN, SKIP_PLAN="1", FAKE_GENSAR_SLEEP="30")
@@ -437,6 +448,25 @@ def test_slurm_requeues_itself_before_the_time_limit(cluster):
     os.killpg(job.pid, signal.SIGKILL)              # the fake job step (scontrol requeue would end it)
   assert cluster.calls("scontrol_calls") == ["scontrol requeue 42"] and "requeueing job 42" in output.read_text()
   assert _job_calls(cluster, "eval")[0].endswith("gensar eval --config configs/gpu_8x.py --workdir /shared/run")
+
+
+@pytest.mark.parametrize("command", ["eval", "reproduce", "train"])
+def test_slurm_runs_other_commands(cluster, command):
+  _sbatch(cluster, "setup")
+  result = _sbatch(cluster, command, "configs/gpu_8x.py", "--workdir", "/shared/run")
+  assert result.returncode == 0, result.stderr
+  (srun,) = cluster.calls("srun_calls")
+  assert srun.endswith(f"launch/worker.sh run gensar {command} --config configs/gpu_8x.py --workdir /shared/run")
+
+
+def test_slurm_fetch_runs_without_srun(cluster):
+  _sbatch(cluster, "setup")
+  raw = cluster.tmp / "shared" / "raw"
+  result = _sbatch(cluster, "fetch", "configs/electronics.py", "--set", f"data.raw_dir={raw}")
+  assert result.returncode == 0, result.stderr
+  assert not cluster.calls("srun_calls") and (raw / "data.raw_dir.gz").exists()
+  (fetch,) = _job_calls(cluster, "fetch")
+  assert fetch.endswith(f"gensar fetch --config configs/electronics.py --set data.raw_dir={raw}")
 
 
 def test_slurm_job_needs_a_workdir(cluster):
