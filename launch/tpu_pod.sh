@@ -4,8 +4,9 @@
 # logged in; README "Run on a pod" walks through it from an empty project to the Electronics tables.
 #
 #   launch/tpu_pod.sh setup  TPU ZONE      # this checkout (with uncommitted edits to tracked files) to every worker
-#                                          # in ~/gensar_jax, a .venv there (Python >= 3.11 through uv) with the
-#                                          # tpu extra; every later action runs inside that .venv
+#                                          # in ~/gensar_jax, a .venv there (Python >= 3.11 through uv: the TPU VM
+#                                          # images have 3.10, see launch/worker.sh) with the tpu extra; every
+#                                          # later action runs inside that .venv
 #   launch/tpu_pod.sh plan   TPU ZONE CONFIG [--set k=v ...]       # `gensar plan` on this machine (no TPU used),
 #                                          # workdir runs/plan/<config> here (PLAN_WORKDIR), never the run's
 #   launch/tpu_pod.sh fetch  TPU ZONE CONFIG --set data.raw_dir=gs://B/raw --set data.query_dir=gs://B/queries
