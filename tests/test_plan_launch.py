@@ -24,7 +24,8 @@ def _launch(tmp_path: Path, plan_status: int, *extra_env) -> tuple[subprocess.Co
   env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PLAN_WORKDIR=str(tmp_path / "plan"))
   env.update(dict(extra_env))
   result = subprocess.run(["bash", str(SCRIPT), "train", "my-tpu", "zone-a", "configs/tpu_v5e_64.py",
-                           "--set", "train.num_epochs=1"], env=env, capture_output=True, text=True, timeout=30)
+                           "--workdir", "gs://bkt/run", "--set", "train.num_epochs=1"], env=env, capture_output=True,
+                          text=True, timeout=30)
   return result, calls
 
 
@@ -33,14 +34,16 @@ def test_train_stops_before_the_pod_when_the_plan_fails(tmp_path, status):
   result, calls = _launch(tmp_path, status)
   assert result.returncode == status and not calls.exists()
   assert ("does not fit" if status == 3 else "not launching") in result.stderr
-  assert "plan --config configs/tpu_v5e_64.py" in (tmp_path / "gensar_calls").read_text()
-  assert "--set train.num_epochs=1" in (tmp_path / "gensar_calls").read_text()
+  # The plan runs here with its own workdir: the run's gs:// workdir never reaches it.
+  assert (tmp_path / "gensar_calls").read_text() == (f"gensar plan --config configs/tpu_v5e_64.py --workdir "
+                                                     f"{tmp_path / 'plan'} --set train.num_epochs=1\n")
 
 
 def test_train_launches_after_a_fitting_plan(tmp_path):
   result, calls = _launch(tmp_path, 0)
   assert result.returncode == 0, result.stderr
-  assert "gensar train --config configs/tpu_v5e_64.py" in calls.read_text()
+  assert ("GENSAR_DISTRIBUTED=auto gensar train --config configs/tpu_v5e_64.py --workdir gs://bkt/run --set "
+          "train.num_epochs=1") in calls.read_text()
 
 
 def test_skip_plan_launches_without_planning(tmp_path):

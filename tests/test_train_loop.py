@@ -1,5 +1,9 @@
-"""Training loop: learning, exact resume after a stop, NaN stop, best/latest checkpoint retention."""
+"""Training loop: learning, exact resume after a stop, NaN stop, best/latest checkpoint retention, the progress
+line and the TensorBoard scalars a user follows while it runs."""
+import logging
 import math
+import re
+import struct
 
 import numpy as np
 import pytest
@@ -10,8 +14,9 @@ import ml_collections
 from gensar_jax import parallel
 from gensar_jax.model.t5 import T5Config
 from gensar_jax.train import state as state_lib
-from gensar_jax.train.loop import (TrainingDivergedError, evaluations_since_best, read_eval_history,
-                                   toy_copy_dataset, train)
+from gensar_jax.train import loop as loop_lib
+from gensar_jax.train.loop import (TrainingDivergedError, evaluations_since_best, format_progress,
+                                   read_eval_history, toy_copy_dataset, train)
 
 VOCAB = 24
 
@@ -160,3 +165,82 @@ def test_missing_batch_key_is_a_clear_error(tmp_path):
 
   with pytest.raises(KeyError, match="decoder_loss_weights"):
     train(config, _model(), batches(), 2, tmp_path, mesh=_one_device_mesh())
+
+
+PROGRESS = re.compile(r"train step (\d+)/(\d+): loss (\d+\.\d{4}), ([\d,]+) examples/s, [\d.]+ m?s/step, "
+                      r"ETA ([\d.]+ m?s|[\d.]+ (min|h|d))(, MFU [\d.]+%)?$")
+
+
+def test_progress_line_format():
+  line = format_progress("train", 1200, 25200, 2.34567, 5432.1, 1.514, 36288.0, 0.3123)
+  assert line == "train step 1,200/25,200: loss 2.3457, 5,432 examples/s, 1.51 s/step, ETA 10.08 h, MFU 31.2%"
+  cpu = format_progress("doc2query", 3, 8, 0.5, 12.0, 0.25, 1.25, None)
+  assert cpu == "doc2query step 3/8: loss 0.5000, 12 examples/s, 250.0 ms/step, ETA 1.25 s"
+
+
+def test_progress_lines_every_log_step(tmp_path, caplog):
+  """One line per `train.log_every` steps (and the last), process 0; no MFU on a CPU (no known peak)."""
+  config = _full_config(log_every=2, checkpoint_every=100)
+  with caplog.at_level(logging.INFO, logger="gensar_jax.train.loop"):
+    train(config, _model(), iter(toy_copy_dataset(VOCAB, 8)), 5, tmp_path, mesh=_one_device_mesh())
+  lines = [r.getMessage() for r in caplog.records if " step " in r.getMessage() and "examples/s" in r.getMessage()]
+  assert [PROGRESS.match(line).group(1, 2) for line in lines] == [("2", "5"), ("4", "5"), ("5", "5")], lines
+  assert all("MFU" not in line for line in lines)
+  assert float(PROGRESS.match(lines[-1]).group(3)) > 0
+
+
+def _read_events(data: bytes) -> list:
+  """The Event protos of a TFRecord event file (length, crc, payload, crc)."""
+  from tensorboardX.proto import event_pb2
+  events, offset = [], 0
+  while offset < len(data):
+    (length,) = struct.unpack("<Q", data[offset:offset + 8])
+    events.append(event_pb2.Event.FromString(data[offset + 12:offset + 12 + length]))
+    offset += 12 + length + 4
+  return events
+
+
+def _scalars(events) -> dict:
+  return {(e.step, v.tag): v.simple_value for e in events for v in e.summary.value}
+
+
+def test_scalars_are_readable_after_each_write_on_disk(tmp_path):
+  """Each write reaches the event file before it returns (no background queue), so TensorBoard sees it."""
+  writer = loop_lib._ScalarWriter(tmp_path / "tb")
+  writer.write(5, {"train/loss": 1.5, "train/mfu": 0.25})
+  (event_file,) = (tmp_path / "tb").iterdir()
+  assert _scalars(_read_events(event_file.read_bytes())) == {(5, "train/loss"): 1.5, (5, "train/mfu"): 0.25}
+  writer.write(10, {"train/loss": 1.25})
+  assert _scalars(_read_events(event_file.read_bytes()))[(10, "train/loss")] == 1.25
+  writer.close()
+
+
+def test_scalars_are_uploaded_after_each_write_on_a_store(monkeypatch):
+  """On a URI every write uploads the whole event file (object stores have no append)."""
+  uploads = {}
+  monkeypatch.setattr(loop_lib, "write_bytes", lambda path, data: uploads.__setitem__(path, data))
+  writer = loop_lib._ScalarWriter("gs://bucket/run/train/run-x/tensorboard")
+  writer.write(1, {"train/loss": 3.0})
+  ((path, data),) = uploads.items()
+  assert path.startswith("gs://bucket/run/train/run-x/tensorboard/events.out.tfevents.")
+  assert _scalars(_read_events(data)) == {(1, "train/loss"): 3.0}
+  writer.write(2, {"train/loss": 2.0})
+  assert _scalars(_read_events(uploads[path])) == {(1, "train/loss"): 3.0, (2, "train/loss"): 2.0}
+  writer.close()
+
+
+def test_tensorboard_reads_the_scalars_from_a_bucket_while_the_run_goes_on(gcs_emulator_env):
+  """`tensorboard --logdir gs://...` (TensorBoard without TensorFlow reads gs:// through gcsfs) sees every
+  written step before the writer is closed."""
+  pytest.importorskip("tensorboard", reason="TensorBoard is in the viz and test extras")
+  from gcs_emulator import client_env
+  from tensorboard.backend.event_processing import event_multiplexer
+  with client_env(gcs_emulator_env):
+    writer = loop_lib._ScalarWriter("gs://bkt/tb_check/train/run-x/tensorboard")
+    writer.write(10, {"train/loss": 2.5, "train/mfu": 0.25})
+    writer.write(20, {"train/loss": 2.0})
+    runs = event_multiplexer.EventMultiplexer()
+    runs.AddRunsFromDirectory("gs://bkt/tb_check/train")
+    runs.Reload()
+    assert [(e.step, e.value) for e in runs.Scalars("run-x/tensorboard", "train/loss")] == [(10, 2.5), (20, 2.0)]
+    writer.close()

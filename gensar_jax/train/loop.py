@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 from gensar_jax import parallel
 from gensar_jax.io_utils import is_uri, write_bytes, write_text
 from gensar_jax.model.t5 import T5Config, init_params
+from gensar_jax.plan import format_duration
 from gensar_jax.train import checkpoint as checkpoint_lib
+from gensar_jax.train import flops as flops_lib
 from gensar_jax.train import state as state_lib
 from gensar_jax.train import step as step_lib
 
@@ -86,32 +88,85 @@ class _StoreEventFiles:
 
 
 class _ScalarWriter:
-  """TensorBoard scalars through tensorboardX, written by process 0 only (local disk or object store)."""
+  """TensorBoard scalars, written by process 0 only (local disk or object store).
+
+  Synchronous: `write` appends the events and flushes the file (on a store: uploads it) before it returns,
+  so `tensorboard --logdir` sees every logged step while the run goes on. (tensorboardX's SummaryWriter
+  queues events for a thread that flushes every two minutes.)
+  """
 
   def __init__(self, logdir: epath.Path):
-    self.writer = None
+    self.events = None
     if jax.process_index() == 0:
-      from tensorboardX import SummaryWriter
       from tensorboardX import record_writer
+      from tensorboardX.event_file_writer import EventsWriter
+      logdir = os.fspath(logdir)
       if is_uri(logdir):
-        record_writer.register_writer_factory(os.fspath(logdir).split("://")[0], _StoreEventFiles())
-      self.writer = SummaryWriter(os.fspath(logdir))
+        record_writer.register_writer_factory(logdir.split("://")[0], _StoreEventFiles())
+      record_writer.directory_check(logdir)
+      self.events = EventsWriter(os.path.join(logdir, "events"))
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
-    if self.writer is not None:
-      for name, value in scalars.items():
-        self.writer.add_scalar(name, float(value), step)
-      self.writer.flush()
+    if self.events is None:
+      return
+    from tensorboardX import summary
+    from tensorboardX.proto import event_pb2
+    for name, value in scalars.items():
+      self.events.write_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                              summary=summary.scalar(name, float(value))))
+    self.events.flush()
 
   def close(self) -> None:
-    if self.writer is not None:
-      self.writer.close()
+    if self.events is not None:
+      self.events.close()
+      self.events = None
 
 
 _STEP_CACHE: dict = {}
 _LOOP_ONLY_FIELDS = frozenset({"log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "keep_best",
                                "best_metric", "best_mode", "async_checkpointing", "early_stopping_patience"})
 EVAL_HISTORY = "eval_history.json"  # in the workdir: [{"step", "seconds", "train/loss", <eval metrics>}, ...]
+
+
+def format_progress(name: str, step: int, stop_step: int, loss: float, examples_per_s: float,
+                    seconds_per_step: float, eta_s: float | None, mfu: float | None) -> str:
+  """The plain progress line of a log step, e.g. `train step 1,200/25,200: loss 2.3456, 5,432 examples/s,
+  1.51 s/step, ETA 10.08 h, MFU 31.2%` (no MFU where the device has no known peak, e.g. a CPU)."""
+  parts = [f"loss {loss:.4f}", f"{examples_per_s:,.0f} examples/s", f"{format_duration(seconds_per_step)}/step",
+           f"ETA {format_duration(eta_s)}"]
+  if mfu is not None:
+    parts.append(f"MFU {mfu:.1%}")
+  return f"{name} step {step:,}/{stop_step:,}: " + ", ".join(parts)
+
+
+def peak_flops_per_second(devices=None) -> float | None:
+  """Summed dense bf16 peak of `devices` (default all of the job's; the mesh's in `train`), or None when one
+  has no known peak (a CPU)."""
+  peaks = [flops_lib.device_peak_flops(d.device_kind) for d in (devices or jax.devices())]
+  return None if any(p is None for p in peaks) else float(sum(peaks))
+
+
+class _Throughput:
+  """Examples and matmul FLOPs (`train/flops.py`) of the steps since the last log step. MFU = those FLOPs /
+  (their seconds x the summed dense bf16 peak of the mesh's devices), whatever dtype the step computes in."""
+
+  def __init__(self, model_cfg: T5Config, peak: float | None):
+    self.model_cfg, self.peak = model_cfg, peak
+    self.restart()
+
+  def restart(self) -> None:
+    self.start, self.steps, self.examples, self.flops = time.perf_counter(), 0, 0, 0
+
+  def add(self, rows: int, input_len: int, target_len: int) -> None:
+    self.steps += 1
+    self.examples += rows
+    self.flops += flops_lib.train_step_flops(self.model_cfg, rows, input_len, target_len)
+
+  def rates(self) -> tuple[float, float, float | None]:
+    """(examples/s, seconds/step, MFU or None) over the window."""
+    elapsed = max(time.perf_counter() - self.start, 1e-9)
+    mfu = self.flops / elapsed / self.peak if self.peak else None
+    return self.examples / elapsed, elapsed / max(self.steps, 1), mfu
 
 
 def read_eval_history(workdir, up_to_step: int | None = None) -> list[dict]:
@@ -169,7 +224,7 @@ def _step_setup(model_cfg: T5Config, train_cfg: ml_collections.ConfigDict, mesh,
 def train(config: ml_collections.ConfigDict, model_cfg: T5Config, train_iter: Iterator[Mapping[str, np.ndarray]],
           num_steps: int | None, workdir: str | Path | epath.Path, eval_fn: EvalFn | None = None,
           eval_every: int | None = None, initial_params: Any = None,
-          mesh: jax.sharding.Mesh | None = None) -> TrainResult:
+          mesh: jax.sharding.Mesh | None = None, name: str = "train") -> TrainResult:
   """Trains `model_cfg` on batches from `train_iter` until step `num_steps` (default train.num_steps).
 
   Resumes from the latest checkpoint in `<workdir>/checkpoints` (state and iterator position) when
@@ -178,6 +233,8 @@ def train(config: ml_collections.ConfigDict, model_cfg: T5Config, train_iter: It
   resuming later continues the same run. Checkpoints every `train.checkpoint_every` steps, at every
   evaluation and at the end; keeps the latest `train.keep_checkpoints` plus the best `train.keep_best` by
   `train.best_metric`. A NaN/inf loss raises `TrainingDivergedError`; nothing is saved after it.
+  Every `train.log_every` steps process 0 logs one progress line (`format_progress`, labelled `name`) and
+  writes the training scalars to `<workdir>/tensorboard`.
   """
   train_cfg, parallel_cfg = _sections(config)
   workdir = epath.Path(workdir)  # local path or gs://
@@ -225,14 +282,15 @@ def train(config: ml_collections.ConfigDict, model_cfg: T5Config, train_iter: It
     stop_step = start_step
   run_start = time.perf_counter()
   writer = _ScalarWriter(workdir / "tensorboard")
-  progress = tqdm(total=stop_step, initial=start_step, desc="train", unit="step",
-                  disable=jax.process_index() != 0, dynamic_ncols=True)
+  # A bar on a terminal only (disable=None): in a log file the progress lines below say the same.
+  progress = tqdm(total=stop_step, initial=start_step, desc=name, unit="step",
+                  disable=None if jax.process_index() == 0 else True, dynamic_ncols=True)
   last_good_step = resume_step
   train_metrics: dict = {}
   eval_metrics: dict = {}
   pending: tuple[int, dict] | None = None  # metrics of the last dispatched step, checked one step later
   log_every = max(int(train_cfg.log_every), 1)
-  window_start, window_steps = time.perf_counter(), 0
+  window = _Throughput(model_cfg, peak_flops_per_second(list(mesh.devices.flat)))
 
   def check(step: int, metrics: dict) -> dict:
     host = step_lib.metrics_to_host(metrics)
@@ -260,18 +318,22 @@ def train(config: ml_collections.ConfigDict, model_cfg: T5Config, train_iter: It
       state, metrics = train_step(state, global_batch)
       pending = (step, metrics)
       progress.update(1)
-      window_steps += 1
+      window.add(*global_batch["encoder_input_tokens"].shape, global_batch["decoder_input_tokens"].shape[1])
 
       is_eval = eval_fn is not None and eval_every > 0 and (step % eval_every == 0 or step == stop_step)
       is_save = step % int(train_cfg.checkpoint_every) == 0 or step == stop_step or is_eval
       if step % log_every == 0 or step == stop_step or is_save:
         train_metrics = check(*pending)
         pending = None
-        elapsed = time.perf_counter() - window_start
-        train_metrics["steps_per_second"] = window_steps / max(elapsed, 1e-9)
-        window_start, window_steps = time.perf_counter(), 0
+        examples_per_s, seconds_per_step, mfu = window.rates()
+        train_metrics.update(steps_per_second=1.0 / seconds_per_step, examples_per_second=examples_per_s,
+                             **({"mfu": mfu} if mfu is not None else {}))
         writer.write(step, {f"train/{k}": v for k, v in train_metrics.items()})
         progress.set_postfix(loss=f"{train_metrics['loss']:.4f}", lr=f"{train_metrics['learning_rate']:.2e}")
+        if jax.process_index() == 0:
+          per_step = (time.perf_counter() - run_start) / (step - start_step)   # compile and validations included
+          logger.info("%s", format_progress(name, step, stop_step, train_metrics["loss"], examples_per_s,
+                                            seconds_per_step, per_step * (stop_step - step), mfu))
       if is_eval:
         eval_metrics = {k: float(v) for k, v in eval_fn(state.params, step).items()}
         writer.write(step, eval_metrics)
@@ -283,6 +345,8 @@ def train(config: ml_collections.ConfigDict, model_cfg: T5Config, train_iter: It
         checkpointer.save(step, state, train_iter, saved_config, metrics=eval_metrics if is_eval else None,
                           force=True)
         last_good_step = step
+      if step % log_every == 0 or step == stop_step or is_save:
+        window.restart()      # the next window times training steps only, not this step's validation or save
       if is_eval and patience_spent():
         best_entry = best_evaluation(history, train_cfg.best_metric, train_cfg.best_mode)
         logger.info("early stopping at step %d: %s %.4f at step %d, not bettered in %d evaluations", step,

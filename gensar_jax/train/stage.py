@@ -70,13 +70,13 @@ def restore_params(run_dir: Path, config: ml_collections.ConfigDict, model_cfg: 
 
 
 def _fit(config, model_cfg: T5Config, params, train_iter, num_steps: int, run_dir: Path, eval_fn, mesh,
-         probe: dict) -> tuple[object, dict]:
+         probe: dict, name: str) -> tuple[object, dict]:
   """Trains, then returns (selected params, stats with the loss before/after on a fixed probe batch)."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.train.num_steps = num_steps      # the learning-rate schedule spans train.num_steps
   loss_before = batch_loss(model_cfg, params, probe)
   result = loop.train(config, model_cfg, train_iter, num_steps, run_dir, eval_fn=eval_fn, initial_params=params,
-                      mesh=mesh)
+                      mesh=mesh, name=name)
   chosen_step = result.best_step if result.best_step is not None else result.final_step
   selected = result.state.params if chosen_step == result.final_step else restore_params(
       run_dir, config, model_cfg, chosen_step, mesh)
@@ -116,7 +116,7 @@ def run_train(config: ml_collections.ConfigDict, workdir: Path, out_dir: Path) -
   log.info("train: %d steps of %d examples (%.2f epochs of %d examples), vocabulary %d, model d=%d %d+%d layers",
            num_steps, batch, num_steps * batch / source.epoch_len, source.epoch_len, td.vocab_size,
            model_cfg.d_model, model_cfg.num_encoder_layers, model_cfg.num_decoder_layers)
-  selected, stats = _fit(config, model_cfg, params, it, num_steps, out_dir, eval_fn, mesh, probe)
+  selected, stats = _fit(config, model_cfg, params, it, num_steps, out_dir, eval_fn, mesh, probe, "train")
   save_model(out_dir / "model", selected, model_cfg, extra={"selected_step": stats["selected_step"]})
   stats.update(epoch_examples=source.epoch_len, batch_size=batch, seconds=round(time.time() - t0, 1),
                num_params=int(sum(np.size(x) for x in jax.tree_util.tree_leaves(selected))))
@@ -221,7 +221,7 @@ def run_doc2query(config: ml_collections.ConfigDict, workdir: Path, out_dir: Pat
   model_cfg, params = build_model(config.model, td.tokenizer.sp_vocab_size, jax.random.key(int(config.seed) + 17))
   mesh = parallel.make_mesh(config.parallel.mesh_shape)
   log.info("doc2query: %d (item text, query) pairs, %d steps", epoch_len, num_steps)
-  selected, stats = _fit(run_config, model_cfg, params, it, num_steps, out_dir, None, mesh, probe)
+  selected, stats = _fit(run_config, model_cfg, params, it, num_steps, out_dir, None, mesh, probe, "doc2query")
   save_model(out_dir / "model", selected, model_cfg)
 
   catalog_texts = stack_padded(td.builder.item_text_ids, int(cfg.max_input_len))
