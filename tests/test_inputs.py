@@ -221,12 +221,12 @@ def test_qrels_that_match_no_purchase_are_refused(tmp_path):
     prepare.load_dataset(data, seed=0)
 
 
-@pytest.mark.slow        # about a minute: prepare, the encoder and one SASRec epoch
-def test_the_embed_stage_reads_a_hub_named_encoder_from_the_cache(offline_cache, tmp_path):
+@pytest.mark.slow        # about two minutes: the whole tiny pipeline
+def test_run_reads_a_hub_named_encoder_from_the_cache(offline_cache, tmp_path):
   snapshot = hub_cache(offline_cache, MINILM, text_encoder.default_model_dir())
   workdir = tmp_path / "work"
-  args = ["--config", "tiny", "--workdir", str(workdir), "--set", f"embed.text.model_dir={MINILM}",
-          "--set", "embed.sasrec.epochs=1"]
-  assert cli.main(["prepare", *args]) == 0 and cli.main(["embed", *args]) == 0
+  assert cli.main(["run", "--config", "tiny", "--workdir", str(workdir), "--set", f"embed.text.model_dir={MINILM}",
+                   "--set", "embed.sasrec.epochs=1"]) == 0
+  assert stages.read_record(workdir / "eval") is not None
   stats = json.loads((stages.output_dir(workdir, "embed") / "stats.json").read_text())
   assert stats["semantic_encoder"]["encoder"] == str(snapshot) and stats["semantic_encoder"]["fallback"] is None
