@@ -32,34 +32,77 @@ def _collectives(program: dict) -> str:
   return ", ".join(f"{c['count']}x {c['kind']} ({c['bytes'] / 2 ** 20:.0f} MiB)" for c in items) or "none"
 
 
+def _dropout_cell(plan: dict) -> str:
+  """The config's dropout-mask generator and what the plan's comparison found (if it compared)."""
+  comparison = plan.get("dropout_rng")
+  own = plan["model"].get("dropout_rng", "threefry")
+  if not comparison:
+    return f"{own} (not compared in this plan)"
+  gens = comparison["generators"]
+  parts = []
+  for name, g in gens.items():
+    if g.get("step_s") is None:
+      parts.append(f"{name}: cannot run ({(g.get('error') or 'no figures').split(';')[0]})")
+    else:
+      parts.append(f"{name} {format_duration(g['step_s'], 4)}")
+  return f"{own}; " + ", ".join(parts) + f"; cheapest: {comparison['cheapest'] or '-'}"
+
+
 def plan_row(plan: dict) -> str:
-  """One markdown row: a preset's slice, train-step memory, cost, collectives, estimate and budget."""
+  """One markdown row: a preset's slice, train-step memory, cost, collectives, step estimate, dropout masks."""
   train = plan["programs"].get("train_step", {})
   beam = plan["programs"].get("beam_search_sampled", {})
   est, chip, shapes = plan.get("estimate", {}), plan["chip"], plan["shapes"]
   accum = max(shapes["grad_accum_steps"], 1)
-  price = est.get("list_price_usd")
   cells = [f"`{plan['config']}`",
            f"{plan['topology']}: {plan['devices']} x {chip['name']}, "
            f"{plan.get('hosts') or slice_hosts(plan['topology'], plan['devices'])} host(s)",
            f"{shapes['rows_per_device']} ({shapes['rows_per_device'] // accum} x {accum})",
            f"{train['memory']['peak_bytes'] / GIB:.1f} / {chip['hbm_bytes'] / GIB:.0f} "
-           f"({'yes' if train.get('fits') else '**no**'})" if train else "-",
-           f"{beam['memory']['peak_bytes'] / GIB:.1f}" if beam else "-",
+           f"({'yes' if train.get('fits') else '**no**'})" if train.get("memory") else "-",
+           f"{beam['memory']['peak_bytes'] / GIB:.1f}" if beam.get("memory") else "-",
            f"{train['flops'] / 1e12:.1f}" if train.get("flops") else "-",
            _collectives(train) if train else "-",
            _duration(est.get("step_s")),
            f"{est['mfu']:.0%}" if est.get("mfu") is not None else "-",
-           _duration(est.get("validation_s")),
-           f"{est['budget_days']:.2f}" if "budget_days" in est else "-",
-           f"{est['chip_hours']:,.0f}" if "chip_hours" in est else "-",
-           f"${price:,.0f}" if price is not None else "-"]
+           _dropout_cell(plan)]
   return "| " + " | ".join(cells) + " |"
 
 
 HEADER = ("preset", "slice", "rows/chip (micro x accum)", "train step peak GiB / HBM (fits)",
           "validation beam search peak GiB", "train TFLOP/chip/step", "train step collectives", "est. step", "MFU",
-          "one validation", "days for the budget", "chip-hours", "list price")
+          "dropout masks: the config's; est. step per generator compiled")
+
+STAGE_NAMES = ("embed", "index", "doc2query", "train", "validation", "test")
+PIPELINE_HEADER = ("preset", *(f"{s} (h)" for s in STAGE_NAMES), "whole pipeline (days)", "chip-hours", "list price")
+
+
+def _hours(seconds: float | None) -> str:
+  return "-" if seconds is None else f"{seconds / 3600:.2f}"
+
+
+def pipeline_row(plan: dict) -> str:
+  """One markdown row: hours per stage and the pipeline's days, chip-hours and price. A plan without the
+  per-stage estimate (written before the plan counted every stage) shows its train + validation figures,
+  labelled as such; a partial estimate (programs not compiled) is labelled partial."""
+  est = plan.get("estimate", {})
+  price = est.get("list_price_usd")
+  if "stages" not in est:
+    cells = [f"`{plan['config']}` (earlier plan: train + validation only)", "-", "-", "-", _hours(est.get("train_s")),
+             _hours(est.get("all_validations_s")), "-",
+             f"{est['budget_days']:.2f} (train + validation only)" if "budget_days" in est else "-",
+             f"{est['chip_hours']:,.0f}" if "chip_hours" in est else "-", f"${price:,.0f}" if price is not None else "-"]
+    return "| " + " | ".join(cells) + " |"
+  stages = est["stages"]
+  def stage_cell(name):
+    stage = stages.get(name)
+    if stage is None:
+      return "-"
+    return _hours(stage["seconds"]) + ("" if stage["complete"] else " (partial)")
+  days = f"{est['days']:.2f}" + (f" (partial: {', '.join(est['missing_programs'])} not compiled)" if est["partial"] else "")
+  cells = [f"`{plan['config']}`", *(stage_cell(s) for s in STAGE_NAMES), days, f"{est['chip_hours']:,.0f}",
+           f"${price:,.0f}" if price is not None else "-"]
+  return "| " + " | ".join(cells) + " |"
 
 
 def presets_without_plan(plans: list[dict]) -> list[str]:
@@ -72,6 +115,10 @@ def presets_without_plan(plans: list[dict]) -> list[str]:
 def plan_table(plans: list[dict]) -> str:
   lines = ["| " + " | ".join(HEADER) + " |", "|" + " --- |" * len(HEADER)]
   lines += [plan_row(p) for p in plans]
+  lines += ["", "Every stage of the pipeline (estimated hours per stage on the slice; the slice is held for all of "
+                "them, so chip-hours are the pipeline's hours x its chips):", "",
+            "| " + " | ".join(PIPELINE_HEADER) + " |", "|" + " --- |" * len(PIPELINE_HEADER)]
+  lines += [pipeline_row(p) for p in plans]
   missing = presets_without_plan(plans)
   if missing:
     lines += ["", "Not planned on this project's machine yet (a full-size train-step compile took 30 to 60 minutes "
