@@ -158,6 +158,10 @@ def plan_config() -> ml_collections.ConfigDict:
   # The train step is compiled under each of these dropout-mask generators (train.dropout_rng); the
   # config's own is always compiled and is the one the estimate uses. () compiles only the config's.
   c.dropout_rngs = DROPOUT_RNGS
+  # Encoder and decoder layers of the comparison's train steps (0: the config's model). Fewer layers
+  # compare the same per-layer masks in a fraction of the compile time (every generator, the config's
+  # included, is then compiled at that depth); the estimate always uses the config's full train step.
+  c.dropout_compare_layers = 0
   # SASRec trains on windows cut to length buckets; its step is compiled at this width (0: the bucket
   # holding the mean training window, rec_train_rows / num_users - 1 items).
   c.sasrec_window = 0
@@ -994,23 +998,30 @@ def cheapest_generator(generators: Mapping[str, dict]) -> str | None:
   return min(ok, key=lambda g: (ok[g]["step_s"], ok[g]["flops"])) if ok else None
 
 
-def compare_dropout_rngs(target: Target, configured: dict, generators: tuple[str, ...]) -> dict:
-  """The train step under each dropout-mask generator (`train.dropout_rng`): {"configured", "generators":
-  {name: generator_summary}, "cheapest"}. `configured` is the config's own train-step result (not
-  recompiled); a generator that cannot trace at these shapes (e.g. the hash's 2**32-element limit) is
-  reported with its error."""
+def compare_dropout_rngs(target: Target, configured: dict, generators: tuple[str, ...], layers: int = 0) -> dict:
+  """The train step under each dropout-mask generator (`train.dropout_rng`): {"configured", "layers",
+  "generators": {name: generator_summary}, "cheapest"} ("layers": None at the config's depth). At the config's depth (`layers` 0) `configured` is the
+  config's own train-step result (not recompiled); with `layers` > 0 every generator is compiled with that
+  many encoder and decoder layers. A generator that cannot trace at these shapes (e.g. the hash's
+  2**32-element limit) is reported with its error."""
   config = target.config
   own = str(target.train_cfg.get("dropout_rng", "threefry"))
-  out = {own: generator_summary(configured)}
-  for generator in generators:
+  model_cfg = target.model_cfg
+  out = {}
+  if layers > 0:
+    model_cfg = model_cfg.replace(num_encoder_layers=int(layers), num_decoder_layers=int(layers))
+  else:
+    out[own] = generator_summary(configured)
+  for generator in dict.fromkeys((own, *generators)):
     if generator in out:
       continue
     if generator not in DROPOUT_RNGS:
       raise ValueError(f"plan.dropout_rngs: {generator!r} is not one of {DROPOUT_RNGS}")
     train_cfg = ml_collections.ConfigDict(target.train_cfg.to_dict())
     train_cfg.dropout_rng = generator
+    depth = f", {layers}+{layers} layers" if layers > 0 else ""
     try:
-      result, _ = compile_train_step(f"train_step (dropout_rng={generator})", target, target.model_cfg, train_cfg,
+      result, _ = compile_train_step(f"train_step (dropout_rng={generator}{depth})", target, model_cfg, train_cfg,
                                      int(config.train.batch_size), int(config.tasks.max_input_len),
                                      int(config.tasks.max_target_len))
     except ValueError as e:
@@ -1020,7 +1031,8 @@ def compare_dropout_rngs(target: Target, configured: dict, generators: tuple[str
       if result is None:
         raise
     out[generator] = generator_summary(result)
-  return {"configured": own, "generators": out, "cheapest": cheapest_generator(out)}
+  return {"configured": own, "layers": [int(layers), int(layers)] if layers > 0 else None,
+          "generators": out, "cheapest": cheapest_generator(out)}
 
 
 def _cpu_mesh(cpu_device) -> jax.sharding.Mesh:
@@ -1098,7 +1110,8 @@ def plan(config: ml_collections.ConfigDict, workdir: Path | None = None, topolog
     report["programs"][name] = result
     report["advice"] += advice(name, result, rows, config, mesh_shape)
   if "train_step" in report["programs"] and tuple(plan_cfg.dropout_rngs):
-    report["dropout_rng"] = compare_dropout_rngs(target, report["programs"]["train_step"], tuple(plan_cfg.dropout_rngs))
+    report["dropout_rng"] = compare_dropout_rngs(target, report["programs"]["train_step"], tuple(plan_cfg.dropout_rngs),
+                                                 int(plan_cfg.dropout_compare_layers))
     report["advice"] += dropout_advice(report["dropout_rng"], budget["num_steps"])
   report["estimate"] = estimate(report, config, counts, hosts)
   report["fits"] = all(p["fits"] for p in report["programs"].values())
@@ -1117,9 +1130,11 @@ def dropout_advice(comparison: dict, num_steps: int) -> list[str]:
   if best is None or best == own or gens[own].get("step_s") is None:
     return []
   saved = (gens[own]["step_s"] - gens[best]["step_s"]) * num_steps
-  return [f"train.dropout_rng={best} gives a shorter estimated train step than {own} "
+  depth = comparison.get("layers")
+  where = f" at {depth[0]}+{depth[1]} layers" if depth else ""
+  return [f"train.dropout_rng={best} gives a shorter estimated train step than {own}{where} "
           f"({format_duration(gens[best]['step_s'], 4)} against {format_duration(gens[own]['step_s'], 4)}, "
-          f"{format_duration(saved)} less over the budget): --set train.dropout_rng={best}."]
+          f"{format_duration(saved)} less over the budget at that depth): --set train.dropout_rng={best}."]
 
 
 def estimate(report: dict, config: ml_collections.ConfigDict, counts: Mapping[str, int], hosts: int) -> dict:
@@ -1211,8 +1226,10 @@ def format_dropout(comparison: dict) -> list[str]:
       continue
     lines.append(f"| {name}{tag} | {_duration(g['step_s'], 4)} | {g['bound']} | {g['flops'] / 1e12:.3f} | "
                  f"{g['bytes_accessed'] / 1e9:.2f} | {_gib(g['peak_bytes'])} | {'yes' if g['fits'] else 'NO'} |")
+  depth = comparison.get("layers")
   lines.append(f"cheapest dropout-mask generator on {comparison.get('chip', 'this chip')}: {comparison['cheapest']}; "
-               f"the config uses {comparison['configured']}")
+               f"the config uses {comparison['configured']}"
+               + (f" (train steps compiled with {depth[0]}+{depth[1]} layers)" if depth else ""))
   return lines
 
 

@@ -3,6 +3,7 @@ matmul, the tiny train step, the beam search and every stage's programs on a 4-c
 libtpu: `pip install -e ".[tpu]"`)."""
 import json
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -412,6 +413,38 @@ def test_the_train_step_is_compared_under_each_dropout_generator(tmp_path, capsy
   assert comparison["cheapest"] == plan.cheapest_generator(comparison["generators"])
   assert f"cheapest dropout-mask generator on v5e: {comparison['cheapest']}; the config uses hash" in out
   assert "dropout masks hash" in out
+
+
+@needs_libtpu
+def test_the_dropout_comparison_can_compile_fewer_layers(tmp_path, capsys):
+  from gensar_jax import cli
+  status = cli.main(["plan", "--config", "tiny", "--topology", "v5e:2x2", "--workdir", str(tmp_path),
+                     "--programs", "train_step", "--set", "plan.dropout_compare_layers=1"])
+  out = capsys.readouterr().out
+  report = json.loads((tmp_path / "plan" / "plan.json").read_text())
+  comparison = report["dropout_rng"]
+  assert status == 0 and comparison["layers"] == [1, 1] and set(comparison["generators"]) == {"threefry", "hash"}
+  # Every generator is compiled at one layer each, the config's too: its step is shorter than the 2+2 model's.
+  assert 0 < comparison["generators"]["threefry"]["flops"] < report["programs"]["train_step"]["flops"]
+  assert "(train steps compiled with 1+1 layers)" in out
+
+
+PRESETS = sorted(str(p) for pattern in ("tpu_*.py", "gpu_*.py")
+                 for p in (Path(__file__).resolve().parent.parent / "configs").glob(pattern))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: Path(p).stem)
+def test_pod_presets_use_a_dropout_generator_their_shapes_allow(preset):
+  # The hash indexes a mask's elements in uint32: attention-probability masks of one micro-batch
+  # (rows x heads x input_len x input_len, global shape) must stay under 2**32 elements.
+  from gensar_jax.config import load_config
+  from gensar_jax.model.t5 import t5_config_from_section
+  config = load_config(preset)
+  assert config.train.dropout_rng in plan.DROPOUT_RNGS
+  if config.train.dropout_rng == "hash":
+    heads = t5_config_from_section(config.model, plan.vocab_size(config)).num_heads
+    rows = config.train.batch_size // config.train.grad_accum_steps
+    assert rows * heads * config.tasks.max_input_len ** 2 < 2 ** 32
 
 
 def test_slice_hosts():
