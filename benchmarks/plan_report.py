@@ -32,20 +32,34 @@ def _collectives(program: dict) -> str:
   return ", ".join(f"{c['count']}x {c['kind']} ({c['bytes'] / 2 ** 20:.0f} MiB)" for c in items) or "none"
 
 
-def _dropout_cell(plan: dict) -> str:
-  """The config's dropout-mask generator and what the plan's comparison found (if it compared)."""
-  comparison = plan.get("dropout_rng")
-  own = plan["model"].get("dropout_rng", "threefry")
-  if not comparison:
-    return f"{own} (not compared in this plan)"
-  gens = comparison["generators"]
-  parts = []
+def dropout_rows(path: Path, plan: dict) -> list[str]:
+  """Markdown rows of a plan's dropout-mask comparison (one per generator compiled); [] when it compared
+  fewer than two generators."""
+  comparison = plan.get("dropout_rng") or {}
+  gens = comparison.get("generators", {})
+  if len(gens) < 2:
+    return []
+  depth = comparison.get("layers")
+  where = (f"`{path.relative_to(ROOT)}` ({plan['chip']['name']}, train.dropout_rng={comparison['configured']}; "
+           + (f"train steps of {depth[0]}+{depth[1]} layers)" if depth else "the full train step)"))
+  rows = []
   for name, g in gens.items():
+    cheapest = " (cheapest)" if name == comparison["cheapest"] else ""
     if g.get("step_s") is None:
-      parts.append(f"{name}: cannot run ({(g.get('error') or 'no figures').split(';')[0]})")
-    else:
-      parts.append(f"{name} {format_duration(g['step_s'], 4)}")
-  return f"{own}; " + ", ".join(parts) + f"; cheapest: {comparison['cheapest'] or '-'}"
+      rows.append(f"| {where} | {name} | cannot run: {g.get('error')} | - | - | - |")
+      continue
+    rows.append(f"| {where} | {name}{cheapest} | {format_duration(g['step_s'], 4)} | {g['flops'] / 1e12:.1f} | "
+                f"{g['bytes_accessed'] / 1e9:.1f} | {g['peak_bytes'] / GIB:.2f} |")
+  return rows
+
+
+def dropout_table(files: list[tuple[Path, dict]]) -> str:
+  """The train step under each dropout-mask generator, from every plan that compared them."""
+  rows = [row for path, plan in files for row in dropout_rows(path, plan)]
+  if not rows:
+    return ""
+  return "\n".join(["| plan (chip; its config's generator; what was compiled) | train.dropout_rng | est. step | "
+                    "TFLOP/chip/step | GB accessed | peak GiB |", "| --- | --- | ---: | ---: | ---: | ---: |", *rows])
 
 
 def plan_row(plan: dict) -> str:
@@ -65,13 +79,13 @@ def plan_row(plan: dict) -> str:
            _collectives(train) if train else "-",
            _duration(est.get("step_s")),
            f"{est['mfu']:.0%}" if est.get("mfu") is not None else "-",
-           _dropout_cell(plan)]
+           plan["model"].get("dropout_rng", "threefry")]
   return "| " + " | ".join(cells) + " |"
 
 
 HEADER = ("preset", "slice", "rows/chip (micro x accum)", "train step peak GiB / HBM (fits)",
           "validation beam search peak GiB", "train TFLOP/chip/step", "train step collectives", "est. step", "MFU",
-          "dropout masks: the config's; est. step per generator compiled")
+          "dropout masks")
 
 STAGE_NAMES = ("embed", "index", "doc2query", "train", "validation", "test")
 PIPELINE_HEADER = ("preset", *(f"{s} (h)" for s in STAGE_NAMES), "whole pipeline (days)", "chip-hours", "list price")
@@ -91,7 +105,8 @@ def pipeline_row(plan: dict) -> str:
     cells = [f"`{plan['config']}` (earlier plan: train + validation only)", "-", "-", "-", _hours(est.get("train_s")),
              _hours(est.get("all_validations_s")), "-",
              f"{est['budget_days']:.2f} (train + validation only)" if "budget_days" in est else "-",
-             f"{est['chip_hours']:,.0f}" if "chip_hours" in est else "-", f"${price:,.0f}" if price is not None else "-"]
+             f"{est['chip_hours']:,.0f}" if "chip_hours" in est else "-",
+             f"${price:,.0f}" if price is not None else "-"]
     return "| " + " | ".join(cells) + " |"
   stages = est["stages"]
   def stage_cell(name):
@@ -99,7 +114,8 @@ def pipeline_row(plan: dict) -> str:
     if stage is None:
       return "-"
     return _hours(stage["seconds"]) + ("" if stage["complete"] else " (partial)")
-  days = f"{est['days']:.2f}" + (f" (partial: {', '.join(est['missing_programs'])} not compiled)" if est["partial"] else "")
+  days = f"{est['days']:.2f}" + (f" (partial: {', '.join(est['missing_programs'])} not compiled)"
+                                 if est["partial"] else "")
   cells = [f"`{plan['config']}`", *(stage_cell(s) for s in STAGE_NAMES), days, f"{est['chip_hours']:,.0f}",
            f"${price:,.0f}" if price is not None else "-"]
   return "| " + " | ".join(cells) + " |"
@@ -112,7 +128,9 @@ def presets_without_plan(plans: list[dict]) -> list[str]:
   return [name for name in names if name not in planned]
 
 
-def plan_table(plans: list[dict]) -> str:
+def plan_table(plans: list[dict], comparisons: list[tuple[Path, dict]] = ()) -> str:
+  """The presets' train steps, every stage of their pipelines, and the dropout-mask comparisons (from the
+  presets' plans and the comparison runs in results/plan/dropout_rng/)."""
   lines = ["| " + " | ".join(HEADER) + " |", "|" + " --- |" * len(HEADER)]
   lines += [plan_row(p) for p in plans]
   lines += ["", "Every stage of the pipeline (estimated hours per stage on the slice; the slice is held for all of "
@@ -132,6 +150,9 @@ def plan_table(plans: list[dict]) -> str:
     budgets.setdefault(text, []).append(f"`{plan['config']}`")
   for text, names in budgets.items():
     lines += ["", f"Budget ({', '.join(names)}, the config's task mixture when planned): {text}."]
+  dropout = dropout_table(list(comparisons))
+  if dropout:
+    lines += ["", "The train step under each dropout-mask generator (`plan.dropout_rngs`):", "", dropout]
   return "\n".join(lines)
 
 
@@ -189,8 +210,10 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
   args = parser.parse_args()
-  plans = [json.loads(p.read_text()) for p in sorted(PLANS.glob("*.json"))]
-  tables = {"plan": plan_table(plans)}
+  paths = sorted(PLANS.glob("*.json"))
+  plans = [json.loads(p.read_text()) for p in paths]
+  comparisons = [(p, json.loads(p.read_text())) for p in [*paths, *sorted((PLANS / "dropout_rng").glob("*.json"))]]
+  tables = {"plan": plan_table(plans, comparisons)}
   if REHEARSAL.exists():
     tables["rehearsal"] = rehearsal_table(json.loads(REHEARSAL.read_text()))
   for body in tables.values():

@@ -605,8 +605,9 @@ def lower_sasrec_step(sasrec_cfg: ml_collections.ConfigDict, num_items: int, wid
   """The embed stage's SASRec train step (`sasrec._training_fns`' jitted AdamW step) on one device for a
   batch of windows int32[embed.sasrec.batch_size, width]."""
   from gensar_jax.embed import sasrec
-  arch = {"num_items": int(num_items), "hidden_dim": int(sasrec_cfg.hidden_dim), "num_blocks": int(sasrec_cfg.num_blocks),
-          "num_heads": int(sasrec_cfg.num_heads), "max_len": int(sasrec_cfg.max_len)}
+  arch = {"num_items": int(num_items), "hidden_dim": int(sasrec_cfg.hidden_dim),
+          "num_blocks": int(sasrec_cfg.num_blocks), "num_heads": int(sasrec_cfg.num_heads),
+          "max_len": int(sasrec_cfg.max_len)}
   hyper = {"dropout": float(sasrec_cfg.dropout), "learning_rate": float(sasrec_cfg.learning_rate),
            "weight_decay": float(sasrec_cfg.weight_decay), "grad_clip": float(sasrec_cfg.grad_clip),
            "num_negatives": int(sasrec_cfg.num_negatives)}
@@ -716,7 +717,8 @@ def stage_calls(config: ml_collections.ConfigDict, counts: Mapping[str, int], ho
       ("embed", "text_encoder", _batches(per_host, int(text.batch_size)),
        f"{hosts_text}, batches of embed.text.batch_size {int(text.batch_size)}"),
       ("embed", "sasrec_train_step", sas_steps,
-       f"embed.sasrec.epochs {int(sas.epochs)} x ceil({counts['users']:,} users' windows / batch {int(sas.batch_size)})"),
+       f"embed.sasrec.epochs {int(sas.epochs)} x ceil({counts['users']:,} users' windows / batch "
+       f"{int(sas.batch_size)})"),
       ("index", "rqvae_train_step", rq_steps,
        f"identifiers.epochs {int(ids.epochs)} x ceil({items:,} items / batch {int(ids.batch_size)}), one model for "
        f"the {ids.mode} identifiers"),
@@ -1000,9 +1002,9 @@ def cheapest_generator(generators: Mapping[str, dict]) -> str | None:
 
 def compare_dropout_rngs(target: Target, configured: dict, generators: tuple[str, ...], layers: int = 0) -> dict:
   """The train step under each dropout-mask generator (`train.dropout_rng`): {"configured", "layers",
-  "generators": {name: generator_summary}, "cheapest"} ("layers": None at the config's depth). At the config's depth (`layers` 0) `configured` is the
-  config's own train-step result (not recompiled); with `layers` > 0 every generator is compiled with that
-  many encoder and decoder layers. A generator that cannot trace at these shapes (e.g. the hash's
+  "generators": {name: generator_summary}, "cheapest"}. At the config's depth (`layers` 0; "layers": None)
+  `configured` is the config's own train-step result (not recompiled); with `layers` > 0 every generator is
+  compiled with that many encoder and decoder layers. A generator that cannot trace at these shapes (e.g. the hash's
   2**32-element limit) is reported with its error."""
   config = target.config
   own = str(target.train_cfg.get("dropout_rng", "threefry"))
@@ -1210,8 +1212,9 @@ def format_stages(est: dict, devices: int) -> list[str]:
       lines.append(f"| **{stage}** | | | | | **{_duration(totals['seconds'])}**"
                    f"{'' if totals['complete'] else ' (partial)'} | |")
   price = est["list_price_usd"]
-  whole = (f"{'PARTIAL pipeline (programs not compiled: ' + ', '.join(est['missing_programs']) + ')' if est['partial'] else 'whole pipeline'}: "
-           f"{est['days']:.2f} days, {est['chip_hours']:,.0f} chip-hours (the slice's {devices} chips held "
+  scope = (f"PARTIAL pipeline (programs not compiled: {', '.join(est['missing_programs'])})" if est["partial"]
+           else "whole pipeline")
+  whole = (f"{scope}: {est['days']:.2f} days, {est['chip_hours']:,.0f} chip-hours (the slice's {devices} chips held "
            "throughout)" + (f", about ${price:,.0f} at list price" if price is not None else ""))
   return lines + ["", whole]
 
