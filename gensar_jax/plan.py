@@ -697,14 +697,23 @@ def stage_calls(config: ml_collections.ConfigDict, counts: Mapping[str, int], ho
   from gensar_jax.eval.stage import TASKS
   from gensar_jax.identifiers.rqvae import identifiers_config
   from gensar_jax.train.stage import _steps
+  # Text encoder (`SentenceEncoder.encode`) and doc2query sampling (`generate_text_batched`): fixed-size
+  # batches of the items, the last one padded; each host takes its share of the catalogue.
   items, per_host = counts["items"], _batches(counts["items"], hosts)
   text, sas, d2q = config.embed.text, config.embed.sasrec, config.doc2query
   ids = section_with_defaults(config, "identifiers", identifiers_config())
+  # SASRec (`sasrec.train_sasrec`): one window per user (`training_windows`; users with fewer than two
+  # training items have none) in batches of each length bucket (`epoch_batches`: up to one more partial
+  # batch per bucket than counted here).
   sas_steps = int(sas.epochs) * _batches(counts["users"], int(sas.batch_size))
+  # RQ-VAE (`rqvae_train.epoch_batches`): ceil(items / batch) steps per epoch, both views in one model.
   rq_steps = int(ids.epochs) * _batches(items, int(ids.batch_size))
+  # doc2query and train: the stages' own step count (`train.stage._steps`).
   d2q_steps, _ = _steps(d2q.train, counts["search_train"])
   examples = epoch_examples(config, counts)
   train_steps, _ = _steps(config.train, examples)
+  # Validation (`eval.stage.make_validation_fn`): eval.validation_rows rows of each task, sampled protocol;
+  # test (`eval.stage.run_eval`): every eval.split row of each task (eval.limit), once per protocol.
   num_validations = validations(train_steps, int(config.train.eval_every))
   eval_batch = int(config.eval.batch_size)
   valid = {t: min(int(config.eval.validation_rows), counts[f"{t}_validation"]) for t in TASKS}
