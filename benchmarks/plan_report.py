@@ -88,11 +88,7 @@ HEADER = ("preset", "slice", "rows/chip (micro x accum)", "train step peak GiB /
           "dropout masks")
 
 STAGE_NAMES = ("embed", "index", "doc2query", "train", "validation", "test")
-PIPELINE_HEADER = ("preset", *(f"{s} (h)" for s in STAGE_NAMES), "whole pipeline (days)", "chip-hours", "list price")
-
-
-def _hours(seconds: float | None) -> str:
-  return "-" if seconds is None else f"{seconds / 3600:.2f}"
+PIPELINE_HEADER = ("preset", *STAGE_NAMES, "whole pipeline (days)", "chip-hours", "list price")
 
 
 def pipeline_row(plan: dict) -> str:
@@ -102,8 +98,8 @@ def pipeline_row(plan: dict) -> str:
   est = plan.get("estimate", {})
   price = est.get("list_price_usd")
   if "stages" not in est:
-    cells = [f"`{plan['config']}` (earlier plan: train + validation only)", "-", "-", "-", _hours(est.get("train_s")),
-             _hours(est.get("all_validations_s")), "-",
+    cells = [f"`{plan['config']}` (earlier plan: train + validation only)", "-", "-", "-",
+             _duration(est.get("train_s")), _duration(est.get("all_validations_s")), "-",
              f"{est['budget_days']:.2f} (train + validation only)" if "budget_days" in est else "-",
              f"{est['chip_hours']:,.0f}" if "chip_hours" in est else "-",
              f"${price:,.0f}" if price is not None else "-"]
@@ -113,7 +109,7 @@ def pipeline_row(plan: dict) -> str:
     stage = stages.get(name)
     if stage is None:
       return "-"
-    return _hours(stage["seconds"]) + ("" if stage["complete"] else " (partial)")
+    return _duration(stage["seconds"]) + ("" if stage["complete"] else " (partial)")
   days = f"{est['days']:.2f}" + (f" (partial: {', '.join(est['missing_programs'])} not compiled)"
                                  if est["partial"] else "")
   cells = [f"`{plan['config']}`", *(stage_cell(s) for s in STAGE_NAMES), days, f"{est['chip_hours']:,.0f}",
@@ -133,7 +129,7 @@ def plan_table(plans: list[dict], comparisons: list[tuple[Path, dict]] = ()) -> 
   presets' plans and the comparison runs in results/plan/dropout_rng/)."""
   lines = ["| " + " | ".join(HEADER) + " |", "|" + " --- |" * len(HEADER)]
   lines += [plan_row(p) for p in plans]
-  lines += ["", "Every stage of the pipeline (estimated hours per stage on the slice; the slice is held for all of "
+  lines += ["", "Every stage of the pipeline (estimated time per stage on the slice; the slice is held for all of "
                 "them, so chip-hours are the pipeline's hours x its chips):", "",
             "| " + " | ".join(PIPELINE_HEADER) + " |", "|" + " --- |" * len(PIPELINE_HEADER)]
   lines += [pipeline_row(p) for p in plans]
