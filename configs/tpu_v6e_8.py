@@ -20,5 +20,7 @@ from electronics import pod_config  # noqa: E402
 # step took 2.6 hours to compile here). Full depth, the hash step is 742 ms; the earlier threefry plan of
 # this preset (same jax and libtpu) estimated 843 ms. 1024 rows per micro-batch stay under the hash's 2**32.
 def get_config():
-  return pod_config("tpu_v6e_8", "v6e:2x4", 8, grad_accum_steps=8,   # 128 rows per chip per micro-batch
-                    dropout_rng="hash")
+  config = pod_config("tpu_v6e_8", "v6e:2x4", 8, grad_accum_steps=8,   # 128 rows per chip per micro-batch
+                      dropout_rng="hash")
+  config.plan.dropout_compare_layers = 1   # the comparison's steps at 1+1 layers (see above)
+  return config
