@@ -36,34 +36,89 @@ def _collectives(program: dict) -> str:
   return ", ".join(f"{c['count']}x {c['kind']} ({c['bytes'] / 2 ** 20:.0f} MiB)" for c in items) or "none"
 
 
+def dropout_rows(path: Path, plan: dict) -> list[str]:
+  """Markdown rows of a plan's dropout-mask comparison (one per generator compiled); [] when it compared
+  fewer than two generators."""
+  comparison = plan.get("dropout_rng") or {}
+  gens = comparison.get("generators", {})
+  if len(gens) < 2:
+    return []
+  depth = comparison.get("layers")
+  where = (f"`{path.relative_to(ROOT)}` ({plan['chip']['name']}, train.dropout_rng={comparison['configured']}; "
+           + (f"train steps of {depth[0]}+{depth[1]} layers)" if depth else "the full train step)"))
+  rows = []
+  for name, g in gens.items():
+    cheapest = " (cheapest)" if name == comparison["cheapest"] else ""
+    if g.get("step_s") is None:
+      rows.append(f"| {where} | {name} | cannot run: {g.get('error')} | - | - | - |")
+      continue
+    rows.append(f"| {where} | {name}{cheapest} | {format_duration(g['step_s'], 4)} | {g['flops'] / 1e12:.1f} | "
+                f"{g['bytes_accessed'] / 1e9:.1f} | {g['peak_bytes'] / GIB:.2f} |")
+  return rows
+
+
+def dropout_table(files: list[tuple[Path, dict]]) -> str:
+  """The train step under each dropout-mask generator, from every plan that compared them."""
+  rows = [row for path, plan in files for row in dropout_rows(path, plan)]
+  if not rows:
+    return ""
+  return "\n".join(["| plan (chip; its config's generator; what was compiled) | train.dropout_rng | est. step | "
+                    "TFLOP/chip/step | GB accessed | peak GiB |", "| --- | --- | ---: | ---: | ---: | ---: |", *rows])
+
+
 def plan_row(plan: dict) -> str:
-  """One markdown row: a preset's slice, train-step memory, cost, collectives, estimate and budget."""
+  """One markdown row: a preset's slice, train-step memory, cost, collectives, step estimate, dropout masks."""
   train = plan["programs"].get("train_step", {})
   beam = plan["programs"].get("beam_search_sampled", {})
   est, chip, shapes = plan.get("estimate", {}), plan["chip"], plan["shapes"]
   accum = max(shapes["grad_accum_steps"], 1)
-  price = est.get("list_price_usd")
   cells = [f"`{plan['config']}`",
            f"{plan['topology']}: {plan['devices']} x {chip['name']}, "
            f"{plan.get('hosts') or slice_hosts(plan['topology'], plan['devices'])} host(s)",
            f"{shapes['rows_per_device']} ({shapes['rows_per_device'] // accum} x {accum})",
            f"{train['memory']['peak_bytes'] / GIB:.1f} / {chip['hbm_bytes'] / GIB:.0f} "
-           f"({'yes' if train.get('fits') else '**no**'})" if train else "-",
-           f"{beam['memory']['peak_bytes'] / GIB:.1f}" if beam else "-",
+           f"({'yes' if train.get('fits') else '**no**'})" if train.get("memory") else "-",
+           f"{beam['memory']['peak_bytes'] / GIB:.1f}" if beam.get("memory") else "-",
            f"{train['flops'] / 1e12:.1f}" if train.get("flops") else "-",
            _collectives(train) if train else "-",
            _duration(est.get("step_s")),
            f"{est['mfu']:.0%}" if est.get("mfu") is not None else "-",
-           _duration(est.get("validation_s")),
-           f"{est['budget_days']:.2f}" if "budget_days" in est else "-",
-           f"{est['chip_hours']:,.0f}" if "chip_hours" in est else "-",
-           f"${price:,.0f}" if price is not None else "-"]
+           plan["model"].get("dropout_rng", "threefry")]
   return "| " + " | ".join(cells) + " |"
 
 
 HEADER = ("preset", "slice", "rows/chip (micro x accum)", "train step peak GiB / HBM (fits)",
           "validation beam search peak GiB", "train TFLOP/chip/step", "train step collectives", "est. step", "MFU",
-          "one validation", "days for the budget", "chip-hours", "list price")
+          "dropout masks")
+
+STAGE_NAMES = ("embed", "index", "doc2query", "train", "validation", "test")
+PIPELINE_HEADER = ("preset", *STAGE_NAMES, "whole pipeline (days)", "chip-hours", "list price")
+
+
+def pipeline_row(plan: dict) -> str:
+  """One markdown row: hours per stage and the pipeline's days, chip-hours and price. A plan without the
+  per-stage estimate (written before the plan counted every stage) shows its train + validation figures,
+  labelled as such; a partial estimate (programs not compiled) is labelled partial."""
+  est = plan.get("estimate", {})
+  price = est.get("list_price_usd")
+  if "stages" not in est:
+    cells = [f"`{plan['config']}` (earlier plan: train + validation only)", "-", "-", "-",
+             _duration(est.get("train_s")), _duration(est.get("all_validations_s")), "-",
+             f"{est['budget_days']:.2f} (train + validation only)" if "budget_days" in est else "-",
+             f"{est['chip_hours']:,.0f}" if "chip_hours" in est else "-",
+             f"${price:,.0f}" if price is not None else "-"]
+    return "| " + " | ".join(cells) + " |"
+  stages = est["stages"]
+  def stage_cell(name):
+    stage = stages.get(name)
+    if stage is None:
+      return "-"
+    return _duration(stage["seconds"]) + ("" if stage["complete"] else " (partial)")
+  days = f"{est['days']:.2f}" + (f" (partial: {', '.join(est['missing_programs'])} not compiled)"
+                                 if est["partial"] else "")
+  cells = [f"`{plan['config']}`", *(stage_cell(s) for s in STAGE_NAMES), days, f"{est['chip_hours']:,.0f}",
+           f"${price:,.0f}" if price is not None else "-"]
+  return "| " + " | ".join(cells) + " |"
 
 
 def presets_without_plan(plans: list[dict]) -> list[str]:
@@ -73,9 +128,15 @@ def presets_without_plan(plans: list[dict]) -> list[str]:
   return [name for name in names if name not in planned]
 
 
-def plan_table(plans: list[dict]) -> str:
+def plan_table(plans: list[dict], comparisons: list[tuple[Path, dict]] = ()) -> str:
+  """The presets' train steps, every stage of their pipelines, and the dropout-mask comparisons (from the
+  presets' plans and the comparison runs in results/plan/dropout_rng/)."""
   lines = ["| " + " | ".join(HEADER) + " |", "|" + " --- |" * len(HEADER)]
   lines += [plan_row(p) for p in plans]
+  lines += ["", "Every stage of the pipeline (estimated time per stage on the slice; the slice is held for all of "
+                "them, so chip-hours are the pipeline's hours x its chips):", "",
+            "| " + " | ".join(PIPELINE_HEADER) + " |", "|" + " --- |" * len(PIPELINE_HEADER)]
+  lines += [pipeline_row(p) for p in plans]
   missing = presets_without_plan(plans)
   if missing:
     lines += ["", "Not planned on this project's machine yet (a full-size train-step compile took 30 to 60 minutes "
@@ -89,6 +150,9 @@ def plan_table(plans: list[dict]) -> str:
     budgets.setdefault(text, []).append(f"`{plan['config']}`")
   for text, names in budgets.items():
     lines += ["", f"Budget ({', '.join(names)}, the config's task mixture when planned): {text}."]
+  dropout = dropout_table(list(comparisons))
+  if dropout:
+    lines += ["", "The train step under each dropout-mask generator (`plan.dropout_rngs`):", "", dropout]
   return "\n".join(lines)
 
 
@@ -112,33 +176,44 @@ def more_trainings(suite: str = "main") -> int:
 
 
 def pod_run_column(plan: dict) -> list[str]:
-  """One preset's cells of the "Run on a pod" table, in `POD_RUN_ROWS` order."""
+  """One preset's cells of the "Run on a pod" table, in `POD_RUN_ROWS` order. Plans with a per-stage estimate
+  (`estimate.stages`) fill every row; older ones only training, validations and doc2query sampling."""
   est, budget, chip = plan.get("estimate", {}), plan["budget"], plan["chip"]
   price = chip["usd_per_chip_hour"]
   hosts = plan.get("hosts") or slice_hosts(plan["topology"], plan["devices"])
   slice_hour = (f"${price * plan['devices']:,.2f} per hour" if price is not None else "no list price")
-  validations = est.get("all_validations_s")
-  train_s = est.get("train_s")
+  stages = est.get("stages") or {}
+  stage_s = lambda name: stages[name]["seconds"] if name in stages else None  # noqa: E731
+  train_s = stage_s("train") if stages else est.get("train_s")
+  validations = stage_s("validation") if stages else est.get("all_validations_s")
+  doc2query = stage_s("doc2query") if stages else est.get("doc2query_sampling_s")
+  preparation = (stage_s("embed") or 0) + (stage_s("index") or 0) if {"embed", "index"} <= set(stages) else None
+  if stages:
+    total_s = est.get("total_s")
+    total = (f"{_duration(total_s)}, {est['chip_hours']:,.0f} chip-hours{_price(plan, total_s)}"
+             + (" (partial: not every stage was compiled)" if est.get("partial") else "")) if total_s else "not planned"
+  else:
+    total = (f"{_duration(est['budget_s'])}, {est['chip_hours']:,.0f} chip-hours{_price(plan, est['budget_s'])}, "
+             "train and validations only" if "budget_s" in est else "not planned")
   extra = more_trainings()
-  total = (f"{_duration(est['budget_s'])}, {est['chip_hours']:,.0f} chip-hours{_price(plan, est['budget_s'])}"
-           if "budget_s" in est else "not planned")
   return [f"{plan['devices']} x {chip['name']}, {hosts} host(s): {slice_hour}",
+          _timed(plan, preparation),
+          _timed(plan, doc2query),
           _timed(plan, train_s) + (f" ({budget['num_steps']:,} steps of {_duration(est['step_s'])})"
                                    if train_s is not None else ""),
-          _timed(plan, validations) + (f" ({budget['validations']} x {_duration(est['validation_s'])})"
-                                       if validations is not None else ""),
-          _timed(plan, est.get("doc2query_sampling_s")),
-          total + ("" if validations is not None else ", validations not included"),
-          "not planned",
+          _timed(plan, validations),
+          _timed(plan, stage_s("test")),
+          total,
           f"up to {_timed(plan, extra * train_s)} ({extra} x the training)" if train_s is not None else "not planned"]
 
 
 POD_RUN_ROWS = ("the slice or node while it is up (`setup`, `fetch`, waiting), at list price",
+                "`run`: `embed` and `index` (text encoder, SASRec, RQ-VAE)",
+                "`run`: `doc2query` (training; pseudo-queries for the catalogue)",
                 "`run`: training (`train` stage)",
                 "`run`: validations during training",
-                "`run`: doc2query pseudo-queries for the catalogue (one device)",
-                "`run`: the plan's total for the budget",
-                "`eval` on the test split (`run` already ends with it)",
+                "`run` (and `eval`): the test split, both protocols",
+                "`run`: the plan's total for the whole pipeline",
                 "`reproduce --suite main`: the other GenSAR models")
 
 
@@ -151,9 +226,9 @@ def pod_run_table(plans: list[dict]) -> str:
            "|" + " --- |" * (len(chosen) + 1)]
   lines += [f"| {row} | " + " | ".join(column[i] for column in columns) + " |" for i, row in enumerate(POD_RUN_ROWS)]
   lines += ["", "Roofline estimates (lower bounds of the real times; \"How to read it\" under Before you rent a pod); "
-                "\"not planned\": that program was not compiled for the preset (`gensar plan --programs ...`). "
-                "`prepare`, `embed` and `index` are not planned: the Electronics-scale rehearsal measured them on this "
-                "project's CPU."]
+                "\"not planned\": that program was not compiled for the preset (`gensar plan --programs ...`), or the "
+                "plan predates the per-stage estimate. `prepare` runs on the host's CPU and is not planned: the "
+                "Electronics-scale rehearsal measured it on this project's CPU."]
   return "\n".join(lines)
 
 
@@ -211,8 +286,10 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
   args = parser.parse_args()
-  plans = [json.loads(p.read_text()) for p in sorted(PLANS.glob("*.json"))]
-  tables = {"plan": plan_table(plans), "pod-run": pod_run_table(plans)}
+  paths = sorted(PLANS.glob("*.json"))
+  plans = [json.loads(p.read_text()) for p in paths]
+  comparisons = [(p, json.loads(p.read_text())) for p in [*paths, *sorted((PLANS / "dropout_rng").glob("*.json"))]]
+  tables = {"plan": plan_table(plans, comparisons), "pod-run": pod_run_table(plans)}
   if REHEARSAL.exists():
     tables["rehearsal"] = rehearsal_table(json.loads(REHEARSAL.read_text()))
   for body in tables.values():

@@ -2,8 +2,7 @@
 rows per chip in 8 micro-batches of 128, bfloat16. v6e has the lowest list price per bf16 FLOP; whether
 that makes it the cheapest way to the paper's budget depends on whether the step is compute- or
 HBM-bound: the tpu_v5e_64 plan finds it HBM-bound, where v5e gives more bandwidth per dollar (see
-configs/tpu_v5e_8.py). Its own plan was not run on this project's 2-core machine before the change was
-handed in.
+configs/tpu_v5e_8.py). Its own plan is results/plan/tpu_v6e_8.json.
 
 Effective batch 8192 as the reference. `gensar plan --config configs/tpu_v6e_8.py` compiles it for the
 slice on any machine; launch with launch/tpu_pod.sh (one worker), which runs the plan first.
@@ -15,5 +14,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 from electronics import pod_config  # noqa: E402
 
 
+# Dropout masks from the counter hash: on v6e the plan's train step of 1+1 layers (this preset's rows and
+# lengths) is 168.99 ms with it against 184.02 ms with threefry (23.7 against 26.0 TFLOP and 271 against 295
+# GB per chip and step; results/plan/tpu_v6e_8.json, plan.dropout_compare_layers=1: a full-depth threefry
+# step took 2.6 hours to compile here). Full depth, the hash step is 742 ms; the earlier threefry plan of
+# this preset (same jax and libtpu) estimated 843 ms. 1024 rows per micro-batch stay under the hash's 2**32.
 def get_config():
-  return pod_config("tpu_v6e_8", "v6e:2x4", 8, grad_accum_steps=8)   # 128 rows per chip per micro-batch
+  config = pod_config("tpu_v6e_8", "v6e:2x4", 8, grad_accum_steps=8,   # 128 rows per chip per micro-batch
+                      dropout_rng="hash")
+  config.plan.dropout_compare_layers = 1   # the comparison's steps at 1+1 layers (see above)
+  return config

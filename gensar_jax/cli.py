@@ -44,13 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                "-> <workdir>/reproduce/ (tables.md, results.json, tradeoff.png)")
   _common_args(reproduce)
   add_reproduce_args(reproduce)
-  plan = sub.add_parser("plan", help="compile the train step, beam search and doc2query sampling for the config's "
-                                     "TPU slice on this machine (no TPU needed): memory, FLOPs, collectives, "
-                                     "step time and days for the budget -> <workdir>/plan/plan.json")
+  plan = sub.add_parser("plan", help="compile every stage's programs for the config's TPU slice on this machine (no "
+                                     "TPU needed): memory, FLOPs, collectives, time per stage and days for the "
+                                     "whole pipeline -> <workdir>/plan/plan.json")
   _common_args(plan)
   plan.add_argument("--topology", default=None, help="TPU slice, e.g. v5e:8x8 (default: the config's plan.topology)")
   plan.add_argument("--programs", default=None,
-                    help="comma-separated subset of train_step,beam_search_sampled,beam_search_full,doc2query_sampling")
+                    help="comma-separated subset of the plan's programs (gensar_jax.plan.PROGRAMS: every stage's, "
+                         "e.g. train_step,beam_search_sampled); the total is then labelled partial")
   search = sub.add_parser("search", help="personalized search with a trained model")
   search.add_argument("query")
   recommend = sub.add_parser("recommend", help="next-item recommendation with a trained model")

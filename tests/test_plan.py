@@ -1,5 +1,10 @@
-"""`gensar plan`: HLO parsing and the roofline by hand; deviceless TPU compiles of a matmul, the tiny
-train step and the beam search on a 4-chip v5e topology (need libtpu: `pip install -e ".[tpu]"`)."""
+"""`gensar plan`: HLO parsing, the roofline and the stages' call counts by hand; deviceless TPU compiles of a
+matmul, the tiny train step, the beam search and every stage's programs on a 4-chip v5e topology (need
+libtpu: `pip install -e ".[tpu]"`)."""
+import json
+import math
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -73,8 +78,185 @@ def test_compile_failure_turns_the_compilers_out_of_memory_into_a_misfit():
 
 def test_epoch_examples_follow_the_task_sizes():
   config = ml_collections.ConfigDict({"tasks": {"sizes": {"nrip": -1, "nsip": 100_000, "nsqp": 1000}}})
-  total, source = plan.epoch_examples(config, plan.plan_config(), None)
-  assert total == 930_387 + 100_000 + 1000 and "paper" in source
+  counts, source = plan.dataset_counts(plan.plan_config(), None)
+  assert plan.epoch_examples(config, counts) == 930_387 + 100_000 + 1000 and "Electronics" in source
+  assert counts["items"] == 62_882 and counts["users"] == 192_403 and counts["search_test"] == 191_566
+
+
+def test_dataset_counts_prefer_the_prepared_stats(tmp_path):
+  stats = {"items": 10, "users": 7, "rec_train": 30, "rec_validation": 5, "rec_test": 6, "search_train": 20,
+           "search_validation": 3, "search_test": 4, "queries": 2}
+  (tmp_path / "prepare").mkdir()
+  (tmp_path / "prepare" / "stats.json").write_text(json.dumps(stats))
+  counts, source = plan.dataset_counts(plan.plan_config(), tmp_path)
+  assert counts == {k: v for k, v in stats.items() if k != "queries"} and source.endswith("stats.json")
+
+
+def test_validations_count_every_multiple_and_the_last_step():
+  # train.loop validates when step % eval_every == 0 or at the last step.
+  assert plan.validations(25_200, 2000) == 13 and plan.validations(4000, 2000) == 2
+  assert plan.validations(1, 2000) == 1 and plan.validations(500, 0) == 0
+
+
+# ------------------------------------------------------------------------------------ stage counts
+
+COUNTS = {"items": 1000, "users": 700, "rec_train": 5000, "rec_validation": 300, "rec_test": 301,
+          "search_train": 4000, "search_validation": 250, "search_test": 251}
+
+
+def _pipeline_config():
+  from gensar_jax.config import load_config
+  config = load_config("tiny")
+  config.embed.text.batch_size = 64
+  config.embed.sasrec.update(dict(epochs=3, batch_size=128))
+  config.identifiers.update(dict(epochs=7, batch_size=256))
+  config.doc2query.train.update(dict(num_steps=-1, num_epochs=2, batch_size=16))
+  config.doc2query.sampling.batch_size = 32
+  config.train.update(dict(num_steps=-1, num_epochs=2, batch_size=16, eval_every=100))
+  config.eval.update(dict(batch_size=16, validation_rows=100, protocols=("sampled", "full")))
+  return config
+
+
+def test_stage_calls_follow_the_stages_rules():
+  config = _pipeline_config()
+  calls = {(r["stage"], r["program"]): r for r in plan.stage_calls(config, COUNTS, hosts=3)}
+  # The catalogue is split over the hosts (ceil(1000 / 3) = 334 items each), one chip per host.
+  assert calls["embed", "text_encoder"]["calls"] == math.ceil(334 / 64) == 6
+  assert calls["doc2query", "doc2query_sampling"]["calls"] == math.ceil(334 / 32) == 11
+  assert calls["embed", "text_encoder"]["placement"] == "one chip per host"
+  # SASRec: epochs x batches of one window per user; RQ-VAE: epochs x batches of the catalogue; one chip each.
+  assert calls["embed", "sasrec_train_step"]["calls"] == 3 * math.ceil(700 / 128) == 18
+  assert calls["index", "rqvae_train_step"]["calls"] == 7 * math.ceil(1000 / 256) == 28
+  assert calls["index", "rqvae_train_step"]["placement"] == "one chip"
+  assert calls["embed", "sasrec_train_step"]["placement"] == "one chip"
+  # doc2query: 2 epochs of the 4,000 search training pairs in batches of 16, on the slice.
+  assert calls["doc2query", "doc2query_train_step"]["calls"] == 2 * (4000 // 16) == 500
+  # train: tiny's task mixture (every rec training row + 300 + 4 x 50) for 2 epochs of batch 16.
+  examples = 5000 + 300 + 50 + 50 + 50 + 50
+  steps = 2 * (examples // 16)
+  assert calls["train", "train_step"]["calls"] == steps == 686
+  # validation: ceil(686 / 100) = 7 validations of 100 rec + 100 search rows in batches of 16.
+  assert calls["validation", "beam_search_sampled"]["calls"] == 7 * 2 * math.ceil(100 / 16) == 98
+  # test: every test row of both tasks, once per protocol.
+  test = math.ceil(301 / 16) + math.ceil(251 / 16)
+  assert calls["test", "beam_search_sampled"]["calls"] == calls["test", "beam_search_full"]["calls"] == test == 35
+  assert [r["stage"] for r in plan.stage_calls(config, COUNTS, 3)] == [
+      "embed", "embed", "index", "doc2query", "doc2query", "train", "validation", "test", "test"]
+
+
+def test_stage_calls_one_host_and_an_eval_limit():
+  config = _pipeline_config()
+  config.eval.update(dict(limit=40, protocols=("sampled",)))
+  calls = {(r["stage"], r["program"]): r["calls"] for r in plan.stage_calls(config, COUNTS, hosts=1)}
+  assert calls["embed", "text_encoder"] == math.ceil(1000 / 64)
+  assert calls["test", "beam_search_sampled"] == 2 * math.ceil(40 / 16) and ("test", "beam_search_full") not in calls
+
+
+def _fake_programs(**step_s):
+  return {name: {"roofline": {"step_s": s}} for name, s in step_s.items()}
+
+
+STEP_S = dict(text_encoder=0.5, sasrec_train_step=0.01, rqvae_train_step=0.002, doc2query_train_step=0.05,
+              doc2query_sampling=2.0, train_step=1.5, beam_search_sampled=0.3, beam_search_full=0.4)
+
+
+def test_pipeline_days_are_the_sum_of_the_stages():
+  config = _pipeline_config()
+  calls = plan.stage_calls(config, COUNTS, hosts=3)
+  est = plan.pipeline_estimate(calls, _fake_programs(**STEP_S), devices=8, usd_per_chip_hour=1.2)
+  by_hand = sum(STEP_S[r["program"]] * r["calls"] for r in calls)
+  assert est["total_s"] == pytest.approx(by_hand)
+  assert est["total_s"] == pytest.approx(sum(s["seconds"] for s in est["stages"].values()))
+  assert est["days"] == pytest.approx(by_hand / 86400) and not est["partial"]
+  assert est["chip_hours"] == pytest.approx(by_hand / 3600 * 8)
+  assert est["list_price_usd"] == pytest.approx(by_hand / 3600 * 8 * 1.2)
+  assert set(est["stages"]) == {"embed", "index", "doc2query", "train", "validation", "test"}
+  test = [r for r in calls if r["stage"] == "test"]
+  assert est["stages"]["test"]["seconds"] == pytest.approx(0.3 * test[0]["calls"] + 0.4 * test[1]["calls"])
+
+
+def test_a_subset_of_programs_gives_a_partial_pipeline():
+  calls = plan.stage_calls(_pipeline_config(), COUNTS, hosts=1)
+  est = plan.pipeline_estimate(calls, _fake_programs(train_step=1.5, beam_search_sampled=0.3), 8, None)
+  assert est["partial"] and est["list_price_usd"] is None
+  assert est["missing_programs"] == sorted(["text_encoder", "sasrec_train_step", "rqvae_train_step",
+                                             "doc2query_train_step", "doc2query_sampling", "beam_search_full"])
+  assert est["stages"]["train"]["complete"] and not est["stages"]["test"]["complete"]
+  assert not est["stages"]["embed"]["complete"] and est["stages"]["embed"]["seconds"] == 0.0
+  # A program that was compiled but did not fit has no time either.
+  programs = _fake_programs(**STEP_S)
+  programs["text_encoder"] = {"roofline": None}
+  assert plan.pipeline_estimate(calls, programs, 8, None)["missing_programs"] == ["text_encoder"]
+
+
+def _fake_report(programs: dict) -> dict:
+  config = _pipeline_config()
+  memory = {"argument_bytes": 1, "output_bytes": 1, "alias_bytes": 0, "temp_bytes": 1, "code_bytes": 0, "peak_bytes": 3}
+  full = {name: {"memory": memory, "hbm_fraction": 0.1, "fits": True, "flops": 1e12, "bytes_accessed": 1e9,
+                 "collectives": [], "rows_per_device": 4, "roofline": dict(p["roofline"], bound="memory", mfu=0.2)}
+          for name, p in programs.items()}
+  report = {"config": "tiny", "topology": "v5e:2x2", "chip": {"name": "v5e", "hbm_bytes": 16 * plan.GIB,
+            "usd_per_chip_hour": 1.2}, "devices": 4, "hosts": 1, "mesh": {"data": 4}, "jax": "x", "compiler": "y",
+            "shapes": {"global_batch": 16, "rows_per_device": 4, "input_len": 96, "target_len": 24},
+            "model": {"bf16_training": False, "vocab_size": 700, "dropout_rng": "threefry"},
+            "counts": dict(COUNTS, source="test"), "programs": full, "fits": True, "advice": [],
+            "budget": {"num_steps": 686, "steps_per_epoch": 343, "epoch_examples": 5500, "validations": 7,
+                       "global_batch": 16}}
+  report["estimate"] = plan.estimate(report, config, COUNTS, 1)
+  return report
+
+
+def test_the_report_lists_every_stage_and_the_whole_pipeline():
+  text = plan.format_plan(_fake_report(_fake_programs(**STEP_S)))
+  for stage, programs in plan.STAGES:
+    assert f"| **{stage}** |" in text
+    for program in programs:
+      assert f"| {stage} | {program} |" in text
+  assert "whole pipeline:" in text and "PARTIAL" not in text and "(partial)" not in text
+
+
+def test_the_report_labels_a_subset_as_partial():
+  text = plan.format_plan(_fake_report(_fake_programs(train_step=1.5)))
+  assert "PARTIAL pipeline (programs not compiled: beam_search_full, beam_search_sampled, doc2query_sampling" in text
+  assert "| **train** | | | | | **" in text and "| **embed** | | | | | **0.0 ms** (partial)" in text
+  assert "whole pipeline:" not in text
+
+
+def test_cheapest_generator_takes_the_shortest_step_that_fits_then_fewer_flops():
+  gens = {"threefry": {"step_s": 1.0, "flops": 5.0, "fits": True}, "hash": {"step_s": 0.9, "flops": 6.0, "fits": True}}
+  assert plan.cheapest_generator(gens) == "hash"
+  gens["hash"]["step_s"] = 1.0
+  assert plan.cheapest_generator(gens) == "threefry"
+  gens["threefry"]["fits"] = False
+  assert plan.cheapest_generator(gens) == "hash"
+  assert plan.cheapest_generator({"hash": {"error": "too large", "fits": False}}) is None
+
+
+def test_dropout_advice_names_the_cheaper_generator():
+  comparison = {"configured": "threefry", "cheapest": "hash",
+                "generators": {"threefry": {"step_s": 1.0}, "hash": {"step_s": 0.75}}}
+  notes = plan.dropout_advice(comparison, 100)
+  assert "train.dropout_rng=hash" in notes[0] and "25.00 s less" in notes[0]
+  assert plan.dropout_advice(dict(comparison, cheapest="threefry"), 100) == []
+
+
+def test_hash_dropout_beyond_its_index_range_is_reported_not_raised():
+  # Attention-probability masks of B x heads x S x S elements: 2**32 or more cannot be hashed (uint32 index);
+  # the comparison records the error from tracing (nothing is compiled or allocated).
+  from gensar_jax.config import load_config
+  config = load_config("tiny")
+  model_cfg = _tiny_model()
+  cpu = jax.devices("cpu")[:1]
+  mesh = parallel.make_mesh({"data": 1}, cpu)
+  train_cfg = ml_collections.ConfigDict(config.train.to_dict())
+  config.train.batch_size = 2 ** 32 // (model_cfg.num_heads * 96 * 96) + 1
+  target = plan.Target(config, plan.plan_config(), model_cfg, train_cfg, mesh, {"data": 1, "fsdp": 1, "model": 1},
+                       parallel.DEFAULT_LOGICAL_AXIS_RULES, cpu, plan.CHIPS["TPU v5 lite"], COUNTS)
+  configured = {"roofline": {"step_s": 1.0, "bound": "memory", "mfu": 0.1}, "flops": 1.0, "bytes_accessed": 1.0,
+                "ici_traffic_bytes": 0.0, "memory": {"peak_bytes": 1}, "fits": True}
+  out = plan.compare_dropout_rngs(target, configured, ("threefry", "hash"))
+  assert out["configured"] == "threefry" and out["cheapest"] == "threefry"
+  assert "2**32" in out["generators"]["hash"]["error"] and out["generators"]["hash"]["fits"] is False
 
 
 # ------------------------------------------------------------------------------------ deviceless TPU
@@ -161,7 +343,6 @@ def test_tiny_beam_search_compiles_for_v5e(v5e_2x2):
 
 @needs_libtpu
 def test_gensar_plan_prints_the_table_and_writes_plan_json(tmp_path, capsys):
-  import json
   from gensar_jax import cli
   status = cli.main(["plan", "--config", "tiny", "--topology", "v5e:2x2", "--workdir", str(tmp_path),
                      "--programs", "beam_search_full"])
@@ -171,6 +352,100 @@ def test_gensar_plan_prints_the_table_and_writes_plan_json(tmp_path, capsys):
   assert report["devices"] == 4 and report["hosts"] == 1 and report["mesh"]["data"] == 4
   full = report["programs"]["beam_search_full"]
   assert full["fits"] and full["flops"] > 0 and full["roofline"]["step_s"] > 0
+  # One program of eight: the pipeline's total is labelled partial, in the table and in plan.json.
+  assert "PARTIAL pipeline (programs not compiled: beam_search_sampled, doc2query_sampling" in out
+  assert report["estimate"]["partial"] and "train_step" in report["estimate"]["missing_programs"]
+  test = report["estimate"]["stages"]["test"]
+  assert not test["complete"] and test["seconds"] > 0 and "dropout_rng" not in report
+
+
+SMALL_STAGES = ["embed.text.max_seq_length=16", "embed.text.batch_size=8", "doc2query.sampling.batch_size=4",
+                "doc2query.train.batch_size=8"]
+
+
+@needs_libtpu
+def test_every_stage_program_compiles_for_v5e_and_is_counted(tmp_path, capsys):
+  from gensar_jax import cli
+  names = "text_encoder,sasrec_train_step,rqvae_train_step,doc2query_train_step,doc2query_sampling"
+  status = cli.main(["plan", "--config", "tiny", "--topology", "v5e:2x2", "--workdir", str(tmp_path),
+                     "--programs", names, *[x for kv in SMALL_STAGES for x in ("--set", kv)]])
+  out = capsys.readouterr().out
+  report = json.loads((tmp_path / "plan" / "plan.json").read_text())
+  assert status == 0, out
+  for name in names.split(","):
+    p = report["programs"][name]
+    assert p["fits"] and p["flops"] > 0 and p["roofline"]["step_s"] > 0, name
+  assert report["programs"]["text_encoder"]["placement"] == "one chip per host"
+  assert report["programs"]["rqvae_train_step"]["placement"] == "one chip"
+  assert report["programs"]["doc2query_train_step"]["placement"] == "slice"
+  assert report["programs"]["doc2query_train_step"]["rows_per_device"] == 2    # 8 rows over 4 chips
+  stages = report["estimate"]["stages"]
+  assert stages["embed"]["complete"] and stages["index"]["complete"] and stages["doc2query"]["complete"]
+  assert not stages["train"]["complete"] and report["estimate"]["partial"]
+  rows = {r["program"]: r for r in report["estimate"]["rows"]}
+  assert rows["text_encoder"]["seconds"] == pytest.approx(
+      rows["text_encoder"]["calls"] * report["programs"]["text_encoder"]["roofline"]["step_s"])
+  assert stages["embed"]["seconds"] == pytest.approx(rows["text_encoder"]["seconds"]
+                                                     + rows["sasrec_train_step"]["seconds"])
+  assert "| **index** |" in out and "| embed | text_encoder | one chip per host |" in out
+
+
+@needs_libtpu
+def test_a_batch_that_does_not_divide_over_the_slice_is_reported(tmp_path, capsys):
+  from gensar_jax import cli
+  status = cli.main(["plan", "--config", "tiny", "--topology", "v5e:2x2", "--workdir", str(tmp_path),
+                     "--programs", "doc2query_train_step", "--set", "doc2query.train.batch_size=6"])
+  out = capsys.readouterr().out
+  assert status == 3 and "doc2query_train_step cannot run as configured: batch 6 does not divide" in out
+  assert "change doc2query.train.batch_size" in out
+
+
+@needs_libtpu
+def test_the_train_step_is_compared_under_each_dropout_generator(tmp_path, capsys):
+  from gensar_jax import cli
+  status = cli.main(["plan", "--config", "tiny", "--topology", "v5e:2x2", "--workdir", str(tmp_path),
+                     "--programs", "train_step", "--set", "train.dropout_rng=hash"])
+  out = capsys.readouterr().out
+  report = json.loads((tmp_path / "plan" / "plan.json").read_text())
+  comparison = report["dropout_rng"]
+  assert status == 0 and comparison["configured"] == "hash" and set(comparison["generators"]) == {"threefry", "hash"}
+  assert comparison["generators"]["hash"]["step_s"] == report["programs"]["train_step"]["roofline"]["step_s"]
+  assert comparison["generators"]["threefry"]["step_s"] > 0
+  assert comparison["cheapest"] == plan.cheapest_generator(comparison["generators"])
+  assert f"cheapest dropout-mask generator on v5e: {comparison['cheapest']}; the config uses hash" in out
+  assert "dropout masks hash" in out
+
+
+@needs_libtpu
+def test_the_dropout_comparison_can_compile_fewer_layers(tmp_path):
+  from gensar_jax.config import load_config
+  config = load_config("tiny")
+  config.plan = plan.plan_config()
+  config.plan.update(dict(topology="v5e:2x2", dropout_compare_layers=1))
+  report = plan.plan(config, tmp_path, programs=("train_step",))
+  comparison = report["dropout_rng"]
+  assert comparison["layers"] == [1, 1] and set(comparison["generators"]) == {"threefry", "hash"}
+  # Every generator is compiled at one layer each, the config's too: less work than the 2+2 model's step.
+  assert 0 < comparison["generators"]["threefry"]["flops"] < report["programs"]["train_step"]["flops"]
+  assert "(train steps compiled with 1+1 layers)" in plan.format_plan(report)
+
+
+PRESETS = sorted(str(p) for pattern in ("tpu_*.py", "gpu_*.py")
+                 for p in (Path(__file__).resolve().parent.parent / "configs").glob(pattern))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: Path(p).stem)
+def test_pod_presets_use_a_dropout_generator_their_shapes_allow(preset):
+  # The hash indexes a mask's elements in uint32: attention-probability masks of one micro-batch
+  # (rows x heads x input_len x input_len, global shape) must stay under 2**32 elements.
+  from gensar_jax.config import load_config
+  from gensar_jax.model.t5 import t5_config_from_section
+  config = load_config(preset)
+  assert config.train.dropout_rng in plan.DROPOUT_RNGS
+  if config.train.dropout_rng == "hash":
+    heads = t5_config_from_section(config.model, plan.vocab_size(config)).num_heads
+    rows = config.train.batch_size // config.train.grad_accum_steps
+    assert rows * heads * config.tasks.max_input_len ** 2 < 2 ** 32
 
 
 def test_slice_hosts():
