@@ -182,17 +182,21 @@ def _plan(config, devices, price, estimate):
 
 def test_pod_run_table_computes_every_cell_from_the_plan():
   from benchmarks import plan_report
-  planned = _plan("tpu_v5e_8", 8, 1.5, {"step_s": 3.6, "train_s": 3600.0, "validation_s": 90.0,
-                                        "all_validations_s": 360.0, "doc2query_sampling_s": 1800.0,
-                                        "budget_s": 3960.0, "chip_hours": 8.8})
-  unpriced = _plan("gpu_8x", 8, None, {"step_s": 7.2, "train_s": 7200.0, "budget_s": 7200.0, "chip_hours": 16.0})
-  table = plan_report.pod_run_table([unpriced, planned]).splitlines()
+  seconds = {"embed": 120.0, "index": 60.0, "doc2query": 1800.0, "train": 3600.0, "validation": 360.0, "test": 90.0}
+  stages = {name: {"seconds": s, "hours": s / 3600, "complete": True} for name, s in seconds.items()}
+  planned = _plan("tpu_v5e_8", 8, 1.5, {"step_s": 3.6, "stages": stages, "total_s": sum(seconds.values()),
+                                        "chip_hours": 8 * sum(seconds.values()) / 3600, "partial": False})
+  earlier = _plan("gpu_8x", 8, None, {"step_s": 7.2, "train_s": 7200.0, "budget_s": 7200.0, "chip_hours": 16.0})
+  table = plan_report.pod_run_table([earlier, planned]).splitlines()
   assert table[0] == "| step | `tpu_v5e_8` (v5e:2x4) | `gpu_8x` (v5e:2x4) |"       # the walkthrough's order
   extra = plan_report.more_trainings()
-  cells = {row.split(" | ")[0][2:]: row.split(" | ")[1:] for row in table[2:9]}
-  assert cells[plan_report.POD_RUN_ROWS[0]] == ["8 x v5e, 1 host(s): $12.00 per hour", "8 x v5e, 1 host(s): no list price |"]
-  assert cells[plan_report.POD_RUN_ROWS[1]][0] == "1.0 h, $12 (1,000 steps of 3.6 s)"     # 8 chips x $1.5 x 1 h
-  assert cells[plan_report.POD_RUN_ROWS[2]] == ["6.0 min, $1 (4 x 1.5 min)", "not planned |"]
-  assert cells[plan_report.POD_RUN_ROWS[3]][0] == "30.0 min, $6"
-  assert cells[plan_report.POD_RUN_ROWS[4]] == ["1.1 h, 9 chip-hours, $13", "2.0 h, 16 chip-hours, validations not included |"]
-  assert cells[plan_report.POD_RUN_ROWS[6]][0] == f"up to {extra}.0 h, ${12 * extra} ({extra} x the training)"
+  rows = plan_report.POD_RUN_ROWS
+  cells = {row.split(" | ")[0][2:]: row.split(" | ")[1:] for row in table[2:2 + len(rows)]}
+  assert cells[rows[0]] == ["8 x v5e, 1 host(s): $12.00 per hour", "8 x v5e, 1 host(s): no list price |"]
+  assert cells[rows[1]] == ["3.0 min, $1", "not planned |"]                      # embed + index: $0.60
+  assert cells[rows[2]] == ["30.0 min, $6", "not planned |"]
+  assert cells[rows[3]] == ["1.0 h, $12 (1,000 steps of 3.6 s)", "2.0 h (1,000 steps of 7.2 s) |"]   # 8 x $1.5 x 1 h
+  assert cells[rows[4]] == ["6.0 min, $1", "not planned |"]
+  assert cells[rows[5]] == ["1.5 min, under $1", "not planned |"]
+  assert cells[rows[6]] == ["1.7 h, 13 chip-hours, $20", "2.0 h, 16 chip-hours, train and validations only |"]
+  assert cells[rows[7]][0] == f"up to {extra}.0 h, ${12 * extra} ({extra} x the training)"

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from workdir_fixtures import committed_stage
 from jax.sharding import NamedSharding, PartitionSpec
 
 from gensar_jax import parallel, plan
@@ -86,10 +87,12 @@ def test_epoch_examples_follow_the_task_sizes():
 def test_dataset_counts_prefer_the_prepared_stats(tmp_path):
   stats = {"items": 10, "users": 7, "rec_train": 30, "rec_validation": 5, "rec_test": 6, "search_train": 20,
            "search_validation": 3, "search_test": 4, "queries": 2}
-  (tmp_path / "prepare").mkdir()
-  (tmp_path / "prepare" / "stats.json").write_text(json.dumps(stats))
+  output = committed_stage(tmp_path, "prepare")
+  (output / "stats.json").write_text(json.dumps(stats))
   counts, source = plan.dataset_counts(plan.plan_config(), tmp_path)
-  assert counts == {k: v for k, v in stats.items() if k != "queries"} and source.endswith("stats.json")
+  assert counts == {k: v for k, v in stats.items() if k != "queries"} and source == str(output / "stats.json")
+  _, source = plan.dataset_counts(plan.plan_config(), tmp_path / "elsewhere")      # no prepared dataset there
+  assert source.startswith("the plan section's counts")
 
 
 def test_validations_count_every_multiple_and_the_last_step():
