@@ -127,3 +127,20 @@ def test_real_queries_need_both_qrels_and_a_query_dir(shared_data):
   assert query_source(config) == "generated"
   config.queries, config.query_dir = "auto", ""
   assert query_source(config) == "generated"
+
+
+def test_array_samples_serve_the_arrayrecord_records_in_their_order(tiny_prepared):
+  """A bucket workdir has no ArrayRecord files: the sources built from the sample arrays must give the same
+  records (keys, values, types) in the same order."""
+  from gensar_jax.data.storage import array_samples
+  stored = tiny_prepared.sample_sources()                 # the ArrayRecord files of a local workdir
+  from_arrays = array_samples(tiny_prepared.samples, tiny_prepared.negatives)
+  assert set(stored) == set(from_arrays)
+  for split, source in stored.items():
+    rows = list(range(len(source)))
+    assert len(from_arrays[split]) == len(source)
+    for a, b in zip(source.__getitems__(rows), from_arrays[split].__getitems__(rows)):
+      assert a.keys() == b.keys(), split
+      for key in a:
+        assert type(a[key]) is type(b[key]) and np.array_equal(a[key], b[key]), (split, key)
+        assert np.asarray(a[key]).dtype == np.asarray(b[key]).dtype, (split, key)
