@@ -154,8 +154,9 @@ def file_records(paths: list[epath.Path], known: dict | None = None) -> dict[str
 SPEED_ONLY_KEYS = ("tasks.pipeline_workers",)
 # Fields added after results were recorded, at the value that reproduces them: left out of records and
 # fingerprints while they hold it, so the earlier runs stay fresh (any other value is recorded).
-LATE_FIELD_DEFAULTS = {"train.dropout_rng": "threefry", "train.early_stopping_patience": 0,
-                       "doc2query.train.dropout_rng": "threefry", "doc2query.train.early_stopping_patience": 0}
+LATE_FIELD_DEFAULTS = {"train.dropout_rng": "threefry", "train.early_stopping_patience": 0, "model.attention": "dense",
+                       "doc2query.train.dropout_rng": "threefry", "doc2query.train.early_stopping_patience": 0,
+                       "train.loss_chunks": 1, "doc2query.train.loss_chunks": 1}
 
 
 def _drop_field(value: dict, path: str, only_if=None, check: bool = False) -> None:

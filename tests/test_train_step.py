@@ -131,3 +131,38 @@ def test_eval_loss_fn_is_deterministic_mean_token_loss():
   np.testing.assert_allclose(float(got["loss"]), loss_sum / weight_sum, rtol=1e-5)
   np.testing.assert_allclose(float(got["accuracy"]), correct / weight_sum, rtol=1e-6)
   assert float(got["tokens"]) == 8.0
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_chunked_cross_entropy_equals_whole_logits_loss_and_gradients(smoothing):
+  """The loss over slices of the target positions (each slice's logits recomputed in the backward pass)
+  gives the whole-logits sums and the same gradients, label smoothing included."""
+  cfg = T5Config.tiny(64, dropout_rate=0.0)
+  params = init_params(cfg, jax.random.key(0))
+  rng = np.random.RandomState(0)
+  enc = jnp.asarray(rng.randint(2, 64, (3, 10)))
+  dec = jnp.asarray(rng.randint(2, 64, (3, 8)))
+  targets = jnp.asarray(rng.randint(2, 64, (3, 8)))
+  weights = jnp.asarray((rng.rand(3, 8) > 0.3).astype(np.float32))
+  model = T5(cfg)
+
+  def whole(p):
+    logits = model.apply({"params": p}, enc, dec)
+    return step_lib.weighted_cross_entropy(logits, targets, weights, smoothing)
+
+  def chunked(p):
+    hidden = model.apply({"params": p}, enc, dec, method=T5.hidden)
+    return step_lib.chunked_cross_entropy(lambda h: model.apply({"params": p}, h, method=T5.logits), hidden,
+                                          targets, weights, smoothing, 4)
+
+  np.testing.assert_allclose(np.asarray(chunked(params)), np.asarray(whole(params)), rtol=1e-6)
+  # the chunked sums also equal the numpy reference
+  logits = np.asarray(model.apply({"params": params}, enc, dec))
+  expected = _numpy_cross_entropy(logits, np.asarray(targets), np.asarray(weights), smoothing)
+  np.testing.assert_allclose(float(chunked(params)[0]), expected[0], rtol=1e-5)
+  g_whole = jax.grad(lambda p: whole(p)[0])(params)
+  g_chunked = jax.grad(lambda p: chunked(p)[0])(params)
+  for g, w in zip(jax.tree_util.tree_leaves(g_chunked), jax.tree_util.tree_leaves(g_whole)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-6)
+  with pytest.raises(ValueError, match="loss_chunks=3"):
+    step_lib.chunked_cross_entropy(lambda h: h, jnp.zeros((3, 8, 4)), targets, weights, smoothing, 3)

@@ -25,12 +25,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gensar_jax.model import fused_attention
+
 Array = jax.Array
 SelfCache = tuple  # per decoder layer: {"k": [B, K, max_len, H, d_kv], "v": same}
 CrossKV = tuple  # per decoder layer: (k, v), each [B, S, H, d_kv]
 
 
 DROPOUT_RNGS = ("threefry", "hash")
+ATTENTIONS = ("dense", "fused")
 
 
 def _fmix32(h: Array) -> Array:
@@ -71,6 +74,11 @@ class Dropout(nn.Dropout):
     keep = hash_keep_mask(self.make_rng(self.rng_collection) if rng is None else rng, inputs.shape, self.rate)
     return jax.lax.select(keep, inputs / (1.0 - self.rate), jnp.zeros_like(inputs))
 
+  def hash_seeds(self) -> Array:
+    """int32[2]: the seeds `hash_keep_mask` would draw for this module's next mask (fused attention
+    draws the same masks inside its kernel)."""
+    return fused_attention.dropout_seeds(self.make_rng(self.rng_collection))
+
 
 @dataclasses.dataclass(frozen=True)
 class T5Config:
@@ -88,6 +96,10 @@ class T5Config:
   # element) or "hash" (`hash_keep_mask`: two murmur3 finalizer rounds of the element index, several times
   # cheaper on CPU). Both keep each element with probability 1 - dropout_rate; the masks differ.
   dropout_rng: str = "threefry"
+  # Encoder self-attention and cross-attention: "dense" (scores and probabilities as arrays, the reference)
+  # or "fused" (`fused_attention`: one kernel per head and example keeps them on chip; its dropout masks
+  # are the "hash" masks, so it needs dropout_rng="hash" when dropout is on).
+  attention: str = "dense"
   layer_norm_epsilon: float = 1e-6
   feed_forward: str = "relu"  # "relu" (T5 v1.0) or "gated-gelu" (v1.1)
   tie_word_embeddings: bool = True  # v1.0: tied + logits scaled by d_model**-0.5; v1.1: untied lm_head
@@ -103,6 +115,8 @@ class T5Config:
       raise ValueError(f"T5Config.dtype: expected 'float32' or 'bfloat16', got {self.dtype!r}")
     if self.dropout_rng not in DROPOUT_RNGS:
       raise ValueError(f"T5Config.dropout_rng: expected one of {DROPOUT_RNGS}, got {self.dropout_rng!r}")
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f"T5Config.attention: expected one of {ATTENTIONS}, got {self.attention!r}")
     if self.vocab_size <= 0:
       raise ValueError(f"T5Config.vocab_size must be positive, got {self.vocab_size}")
 
@@ -134,6 +148,8 @@ def model_config() -> ml_collections.ConfigDict:
   config.tie_word_embeddings = True
   config.dropout_rate = 0.1
   config.dtype = "float32"  # compute dtype; train.bf16=True switches training to bfloat16
+  # "dense" or "fused" (T5Config.attention): the same attention, the fused kernel without probabilities in HBM.
+  config.attention = "dense"
   # A Hugging Face T5 checkpoint directory (config.json + model.safetensors or pytorch_model.bin) to start
   # from; "" trains from a random initialisation. Its shape overrides preset/feed_forward/tie_word_embeddings.
   config.pretrained_dir = ""
@@ -153,7 +169,8 @@ def t5_config_from_section(section: ml_collections.ConfigDict, vocab_size: int) 
     raise ValueError(f"model.shape: unknown T5Config fields {unknown}")
   return presets[section.preset](vocab_size, feed_forward=section.feed_forward,
                                  tie_word_embeddings=bool(section.tie_word_embeddings),
-                                 dropout_rate=float(section.dropout_rate), dtype=section.dtype, **shape)
+                                 dropout_rate=float(section.dropout_rate), dtype=section.dtype,
+                                 attention=str(section.get("attention", "dense")), **shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,6 +287,30 @@ class Attention(nn.Module):
     key, value = self.key_value(key_input)
     return self.attend(query_input, key, value, mask, bias, deterministic)
 
+  def attend_keys(self, query_input: Array, key_input: Array, key_mask: Array, bias: Array | None,
+                  deterministic: bool) -> Array:
+    """Attention under a key padding mask, dense or fused (`T5Config.attention`). query_input: [B, T, D];
+    key_input: [B, S, D]; key_mask: bool[B, S]; bias: [H, T, S] or None -> [B, T, D]."""
+    cfg = self.config
+    if cfg.attention == "dense":
+      return self(query_input, key_input, key_mask[:, None, None, :], bias, deterministic)
+    dtype = cfg.compute_dtype
+    heads_first = ("batch", "heads", "length", "kv")
+
+    def project(x, kernel):
+      return _constrain(jnp.einsum("bsd,dhk->bhsk", x.astype(dtype), kernel.astype(dtype)), heads_first)
+
+    rate = 0.0 if deterministic else cfg.dropout_rate
+    if rate and cfg.dropout_rng != "hash":
+      raise ValueError("model.attention='fused' draws counter-hash dropout masks: set train.dropout_rng='hash' "
+                       f"(T5Config.dropout_rng is {cfg.dropout_rng!r}) or model.dropout_rate=0")
+    batch_axes, head_axis = nn.logical_to_mesh_axes(("batch", "heads"))
+    context = fused_attention.fused_attention(
+        project(query_input, self.q), project(key_input, self.k), project(key_input, self.v), bias, key_mask,
+        rate, self.dropout.hash_seeds() if rate else None, batch_axes=batch_axes, head_axis=head_axis)
+    out = jnp.einsum("bhtk,hkd->btd", context, self.o.astype(dtype))
+    return _constrain(out, ("batch", "length", "embed"))
+
 
 class FeedForward(nn.Module):
   """ReLU (v1.0) or gated-GELU (v1.1) MLP without biases."""
@@ -299,10 +340,11 @@ class EncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, bias: Array, deterministic: bool) -> Array:
+    """x: [B, S, D]; mask: bool[B, S] (True = real token); bias: [H, S, S] -> [B, S, D]."""
     cfg = self.config
     dropout = Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)
     h = RMSNorm(cfg, name="pre_attention_layer_norm")(x)
-    h = Attention(cfg, name="attention")(h, h, mask, bias, deterministic)
+    h = Attention(cfg, name="attention").attend_keys(h, h, mask, bias, deterministic)
     x = x + dropout(h, deterministic=deterministic)
     h = RMSNorm(cfg, name="pre_mlp_layer_norm")(x)
     h = FeedForward(cfg, name="mlp")(h, deterministic)
@@ -325,11 +367,13 @@ class DecoderLayer(nn.Module):
 
   def __call__(self, x: Array, encoded: Array, self_mask: Array, cross_mask: Array, self_bias: Array,
                deterministic: bool) -> Array:
+    """x: [B, T, D]; encoded: [B, S, D]; self_mask: bool broadcastable to [B, H, T, T]; cross_mask:
+    bool[B, S]; self_bias: [H, T, T] -> [B, T, D]."""
     h = self.pre_self_attention_layer_norm(x)
     h = self.self_attention(h, h, self_mask, self_bias, deterministic)
     x = x + self.dropout(h, deterministic=deterministic)
     h = self.pre_cross_attention_layer_norm(x)
-    h = self.encoder_decoder_attention(h, encoded, cross_mask, None, deterministic)
+    h = self.encoder_decoder_attention.attend_keys(h, encoded, cross_mask, None, deterministic)
     x = x + self.dropout(h, deterministic=deterministic)
     h = self.pre_mlp_layer_norm(x)
     h = self.mlp(h, deterministic)
@@ -386,10 +430,9 @@ class Encoder(nn.Module):
     buckets = relative_position_bucket(positions[None, :] - positions[:, None], True,
                                        cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)
     bias = _bias_from_table(table, buckets)  # [H, S, S]
-    attention_mask = mask[:, None, None, :]
     x = Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(embedded, deterministic=deterministic)
     for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f"layers_{i}")(x, attention_mask, bias, deterministic)
+      x = EncoderLayer(cfg, name=f"layers_{i}")(x, mask, bias, deterministic)
     x = RMSNorm(cfg, name="final_layer_norm")(x)
     return Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(x, deterministic=deterministic)
 
@@ -417,10 +460,9 @@ class Decoder(nn.Module):
     positions = np.arange(length)
     bias = _bias_from_table(self.relative_attention_bias, self._buckets(positions[None, :] - positions[:, None]))
     causal = jnp.asarray(positions[None, :] <= positions[:, None])[None, None]  # [1, 1, T, T]
-    cross_mask = encoder_mask[:, None, None, :]
     x = self.dropout(embedded, deterministic=deterministic)
     for layer in self.layers:
-      x = layer(x, encoded, causal, cross_mask, bias, deterministic)
+      x = layer(x, encoded, causal, encoder_mask, bias, deterministic)
     x = self.final_layer_norm(x)
     return self.dropout(x, deterministic=deterministic)
 
@@ -482,9 +524,22 @@ class T5(nn.Module):
   def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
              deterministic: bool = True) -> Array:
     """Teacher-forced decoder: [B, S, D], int32[B, S], int32[B, T] -> float32[B, T, V]."""
+    return self.logits(self.decode_hidden(encoded, encoder_input_tokens, decoder_input_tokens, deterministic))
+
+  def decode_hidden(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
+                    deterministic: bool = True) -> Array:
+    """Teacher-forced decoder's final hidden states: [B, S, D], int32[B, S], int32[B, T] -> [B, T, D]."""
     embedded = _constrain(self._embed(decoder_input_tokens), ("batch", "length", "embed"))
-    hidden = self.decoder(embedded, encoded, encoder_input_tokens != self.config.pad_id, deterministic)
+    return self.decoder(embedded, encoded, encoder_input_tokens != self.config.pad_id, deterministic)
+
+  def logits(self, hidden: Array) -> Array:
+    """The output layer: hidden [B, T, D] -> float32 logits [B, T, V]."""
     return _constrain(self._logits(hidden), ("batch", "length", "vocab"))
+
+  def hidden(self, encoder_input_tokens: Array, decoder_input_tokens: Array, deterministic: bool = True) -> Array:
+    """Teacher forcing up to the output layer: int32[B, S], int32[B, T] -> [B, T, D]."""
+    encoded = self.encode(encoder_input_tokens, deterministic)
+    return self.decode_hidden(encoded, encoder_input_tokens, decoder_input_tokens, deterministic)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                deterministic: bool = True) -> Array:

@@ -30,6 +30,9 @@ def train_config() -> ml_collections.ConfigDict:
   config.adam_eps = 1e-8
   config.max_grad_norm = 1.0
   config.label_smoothing = 0.0
+  # The loss over this many slices of the target positions, each slice's logits recomputed in the backward
+  # pass (`step.chunked_cross_entropy`): 1 = the whole [B, T, V] logits at once.
+  config.loss_chunks = 1
   config.bf16 = False  # bfloat16 compute (params and optimizer state stay float32)
   config.grad_accum_steps = 1  # micro-batches per step (the global batch is split row-strided)
   # Dropout mask generator (T5Config.dropout_rng): "threefry" (flax/jax.random, the masks of every earlier

@@ -53,6 +53,33 @@ def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.A
   return jnp.sum(nll * weights), jnp.sum(weights), jnp.sum(correct * weights)
 
 
+def chunked_cross_entropy(logits_fn: Callable[[jax.Array], jax.Array], hidden: jax.Array, targets: jax.Array,
+                          weights: jax.Array, label_smoothing: float, chunks: int
+                          ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`weighted_cross_entropy` of `logits_fn(hidden)` computed over `chunks` slices of the target positions.
+
+  hidden: [B, T, D]; targets: int32[B, T]; weights: float32[B, T]; logits_fn: [B, T/chunks, D] ->
+  [B, T/chunks, V]. Each slice's logits are recomputed in the backward pass (`jax.checkpoint`), so only
+  one slice's [B, T/chunks, V] logits exist at a time instead of the whole [B, T, V]. Same sums as the
+  whole-logits loss (up to summation order).
+  """
+  batch, length = targets.shape
+  if length % chunks:
+    raise ValueError(f"train.loss_chunks={chunks} does not divide the {length} target positions")
+
+  def split(x):  # [B, T, ...] -> [chunks, B, T / chunks, ...], the batch axis (and its sharding) kept
+    return jnp.moveaxis(x.reshape((batch, chunks, length // chunks) + x.shape[2:]), 1, 0)
+
+  @jax.checkpoint
+  def chunk_sums(chunk):
+    h, t, w = chunk
+    with jax.named_scope("cross_entropy"):  # a term of `gensar plan`'s breakdown
+      return weighted_cross_entropy(logits_fn(h), t, w, label_smoothing)
+
+  sums = jax.lax.map(chunk_sums, (split(hidden), split(targets), split(weights)))
+  return tuple(jnp.sum(s) for s in sums)
+
+
 def _split_microbatches(batch: dict, num: int) -> dict:
   """[B, ...] -> [num, B // num, ...] taking rows num apart, so each device keeps its own rows."""
   def split(x):
@@ -78,11 +105,21 @@ def make_train_step(model_cfg: T5Config, train_cfg: ml_collections.ConfigDict, o
   batch_shardings = {k: parallel.batch_sharding(mesh, rules, 2) for k in BATCH_KEYS}
   replicated = parallel.replicated(mesh)
 
+  loss_chunks = int(train_cfg.get("loss_chunks", 1))
+
   def loss_sums(params, batch, rng):
-    logits = model.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                         deterministic=False, rngs={"dropout": rng})
-    loss_sum, weight_sum, correct = weighted_cross_entropy(
-        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"].astype(jnp.float32), label_smoothing)
+    targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"].astype(jnp.float32)
+    if loss_chunks == 1:
+      logits = model.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                           deterministic=False, rngs={"dropout": rng})
+      with jax.named_scope("cross_entropy"):  # a term of `gensar plan`'s breakdown
+        loss_sum, weight_sum, correct = weighted_cross_entropy(logits, targets, weights, label_smoothing)
+    else:
+      hidden = model.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                           deterministic=False, rngs={"dropout": rng}, method=T5.hidden)
+      loss_sum, weight_sum, correct = chunked_cross_entropy(
+          lambda h: model.apply({"params": params}, h, method=T5.logits), hidden, targets, weights,
+          label_smoothing, loss_chunks)
     return loss_sum, (weight_sum, correct)
 
   grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
@@ -104,9 +141,10 @@ def make_train_step(model_cfg: T5Config, train_cfg: ml_collections.ConfigDict, o
       init = (zeros, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
       (grads, loss_sum, weight_sum, correct), _ = jax.lax.scan(body, init, (jnp.arange(accum), micro))
     denom = jnp.maximum(weight_sum, 1.0)
-    grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    with jax.named_scope("optimizer_update"):  # a term of `gensar plan`'s breakdown
+      grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss_sum / denom, "accuracy": correct / denom, "tokens": weight_sum,
                "grad_norm": optax.tree.norm(grads), "learning_rate": schedule_fn(state.step)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

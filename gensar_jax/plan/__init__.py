@@ -43,6 +43,8 @@ from gensar_jax import parallel
 from gensar_jax.config import section_with_defaults
 from gensar_jax.data.tokenizer import BEHAVIOUR_TOKENS, levels_from_config
 from gensar_jax.io_utils import as_path, write_json
+from gensar_jax.plan.hlo import (COLLECTIVE_KINDS, collective_traffic, count_while_loops,  # noqa: F401
+                                 parse_collectives, shape_bytes, term_breakdown)
 from gensar_jax.model.t5 import T5, T5Config, init_decoder_cache, init_params, t5_config_from_section
 
 log = logging.getLogger(__name__)
@@ -137,7 +139,6 @@ DROPOUT_RNGS = ("threefry", "hash")
 BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12)
 
-COLLECTIVE_KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 
 def plan_config() -> ml_collections.ConfigDict:
@@ -165,7 +166,28 @@ def plan_config() -> ml_collections.ConfigDict:
   # SASRec trains on windows cut to length buckets; its step is compiled at this width (0: the bucket
   # holding the mean training window, rec_train_rows / num_users - 1 items).
   c.sasrec_window = 0
+  # JAX's persistent compilation cache: a second plan of the same programs loads them instead of
+  # compiling. "" uses $GENSAR_COMPILATION_CACHE, else ~/.cache/gensar/xla; "off" disables it.
+  c.compilation_cache = ""
   return c
+
+
+def compilation_cache_dir(setting: str) -> str | None:
+  """The persistent compilation cache directory for `plan.compilation_cache` (None when "off")."""
+  if setting == "off":
+    return None
+  return setting or os.environ.get("GENSAR_COMPILATION_CACHE") or str(Path.home() / ".cache" / "gensar" / "xla")
+
+
+def use_compilation_cache(setting: str) -> None:
+  """Points JAX's persistent compilation cache at `compilation_cache_dir(setting)`, caching every program
+  whatever its compile time or size (deviceless TPU programs included)."""
+  directory = compilation_cache_dir(setting)
+  if directory is None:
+    return
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 # ------------------------------------------------------------------------------------------ topology
@@ -256,81 +278,6 @@ def plan_mesh(config: ml_collections.ConfigDict, devices: list, chip: Chip) -> t
 
 # ------------------------------------------------------------------------------------------ analysis
 
-_SHAPE = re.compile(r"\b(pred|s8|u8|s16|u16|s32|u32|s64|u64|bf16|f16|f32|f64|c64|c128)\[([0-9,]*)\]")
-_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
-          "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*?)\s+(" + "|".join(COLLECTIVE_KINDS) +
-                          r")(-start|-done)?\(", re.M)
-
-
-def shape_bytes(text: str) -> int:
-  """Bytes of every array shape in an HLO result type, e.g. "(f32[8,4]{1,0}, bf16[2])" -> 132."""
-  total = 0
-  for dtype, dims in _SHAPE.findall(text):
-    total += _BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
-  return total
-
-
-def _group_size(line: str, num_devices: int) -> int:
-  """Devices per replica group of a collective's HLO line (iota `[G,S]<=[N]` or explicit `{{..},..}`)."""
-  iota = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", line)
-  if iota:
-    return int(iota.group(2))
-  explicit = re.search(r"replica_groups=\{\{([0-9,]*)\}", line)
-  if explicit and explicit.group(1):
-    return len(explicit.group(1).split(","))
-  pairs = re.search(r"source_target_pairs=\{(.*?)\}\s*[,}]", line)
-  if pairs:
-    return 2
-  return num_devices
-
-
-def collective_traffic(kind: str, result_bytes: int, group: int) -> float:
-  """Bytes one device sends for a collective whose result is `result_bytes` (ring algorithms).
-
-  all-reduce 2(n-1)/n of the array; all-gather (n-1)/n of the gathered result; reduce-scatter (n-1)
-  times its shard result; all-to-all (n-1)/n; collective-permute the whole result.
-  """
-  n = max(group, 1)
-  if n == 1:
-    return 0.0
-  factor = {"all-reduce": 2 * (n - 1) / n, "all-gather": (n - 1) / n, "reduce-scatter": float(n - 1),
-            "all-to-all": (n - 1) / n, "collective-permute": 1.0}[kind]
-  return factor * result_bytes
-
-
-def parse_collectives(hlo_text: str, num_devices: int) -> list[dict]:
-  """Collectives of an optimized HLO module: [{kind, count, bytes, traffic_bytes}] per kind.
-
-  `bytes` sums the result arrays; `traffic_bytes` what one device sends (see `collective_traffic`).
-  Asynchronous pairs count once (at their `-done`, whose result is the output). Collectives inside a
-  while loop are counted once (as XLA's cost analysis counts loop bodies).
-  """
-  out: dict[str, dict] = {}
-  lines = hlo_text.splitlines()
-  for line in lines:
-    match = _INSTRUCTION.match(line)
-    if not match or match.group(3) == "-start":
-      continue
-    result, kind = match.group(1), match.group(2)
-    size = shape_bytes(result)
-    group = _group_size(line, num_devices)
-    if match.group(3) == "-done":
-      start = re.search(r"\(\s*%?([\w.\-]+)", line[match.end() - 1:])
-      start_line = next((l for l in lines if start and re.match(rf"^\s*(?:ROOT\s+)?%?{re.escape(start.group(1))}\s*=",
-                                                                  l)), "")
-      group = _group_size(start_line, num_devices) if start_line else group
-    entry = out.setdefault(kind, {"kind": kind, "count": 0, "bytes": 0, "traffic_bytes": 0.0})
-    entry["count"] += 1
-    entry["bytes"] += size
-    entry["traffic_bytes"] += collective_traffic(kind, size, group)
-  return sorted(out.values(), key=lambda e: -e["bytes"])
-
-
-def count_while_loops(hlo_text: str) -> int:
-  return len(re.findall(r"\bwhile\(", hlo_text))
-
-
 def _cost(compiled) -> dict:
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):     # older jax: one dict per program
@@ -384,7 +331,11 @@ def analyze(compiled, chip: Chip, num_devices: int, repeat: float = 1.0, per_chi
   hbm = float(cost.get("bytes accessed", 0.0)) * repeat * per_chip
   ici = sum(c["traffic_bytes"] for c in collectives) * repeat * per_chip
   memory = {k: v * per_chip for k, v in memory_figures(compiled).items()}
-  return {"memory": memory, "hbm_capacity_bytes": chip.hbm_bytes,
+  breakdown = term_breakdown(hlo, repeat, getattr(compiled, "unoptimized_hlo", None), num_devices)
+  for figures in breakdown.values():
+    figures["bytes"] *= per_chip
+    figures["flops"] *= per_chip
+  return {"memory": memory, "breakdown": breakdown, "hbm_capacity_bytes": chip.hbm_bytes,
           "hbm_fraction": memory["peak_bytes"] / chip.hbm_bytes, "fits": memory["peak_bytes"] <= chip.hbm_bytes,
           "flops": flops, "bytes_accessed": hbm, "ici_traffic_bytes": ici, "collectives": collectives,
           "while_loops": count_while_loops(hlo), "loop_repeat": repeat, "cost_source": source,
@@ -406,12 +357,25 @@ GPU_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
 
 
 def _timed_compile(name: str, lower: Callable[[], Any], options: dict | None = None) -> tuple[Any, float]:
+  """(compiled program, seconds). The compiled object carries its lowering's unoptimized HLO text
+  (`unoptimized_hlo`, for the FLOPs of `term_breakdown`)."""
   t0 = time.perf_counter()
   log.info("plan: compiling %s ...", name)
-  compiled = lower().compile(compiler_options=options) if options else lower().compile()
+  lowered = lower()
+  compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
   seconds = time.perf_counter() - t0
   log.info("plan: %s compiled in %.1fs", name, seconds)
-  return compiled, seconds
+  return _WithLowering(compiled, lowered.as_text(dialect="hlo", debug_info=True)), seconds
+
+
+class _WithLowering:
+  """A compiled program and the unoptimized HLO text of its lowering."""
+
+  def __init__(self, compiled, unoptimized_hlo: str):
+    self._compiled, self.unoptimized_hlo = compiled, unoptimized_hlo
+
+  def __getattr__(self, name):
+    return getattr(self._compiled, name)
 
 
 # ------------------------------------------------------------------------------------------ programs
@@ -1085,6 +1049,7 @@ def plan(config: ml_collections.ConfigDict, workdir: Path | None = None, topolog
   unknown = [p for p in programs if p not in PROGRAMS]
   if unknown:
     raise ValueError(f"unknown program(s) {unknown}; expected a subset of {PROGRAMS}")
+  use_compilation_cache(plan_cfg.compilation_cache)
   devices, chip = topology_devices(topology)
   mesh, mesh_shape = plan_mesh(config, devices, chip)
   rules = parallel.rules_tuple(config.parallel.logical_axis_rules)
