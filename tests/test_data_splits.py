@@ -29,7 +29,7 @@ def _random_dataset(seed, num_users=40, num_items=30, max_len=14, time_range=6, 
 
 def _reference(data, history_len, min_events, reference_history=False):
   """Per-event loops straight from the written rules (with `reference_history`, the authors' rules of
-  METHOD.md section 7: (a) own purchase dropped only when last, (c) no cross-task drop)."""
+  docs/differences.md, History leakage: (a) own purchase dropped only when last, (c) no cross-task drop)."""
   out = {}
   n_rec, n_src = len(data.rec_user), len(data.search_user)
   for task in ("rec", "search"):
