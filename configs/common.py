@@ -27,7 +27,8 @@ def data_config() -> ml_collections.ConfigDict:
       min_events=3,              # per task, users need >= this many kept events
       split="leave_one_out",     # leave_one_out | chronological (8:1:1)
       # True: the authors' history building with its leaks, to measure them (docs/differences.md, History
-      # leakage (a)-(c)); False closes them (a search session never sees its own purchase; no cross-task train/test overlap).
+      # leakage (a)-(c)); False closes them (a search session never sees its own purchase; no cross-task
+      # train/test overlap).
       reference_history=False,
       num_negatives=99,
       # Evaluation negatives, the reference's by default (docs/differences.md); rec_negatives=uniform,
