@@ -93,7 +93,7 @@ def ratio_rows(records: list[dict]) -> list[str]:
   return rows
 
 
-# Speed targets (issue 13): (benchmark, ratio, target, our side in that ratio).
+# Speed targets: (benchmark, ratio, target, our side in that ratio).
 TARGETS = (("train_throughput", "total_speedup", 3.0, "bucketed_hash"),
            ("train_step", "ours_hash_speedup_vs_hf_torch", 1.5, "ours_hash"),
            ("rqvae_office", "ours_speedup_vs_torch_reference", 3.0, "ours"),

@@ -104,7 +104,7 @@ def test_histories_and_splits_match_reference(seed, reference_history, ratings):
 
 
 def test_reference_history_reproduces_the_authors_leaks():
-  """Issue 11 item 8: with data.reference_history, a search session whose purchase is not the last of its
+  """With data.reference_history, a search session whose purchase is not the last of its
   same-time purchases keeps it in its input (a), and rec training rows can be search evaluation targets (c)."""
   data = _random_dataset(4, num_users=60)
   ours_rec, ours_search = build_task_samples(data, history_len=5, min_events=3)

@@ -293,7 +293,7 @@ def test_validation_fn_reports_sampled_validation_metrics_and_their_means(model)
 
 
 def test_validation_rows_are_the_most_recent_where_the_source_has_timestamps(model):
-  """Issue 11 item 11: the validation subset is the N most recent rows (tiny: synthetic, timestamped),
+  """The validation subset is the N most recent rows (tiny: synthetic, timestamped),
   not the last N rows (the highest user ids)."""
   task_data = model[0]
   assert task_data.prepared.has_timestamps and stage.subset_rule(task_data) == "most_recent"
