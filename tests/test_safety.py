@@ -1,4 +1,4 @@
-"""Safety (README "Safety"): typed and range-checked configs, re-runs that never lose the previous output,
+"""Safety (docs/safety.md): typed and range-checked configs, re-runs that never lose the previous output,
 provenance checks between stages, and one-line errors for damaged or duplicated input."""
 import gzip
 import json
