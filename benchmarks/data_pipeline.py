@@ -2,7 +2,7 @@
 
   python -m benchmarks.data_pipeline [--items 100000 --users 100000 --repeats 5]
 
-Targets (issue: dataset pipeline): 100k items / 1M events generated in under a minute; the default
+Targets: 100k items / 1M events generated in under a minute; the default
 synthetic config prepared in under 30 s, tiny in under 5 s. Baseline in the same run: reading the
 prepared samples back (the floor any pipeline pays) next to building batches from them.
 Every part runs as a pinned worker of `benchmarks/harness.py` (1 thread and all cores, interleaved

@@ -1,4 +1,4 @@
-"""bfloat16 vs float32 constrained decoding on a trained GenSAR model (issue 13, item 5).
+"""bfloat16 vs float32 constrained decoding on a trained GenSAR model.
 
   python -m benchmarks.decode_bf16 --workdir runs/office --config office [--limit 1000 --repeats 2]
 

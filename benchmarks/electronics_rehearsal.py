@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "results" / "benchmarks" / "electronics_rehearsal.json"
 PARTS = ("prepare", "text", "sasrec", "rqvae", "pipeline")
-# METHOD.md section 5: Electronics 5-core counts.
+# Electronics 5-core counts (docs/method.md, Data).
 ELECTRONICS = {"items": 62_882, "users": 192_403, "purchases": 1_300_000}
 REHEARSAL_MEAN_SEQUENCE_LENGTH = 8.0     # WorldSpec's parameter that yields ~1.30M purchases (see rehearsal_config)
 

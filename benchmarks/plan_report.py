@@ -1,9 +1,9 @@
-"""README tables from measured files: the pod presets' plans (results/plan/*.json, written by
+"""The tables of docs/pods.md from measured files: the pod presets' plans (results/plan/*.json, written by
 `gensar plan`), what they predict for each step of "Run on a pod", and the Electronics rehearsal
 (results/benchmarks/electronics_rehearsal.json).
 
-  python -m benchmarks.plan_report            # print the tables
-  python -m benchmarks.plan_report --readme   # and replace them in README.md between their markers
+  python -m benchmarks.plan_report           # print the tables
+  python -m benchmarks.plan_report --write   # and replace them in docs/pods.md between their markers
 
 No number is typed by hand: every cell comes from those JSON files.
 """
@@ -13,16 +13,17 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.report import replace_between_markers
+from benchmarks.report import write_between_markers
 from gensar_jax.plan import format_duration, slice_hosts
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = ROOT / "results" / "plan"
 REHEARSAL = ROOT / "results" / "benchmarks" / "electronics_rehearsal.json"
+PAGE = ROOT / "docs" / "pods.md"
 MARKERS = {"plan": ("<!-- plan-table:start -->", "<!-- plan-table:end -->"),
            "pod-run": ("<!-- pod-run:start -->", "<!-- pod-run:end -->"),
            "rehearsal": ("<!-- rehearsal-table:start -->", "<!-- rehearsal-table:end -->")}
-# The presets README "Run on a pod" walks through, in its order.
+# The presets docs/pods.md "Run on a pod" walks through, in its order.
 POD_RUN_PRESETS = ("tpu_v5e_8", "tpu_v5e_64", "gpu_8x")
 GIB = 2 ** 30
 
@@ -218,7 +219,7 @@ POD_RUN_ROWS = ("the slice or node while it is up (`setup`, `fetch`, waiting), a
 
 
 def pod_run_table(plans: list[dict]) -> str:
-  """What the plans predict for the steps of README "Run on a pod", one column per walked-through preset."""
+  """What the plans predict for the steps of docs/pods.md "Run on a pod", one column per walked-through preset."""
   chosen = [next(p for p in plans if p["config"] == name) for name in POD_RUN_PRESETS
             if any(p["config"] == name for p in plans)]
   columns = [pod_run_column(p) for p in chosen]
@@ -282,24 +283,26 @@ def rehearsal_table(report: dict) -> str:
   return "\n".join(lines)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
-  args = parser.parse_args()
+def recorded_tables() -> dict[str, str]:
+  """{name in MARKERS: table} rendered from the recorded plans and rehearsal (no rehearsal table without its file)."""
   paths = sorted(PLANS.glob("*.json"))
   plans = [json.loads(p.read_text()) for p in paths]
   comparisons = [(p, json.loads(p.read_text())) for p in [*paths, *sorted((PLANS / "dropout_rng").glob("*.json"))]]
   tables = {"plan": plan_table(plans, comparisons), "pod-run": pod_run_table(plans)}
   if REHEARSAL.exists():
     tables["rehearsal"] = rehearsal_table(json.loads(REHEARSAL.read_text()))
+  return tables
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--write", action="store_true", help=f"write the tables into {PAGE.relative_to(ROOT)}")
+  args = parser.parse_args()
+  tables = recorded_tables()
   for body in tables.values():
     print(body, end="\n\n")
-  if args.readme:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    for name, body in tables.items():
-      text = replace_between_markers(text, body + "\n", MARKERS[name])
-    readme.write_text(text)
+  if args.write:
+    write_between_markers(PAGE, {MARKERS[name]: body + "\n" for name, body in tables.items()})
 
 
 if __name__ == "__main__":

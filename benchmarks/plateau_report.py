@@ -1,22 +1,23 @@
 """The Office learning curve: GenSAR trained until validation stops improving (`configs/office_plateau.py`).
 
   gensar run --config configs/office_plateau.py --workdir runs/office_plateau   # resumable; hours on a CPU
-  python -m benchmarks.plateau_report --workdir runs/office_plateau [--readme]
+  python -m benchmarks.plateau_report --workdir runs/office_plateau [--write]
 
 Reads the run's `eval_history.json` (finished: `<workdir>/train/`; in progress: the partial directory of
 this config's train fingerprint, so a run of other inputs is refused), its test metrics once the eval stage
 has finished, and SASRec / dense retrieval / the 400-step GenSAR from `results/office/results.json` (same
 data section, checked). Writes `results/office/plateau.json` and `results/office/learning_curve.png`; with
-`--readme`, the README section between `<!-- plateau:office:start -->` and `<!-- plateau:office:end -->`.
+`--write`, the section of docs/reproduction.md between `<!-- plateau:office:start -->` and `<!-- plateau:office:end -->`.
 An earlier run of the same model and data with another horizon (`--earlier`, by default
 `results/office/plateau_horizon20_partial.json`) is drawn beside the curve and compared at equal steps.
 """
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from benchmarks.report import replace_between_markers
+from benchmarks.report import write_between_markers
 from gensar_jax import stages
 from gensar_jax.config import load_config
 from gensar_jax.data.task_data import load_task_data
@@ -25,6 +26,7 @@ from gensar_jax.train.loop import EVAL_HISTORY, best_evaluation, evaluations_sin
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "office"
+PAGE = ROOT / "docs" / "reproduction.md"
 MARKERS = ("<!-- plateau:office:start -->", "<!-- plateau:office:end -->")
 CURVES = (("rec", "val/rec_NDCG@10"), ("search", "val/search_NDCG@10"), ("mean", "val/ndcg10_mean"))
 EARLIER = RESULTS / "plateau_horizon20_partial.json"
@@ -62,7 +64,7 @@ def earlier_run(path: Path | None) -> dict | None:
 
 
 def summarize(config, workdir: Path, baseline_report: dict, earlier: dict | None = None) -> dict:
-  """Everything the curve, the table and the README need, as plain JSON."""
+  """Everything the curve, the table and the docs section need, as plain JSON."""
   run_dir, finished = train_dir(config, workdir)
   history = read_json(run_dir / EVAL_HISTORY)
   if not history:
@@ -192,7 +194,7 @@ def versus_baselines(summary: dict) -> str:
 
 
 def render(summary: dict) -> str:
-  """The README section: what ran, where the curve stands, and the test table once there is one."""
+  """The section of docs/reproduction.md: what ran, where the curve stands, and the test table once there is one."""
   best = summary["best"]
   lines = [
       f"`configs/office_plateau.py` (train fingerprint `{summary['train_fingerprint']}`): {summary['status']} at "
@@ -204,7 +206,7 @@ def render(summary: dict) -> str:
       f"{summary['evaluations_since_best']} evaluation(s) since, patience {summary['patience']}.{trend(summary)}"
       f"{earlier_comparison(summary)}",
       "",
-      "![learning curve](results/office/learning_curve.png)",
+      f"![learning curve]({os.path.relpath(RESULTS / 'learning_curve.png', PAGE.parent)})",
       "",
       "| Method (test, sampled protocol) | Rec HR@10 | Rec NDCG@10 | Search HR@10 | Search NDCG@10 | "
       "Rec NDCG@10 (full) | Search NDCG@10 (full) |",
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--workdir", required=True, type=Path)
   parser.add_argument("--config", default="office_plateau")
   parser.add_argument("--results", default=RESULTS, type=Path, help="results/<config> with the baselines' results.json")
-  parser.add_argument("--readme", action="store_true", help="write the section into README.md")
+  parser.add_argument("--write", action="store_true", help=f"write the section into {PAGE.relative_to(ROOT)}")
   parser.add_argument("--earlier", default=EARLIER, type=Path, help="an earlier run's plateau.json to draw beside")
   args = parser.parse_args(argv)
   config = load_config(args.config)
@@ -242,9 +244,8 @@ def main(argv: list[str] | None = None) -> None:
   write_json(args.results / "plateau.json", summary)
   plot_curve(summary, args.results / "learning_curve.png")
   body = render(summary)
-  if args.readme:
-    readme = ROOT / "README.md"
-    readme.write_text(replace_between_markers(readme.read_text(), body, MARKERS))
+  if args.write:
+    write_between_markers(PAGE, {MARKERS: body})
   print(body)
 
 

@@ -1,7 +1,7 @@
-"""The README's Results tables, rendered from `results/<config>/results.json` (written by `gensar reproduce`).
+"""The Results tables of docs/reproduction.md, rendered from `results/<config>/results.json` (written by `gensar reproduce`).
 
-  python -m benchmarks.results_report            # print the tables
-  python -m benchmarks.results_report --readme   # replace them in README.md between their markers
+  python -m benchmarks.results_report           # print the tables
+  python -m benchmarks.results_report --write   # replace them in docs/reproduction.md between their markers
 
 Each config's table sits between `<!-- results:<config>:start -->` and `<!-- results:<config>:end -->`:
 a caption (catalogue, test queries, seed, commit-independent config fingerprint, date, wall time) and one
@@ -14,10 +14,11 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.report import replace_between_markers
+from benchmarks.report import write_between_markers
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
+PAGE = ROOT / "docs" / "reproduction.md"
 COLUMNS = (("Rec HR@10", "rec", "sampled", "HR@10"), ("Rec NDCG@10", "rec", "sampled", "NDCG@10"),
            ("Search HR@10", "search", "sampled", "HR@10"), ("Search NDCG@10", "search", "sampled", "NDCG@10"),
            ("Rec NDCG@10 (full)", "rec", "full", "NDCG@10"), ("Search NDCG@10 (full)", "search", "full", "NDCG@10"))
@@ -96,17 +97,14 @@ def render(name: str) -> str:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
+  parser.add_argument("--write", action="store_true", help=f"write the tables into {PAGE.relative_to(ROOT)}")
   args = parser.parse_args()
   names = sorted(p.parent.name for p in RESULTS.glob("*/results.json"))
   rendered = {name: render(name) for name in names}
-  if args.readme:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    for name, body in rendered.items():
-      if markers(name)[0] in text:
-        text = replace_between_markers(text, body + "\n", markers(name))
-    readme.write_text(text)
+  if args.write:
+    shown = PAGE.read_text()
+    write_between_markers(PAGE, {markers(name): body + "\n" for name, body in rendered.items()
+                                 if markers(name)[0] in shown})
   for name, body in rendered.items():
     print(f"## {name}\n\n{body}\n")
 

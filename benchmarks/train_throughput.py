@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Training throughput of the CPU budget model on Office-shaped data: batches padded to the maximum
-with flax's threefry dropout masks (the step before issue 13), length-bucketed batches
+with flax's threefry dropout masks (no buckets, the default masks), length-bucketed batches
 (`tasks.length_buckets`, the budget configs' default), and bucketed batches with hash dropout masks
 (`train.dropout_rng=hash`, configs/office_plateau.py); same model, same batches. A fourth side without
 dropout is the floor that tells what the masks cost; a fifth adds target buckets (8 and max_target_len:

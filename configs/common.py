@@ -26,13 +26,14 @@ def data_config() -> ml_collections.ConfigDict:
       history_len=5,             # last N rec items and last N search sessions
       min_events=3,              # per task, users need >= this many kept events
       split="leave_one_out",     # leave_one_out | chronological (8:1:1)
-      # True: the authors' history building with its leaks (METHOD.md section 7 (a)-(c)), to measure them;
-      # False closes them (a search session never sees its own purchase; no cross-task train/test overlap).
+      # True: the authors' history building with its leaks, to measure them (docs/differences.md, History
+      # leakage (a)-(c)); False closes them (a search session never sees its own purchase; no cross-task
+      # train/test overlap).
       reference_history=False,
       num_negatives=99,
-      # Evaluation negatives, the reference's by default (METHOD.md section 7); the earlier defaults of this
-      # project were rec_negatives=uniform, rec_negative_exclusion=all, search_negative_topup=uniform,
-      # bm25_k1=1.5, bm25_b=0.75, bm25_analyzer=plain.
+      # Evaluation negatives, the reference's by default (docs/differences.md); rec_negatives=uniform,
+      # rec_negative_exclusion=all, search_negative_topup=uniform, bm25_k1=1.5, bm25_b=0.75,
+      # bm25_analyzer=plain give the protocol of results/synthetic (docs/reproduction.md).
       rec_negatives="popularity",        # popularity (share of interaction rows) | uniform
       rec_negative_exclusion="history",  # history: the user's items up to the event | all: every item they bought
       search_negative_topup="popularity",  # fills BM25 lists shorter than num_negatives: popularity | uniform
@@ -50,7 +51,7 @@ def data_config() -> ml_collections.ConfigDict:
 def tasks_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       # Rows per task per epoch: -1 = every row once. Reference: all rec rows, 100k search, 2,000 each of
-      # desc2id / id2desc (METHOD.md section 7), ~1k of the others.
+      # desc2id / id2desc (docs/differences.md), ~1k of the others.
       sizes=ml_collections.ConfigDict(dict(nrip=-1, nsip=100_000, nsqp=1000, desc2id=2000, id2desc=2000,
                                            adhoc=1000)),
       # Tasks whose per-epoch rows are drawn with replacement (the reference: NSIP's 100k rows and a random
@@ -81,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = data_config()
   config.tasks = tasks_config()
   config.embed = embed_config()               # text encoder + SASRec (collaborative embeddings)
-  config.identifiers = identifiers_config()   # RQ-VAE and identifier structure (METHOD.md section 2)
+  config.identifiers = identifiers_config()   # RQ-VAE and identifier structure (docs/method.md, Identifiers)
   config.baselines = baselines_config()       # popularity, BM25, dense retrieval, SASRec
   config.model = model_config()               # T5 shape (paper: t5-small) or a HF checkpoint to start from
   config.train = train_config()               # reference: AdamW 1e-3, cosine, 1% warm-up, wd 1e-7

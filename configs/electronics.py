@@ -35,7 +35,7 @@ def get_config():
   t.max_input_len, t.max_target_len = 512, 64
   t.max_text_tokens = 256       # the reference's item-text cap (its inputs reach 2048 tokens; ours stop at 512)
   # Batches built in 8 grain worker processes per host: the tpu_v6e_8 plan's host must feed ~9,700 examples/s,
-  # one core builds ~2,400 (benchmarks/electronics_rehearsal.py, README "Before you rent a pod").
+  # one core builds ~2,400 (benchmarks/electronics_rehearsal.py, docs/pods.md, Before you rent a pod).
   t.pipeline_workers = 8
   # The reference's backbone: pretrained t5-small with its own SentencePiece vocabulary, our tokens appended;
   # "" trains from scratch.

@@ -17,7 +17,7 @@ from electronics import pod_config  # noqa: E402
 # Dropout masks from the counter hash: on v6e the plan's train step of 1+1 layers (this preset's rows and
 # lengths) is 168.99 ms with it against 184.02 ms with threefry (23.7 against 26.0 TFLOP and 271 against 295
 # GB per chip and step; results/plan/tpu_v6e_8.json, plan.dropout_compare_layers=1: a full-depth threefry
-# step took 2.6 hours to compile here). Full depth, the hash step is 742 ms; the earlier threefry plan of
+# step takes hours to compile on a CPU). Full depth, the hash step is 742 ms; a full-depth threefry plan of
 # this preset (same jax and libtpu) estimated 843 ms. 1024 rows per micro-batch stay under the hash's 2**32.
 def get_config():
   config = pod_config("tpu_v6e_8", "v6e:2x4", 8, grad_accum_steps=8,   # 128 rows per chip per micro-batch

@@ -152,8 +152,8 @@ def file_records(paths: list[epath.Path], known: dict | None = None) -> dict[str
 
 # Fields that change how fast a stage runs, never what it writes: left out of the records and fingerprints.
 SPEED_ONLY_KEYS = ("tasks.pipeline_workers",)
-# Fields added after results were recorded, at the value that reproduces them: left out of records and
-# fingerprints while they hold it, so the earlier runs stay fresh (any other value is recorded).
+# Fields absent from the recorded results' fingerprints, at the value that reproduces those results: left out
+# of records and fingerprints while they hold it, so recorded runs stay fresh (any other value is recorded).
 LATE_FIELD_DEFAULTS = {"train.dropout_rng": "threefry", "train.early_stopping_patience": 0, "model.attention": "dense",
                        "doc2query.train.dropout_rng": "threefry", "doc2query.train.early_stopping_patience": 0,
                        "train.loss_chunks": 1, "doc2query.train.loss_chunks": 1}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GenSAR on a Cloud TPU VM slice (v5e-8, v5litepod-64, v4-32, ...): one gensar process per host, every host
 # reading and writing one shared store (a gs:// workdir). Run from a checkout on your machine, with gcloud
-# logged in; README "Run on a pod" walks through it from an empty project to the Electronics tables.
+# logged in; docs/pods.md "Run on a pod" walks through it from an empty project to the Electronics tables.
 #
 #   launch/tpu_pod.sh setup  TPU ZONE      # this checkout (with uncommitted edits to tracked files) to every worker
 #                                          # in ~/gensar_jax, a .venv there (Python >= 3.11 through uv: the TPU VM

@@ -1,4 +1,4 @@
-"""Independent float64 numpy references for the identifier tests (written from METHOD.md section 2,
+"""Independent float64 numpy references for the identifier tests (written from docs/method.md, Identifiers,
 not from gensar_jax code): Sinkhorn in the exp domain as the reference code runs it, Lloyd, RQ-VAE."""
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ def test_english_analyzer_is_lucene_stopwords_and_porter():
 @pytest.mark.parametrize("query", ["wireless mouse", "blue pens", "usb cable", "printer", "office desk chair",
                                    "printers and pen"])
 def test_bm25_matches_direct_computation(query):
-  """Issue 11 item 6: default index = Lucene BM25 with k1 0.9, b 0.4 and the English analyzer."""
+  """The default index is Lucene BM25 with k1 0.9, b 0.4 and the English analyzer."""
   index = BM25Index(CORPUS)
   docs, scores = index.top_items([query], k=len(CORPUS))
   ref = _reference_bm25(CORPUS, query)
@@ -104,8 +104,8 @@ def test_rec_negatives_fail_clearly_when_impossible():
 
 
 def test_reference_exclusion_is_the_history_up_to_the_event_and_draws_follow_popularity():
-  """Issue 11 item 5: the reference excludes the user's items up to and including the event only (a later
-  purchase may be a negative) and draws in proportion to popularity."""
+  """As the reference, rec negatives exclude the user's items up to and including the event only (a later
+  purchase may be a negative) and are drawn in proportion to popularity."""
   num_items, k = 40, 12
   rec_user = np.asarray([0, 0, 0, 0, 1, 1, 1], np.int32)
   rec_item = np.asarray([3, 5, 7, 9, 5, 11, 13], np.int32)

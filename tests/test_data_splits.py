@@ -29,7 +29,7 @@ def _random_dataset(seed, num_users=40, num_items=30, max_len=14, time_range=6, 
 
 def _reference(data, history_len, min_events, reference_history=False):
   """Per-event loops straight from the written rules (with `reference_history`, the authors' rules of
-  METHOD.md section 7: (a) own purchase dropped only when last, (c) no cross-task drop)."""
+  docs/differences.md, History leakage: (a) own purchase dropped only when last, (c) no cross-task drop)."""
   out = {}
   n_rec, n_src = len(data.rec_user), len(data.search_user)
   for task in ("rec", "search"):
@@ -104,7 +104,7 @@ def test_histories_and_splits_match_reference(seed, reference_history, ratings):
 
 
 def test_reference_history_reproduces_the_authors_leaks():
-  """Issue 11 item 8: with data.reference_history, a search session whose purchase is not the last of its
+  """With data.reference_history, a search session whose purchase is not the last of its
   same-time purchases keeps it in its input (a), and rec training rows can be search evaluation targets (c)."""
   data = _random_dataset(4, num_users=60)
   ours_rec, ours_search = build_task_samples(data, history_len=5, min_events=3)

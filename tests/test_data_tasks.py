@@ -238,7 +238,7 @@ def test_too_small_vocabulary_is_a_clear_error():
 
 
 def test_desc2id_and_id2desc_pair_each_item_with_both_identifier_views(setup):
-  """Issue 11 bug 1: the view must vary per example (not `row % 2`, which pairs an item with one view)."""
+  """The view varies per example (not `row % 2`, which pairs an item with one view)."""
   _, builder, *_ = setup
   src = _source(setup, epochs=6)
   views: dict[tuple[str, int], list] = {}

@@ -111,7 +111,7 @@ def test_exhaustive_beam_equals_teacher_forcing_on_candidate_lists(params):
 
 
 def test_without_behaviour_token_the_trie_starts_at_the_first_code(params):
-  """Issue 11 bug 2: a model trained without behaviour tokens decodes codes from position 0 (no forced
+  """A model trained without behaviour tokens decodes codes from position 0 (no forced
   `<rec_item>`/`<src_item>`), scored as teacher forcing scores the bare identifier."""
   rng = np.random.default_rng(11)
   codes = rng.integers(0, CODEBOOK, size=(20, 4))

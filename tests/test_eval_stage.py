@@ -293,7 +293,7 @@ def test_validation_fn_reports_sampled_validation_metrics_and_their_means(model)
 
 
 def test_validation_rows_are_the_most_recent_where_the_source_has_timestamps(model):
-  """Issue 11 item 11: the validation subset is the N most recent rows (tiny: synthetic, timestamped),
+  """The validation subset is the N most recent rows (tiny: synthetic, timestamped),
   not the last N rows (the highest user ids)."""
   task_data = model[0]
   assert task_data.prepared.has_timestamps and stage.subset_rule(task_data) == "most_recent"
@@ -372,3 +372,20 @@ def test_the_validation_tie_rule_is_part_of_the_training_fingerprint(tmp_path):
   assert stages.stage_fingerprint(stages.STAGES["train"], config, tmp_path) != before
   config.eval.ties.sampled, config.eval.ties.full = "identifier", "identifier"
   assert stages.stage_fingerprint(stages.STAGES["train"], config, tmp_path) == before   # eval-only setting
+
+
+def test_progress_label_names_the_protocol_once(monkeypatch):
+  """The label handed to the ranking is "<split> <task>": `protocols.search_ranks` appends " (<protocol>)" itself."""
+  names = []
+
+  def fake_search_ranks(*args, name, **kwargs):
+    names.append(name)
+    return {rule: np.zeros(2, np.int64) for rule in ("item", "identifier")}
+
+  monkeypatch.setattr(stage.protocols, "search_ranks", fake_search_ranks)
+  monkeypatch.setattr(stage, "catalogue_tables", lambda queries, mesh=None: None)
+  queries = stage.EvalQueries(task="search", encoder_tokens=np.zeros((2, 4), np.int32), targets=np.zeros(2, np.int32),
+                              candidates=np.zeros((2, 3), np.int32), codes=np.zeros((3, 2), np.int32),
+                              behaviour_token=5, token_offsets=np.array([6, 10], np.int32), codebook_size=4)
+  stage.evaluate_queries(None, T5Config(vocab_size=32), {"search": queries}, ("sampled", "full"), desc="test")
+  assert names == ["test search", "test search"]

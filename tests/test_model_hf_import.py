@@ -151,7 +151,7 @@ def _write_pretrained_dir(directory, texts, extra_ids=4, spare_rows=3):
 
 
 def test_pretrained_dir_uses_the_checkpoints_tokenizer_and_keeps_its_embedding_rows(tmp_path, tiny_prepared):
-  """Issue 11 bug 3: with model.pretrained_dir, text is tokenized with the checkpoint's spiece.model, our
+  """With model.pretrained_dir, text is tokenized with the checkpoint's spiece.model, our
   tokens come after its pieces and sentinels, and a piece's embedding row is the checkpoint's row."""
   from gensar_jax.config import load_config
   from gensar_jax.data.task_data import load_task_data

@@ -199,7 +199,7 @@ def test_hash_keep_mask_statistics():
 
 @pytest.mark.parametrize("rng_impl", ["threefry", "hash"])
 def test_dropout_module(rng_impl):
-  """"threefry" is flax's nn.Dropout exactly (earlier runs keep their masks); "hash" scales kept
+  """"threefry" is flax's nn.Dropout exactly (recorded runs keep their masks); "hash" scales kept
   elements by 1 / (1 - rate) and zeroes the others."""
   x = jnp.arange(1, 2001, dtype=jnp.float32).reshape(40, 50)
   key = jax.random.key(7)

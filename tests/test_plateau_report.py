@@ -1,5 +1,5 @@
-"""benchmarks/plateau_report.py: finds only this config's run, renders the recorded history, and the README
-section is what it renders from results/office/plateau.json."""
+"""benchmarks/plateau_report.py: finds only this config's run, renders the recorded history, and the section of
+docs/reproduction.md is what it renders from results/office/plateau.json."""
 from __future__ import annotations
 
 import json
@@ -82,10 +82,10 @@ def test_only_this_configs_run_is_read(tmp_path, dependency_records):
   assert plateau_report.train_dir(config, tmp_path) == (partial, True)
 
 
-def test_readme_plateau_section_is_the_recorded_summary():
+def test_docs_plateau_section_is_the_recorded_summary():
   path = plateau_report.RESULTS / "plateau.json"
   assert path.exists(), "results/office/plateau.json is part of the repository"
-  readme = (plateau_report.ROOT / "README.md").read_text()
+  page = plateau_report.PAGE.read_text()
   start, end = plateau_report.MARKERS
-  shown = readme.split(start, 1)[1].split(end, 1)[0].strip()
+  shown = page.split(start, 1)[1].split(end, 1)[0].strip()
   assert shown == plateau_report.render(json.loads(path.read_text())).strip()

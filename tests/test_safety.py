@@ -1,4 +1,4 @@
-"""Safety (README "Safety"): typed and range-checked configs, re-runs that never lose the previous output,
+"""Safety (docs/safety.md): typed and range-checked configs, re-runs that never lose the previous output,
 provenance checks between stages, and one-line errors for damaged or duplicated input."""
 import gzip
 import json
@@ -274,8 +274,9 @@ def test_speed_only_settings_leave_the_fingerprint_alone(tmp_path, dependency_re
 
 
 def test_late_fields_at_their_default_leave_the_fingerprint_alone(tmp_path, dependency_records):
-  """train.dropout_rng / early_stopping_patience came after results were recorded: at the values that
-  reproduce those results they are left out, so earlier runs stay current; any other value is recorded."""
+  """train.dropout_rng / early_stopping_patience are absent from the recorded results' fingerprints: at the
+  values that reproduce those results they are left out, so recorded runs stay current; any other value is
+  recorded."""
   train = stages.STAGES["train"]
   dependency_records("train")
   record = lambda overrides: stages.stage_record(train, load_config("tiny", overrides), tmp_path)  # noqa: E731

@@ -1,4 +1,4 @@
-"""From purchases to recommendation events and search sessions (METHOD.md section 5).
+"""From purchases to recommendation events and search sessions (docs/method.md, Data).
 
 Every purchase is a recommendation event. A purchase whose item has a query (generated from its
 category path the Ai et al. way, or a real Ai et al. query for that user and item) also forms a

@@ -39,7 +39,7 @@ class RawData:
   duplicates: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-# Records that appear twice. The rule (README "Data sources"): an exact duplicate (an identical review
+# Records that appear twice. The rule (docs/safety.md, Input rules): an exact duplicate (an identical review
 # line, an identical metadata record, an identical user list) is dropped and counted in prepare's
 # stats.json; two different records under the same key (an item id with two different metadata records,
 # a user key with two different purchase lists) are refused, naming both places, because no rule can

@@ -1,4 +1,4 @@
-"""Negatives for the sampled evaluation protocol (METHOD.md sections 4 and 7).
+"""Negatives for the sampled evaluation protocol (docs/method.md, Evaluation protocol).
 
 Recommendation (reference defaults): items drawn in proportion to popularity (their share of the
 interaction rows), excluding the user's history up to and including the evaluated event (later

@@ -7,9 +7,9 @@ Example i depends only on (seed, i): deterministic for a seed, shardable per hos
 Batches are random-access sources of whole host batches (`PaddedBatches`, or length-grouped within
 windows and padded to one of a few bucket widths with `BucketedBatches`, so a step pays for little padding
 with a bounded number of compiled shapes). A batch reads its stored samples in one batched ArrayRecord read
-per task: a single-record read costs time that grows with the file (~0.15 ms at Office's 39k rows, ~1.5 ms
-at Electronics' 243k rows per shard), a batched one ~5 us per record. `workers` > 0 builds batches in grain
-worker processes (a pod host feeds its chips from several cores).
+per task: a single-record read costs time that grows with the file (about tenfold from Office's 39k rows to
+Electronics' 243k rows per shard; docs/pods.md, rehearsal), a batched one a small constant per record.
+`workers` > 0 builds batches in grain worker processes (a pod host feeds its chips from several cores).
 """
 from __future__ import annotations
 

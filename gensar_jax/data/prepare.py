@@ -98,7 +98,7 @@ def build_negatives(data: SARDataset, samples: dict[str, splits.TaskSamples], cf
                     ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
   """Negatives for validation and test rows, keyed `{task}_{split}`, rows in split order.
 
-  Reference defaults (METHOD.md section 7): rec negatives in proportion to popularity (counts over all
+  Reference defaults (docs/differences.md): rec negatives in proportion to popularity (counts over all
   interaction rows), excluding the user's history up to and including the event; search negatives
   from Lucene-style BM25, topped up by popularity. Options: `data.rec_negatives=uniform`,
   `data.rec_negative_exclusion=all` (everything the user ever bought), `data.search_negative_topup=uniform`,

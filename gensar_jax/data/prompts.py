@@ -1,5 +1,5 @@
 """Prompt templates: 10 paraphrases per task, written for this project. Template 0 is used at
-validation and test time; training draws one at random per sample (METHOD.md section 3).
+validation and test time; training draws one at random per sample (docs/method.md, Tasks).
 
 Placeholders: {history}, {query}, {text} (title + description), {item} (an identifier).
 """

@@ -1,10 +1,10 @@
-"""Histories and splits the way the reference builds them (METHOD.md sections 3 and 5).
+"""Histories and splits the way the reference builds them (docs/method.md, Tasks and Data).
 
 For each event: the last `history_len` recommendation items and the last `history_len` search sessions
 before it, merged by time. Ordering rule at equal times: recommendation events come first, and a search
 session does not count its own purchase as history.
 
-`reference_history=True` reproduces the leakage of the authors' history building (METHOD.md section 7)
+`reference_history=True` reproduces the leakage of the authors' history building (docs/differences.md)
 that we close by default: (a) a search session drops its own purchase from its recommendation history
 only when that purchase is the last recommendation event up to its time, so with several same-time
 purchases its target can stay in its input; (b) a recommendation event's history is the first c

@@ -1,4 +1,4 @@
-"""Task examples (METHOD.md section 3): token sequences for the six GenSAR training tasks.
+"""Task examples (docs/method.md, Tasks): token sequences for the six GenSAR training tasks.
 
 Inputs are built from pre-tokenized pieces (template text, queries, item text, identifier tokens), so
 building an example is concatenation of small int arrays. History serialization: rec events as

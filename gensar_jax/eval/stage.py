@@ -211,7 +211,7 @@ def evaluate_queries(params, model_cfg: T5Config, queries: Mapping[str, EvalQuer
       start = time.perf_counter()
       tables = catalogue_tables(task_queries, mesh) if protocol == "full" else None
       ranks = rank_queries_all_ties(params, model_cfg, task_queries, protocol, num_beams=num_beams,
-                                    batch_size=batch_size, mesh=mesh, tables=tables, desc=f"{desc} {task} ({protocol})")
+                                    batch_size=batch_size, mesh=mesh, tables=tables, desc=f"{desc} {task}")
       results[task][protocol] = ranking_metrics(ranks[ties[protocol]])
       for rule in TIE_RULES:
         if rule != ties[protocol] and not np.array_equal(ranks[rule], ranks[ties[protocol]]):

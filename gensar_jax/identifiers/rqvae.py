@@ -35,7 +35,7 @@ SINKHORN_LEVELS = ("last_specific", "all_specific", "all", "none")
 
 
 def identifiers_config() -> ml_collections.ConfigDict:
-  """Defaults equal to the reference code's settings (METHOD.md section 2)."""
+  """Defaults equal to the reference code's settings (docs/method.md, Identifiers)."""
   c = ml_collections.ConfigDict()
   # "dual" (GenSAR), or "semantic" / "collab" for single-view identifiers (TIGER-style baselines).
   c.mode = "dual"

@@ -145,7 +145,7 @@ def plan_config() -> ml_collections.ConfigDict:
   """Defaults of the `plan` config section (the pod presets set `topology`)."""
   c = ml_collections.ConfigDict()
   c.topology = ""                 # e.g. "v5e:8x8" (64 chips); `gensar plan --topology` overrides
-  # The paper's Electronics counts (METHOD.md section 5), used when <workdir>/prepare/stats.json is absent.
+  # The paper's Electronics counts (docs/method.md, Data), used when <workdir>/prepare/stats.json is absent.
   c.num_items = 62_882
   c.num_users = 192_403
   c.rec_train_rows = 930_387
