@@ -27,9 +27,16 @@ def _random_dataset(seed, num_users=40, num_items=30, max_len=14, time_range=6, 
   return sar_from_purchase_queries(raw, "rand", queries, seed=seed)
 
 
+def _time_rating_order(data, events):
+  """rec events sorted by (time, rating), ties in source order (no ratings: by time, then source order)."""
+  rating = data.rec_rating if data.rec_rating is not None else np.zeros(len(data.rec_user))
+  return sorted(events, key=lambda r: (data.rec_time[r], rating[r], r))
+
+
 def _reference(data, history_len, min_events, reference_history=False):
   """Per-event loops straight from the written rules (with `reference_history`, the authors' rules of
-  METHOD.md section 7: (a) own purchase dropped only when last, (c) no cross-task drop)."""
+  METHOD.md section 7: (a) the last purchase in (time, rating) order dropped only when its item is the
+  click, (b) rec histories from the (time, rating) order, (c) no cross-task drop)."""
   out = {}
   n_rec, n_src = len(data.rec_user), len(data.search_user)
   for task in ("rec", "search"):
@@ -39,10 +46,9 @@ def _reference(data, history_len, min_events, reference_history=False):
       if task == "rec":
         u, t = data.rec_user[e], data.rec_time[e]
         recs = [r for r in range(n_rec) if data.rec_user[r] == u and r < e]
-        if reference_history and data.rec_rating is not None:    # (b): counter from the (time, rating) order
+        if reference_history:    # (b): the first (source position) purchases in (time, rating) order
           own = [r for r in range(n_rec) if data.rec_user[r] == u]
-          counter = sorted(own, key=lambda r: (data.rec_time[r], data.rec_rating[r], r)).index(e)
-          recs = own[:counter]
+          recs = _time_rating_order(data, own)[:own.index(e)]
         srcs = [s for s in range(n_src) if data.search_user[s] == u and data.search_time[s] < t]
         item, query = data.rec_item[e], -1
       else:
@@ -50,8 +56,10 @@ def _reference(data, history_len, min_events, reference_history=False):
         recs = [r for r in range(n_rec) if data.rec_user[r] == u and data.rec_time[r] <= t]
         if not reference_history:
           recs = [r for r in recs if r != data.search_purchase[e]]
-        elif recs and recs[-1] == data.search_purchase[e]:
-          recs = recs[:-1]
+        else:                    # (a): the last in (time, rating) order goes when its item is the click
+          recs = _time_rating_order(data, recs)
+          if recs and data.rec_item[recs[-1]] == data.search_item[e]:
+            recs = recs[:-1]
         srcs = [s for s in range(n_src) if data.search_user[s] == u and s < e]
         item, query = data.search_item[e], data.search_query[e]
       if not recs or not srcs:
@@ -150,3 +158,142 @@ def test_chronological_split_is_8_1_1():
   counts = np.bincount(rec.split, minlength=3) / len(rec)
   np.testing.assert_allclose(counts, [0.8, 0.1, 0.1], atol=0.02)
   assert rec.time[rec.split == TRAIN].max() <= rec.time[rec.split == TEST].min()
+
+
+# ----------------------------------------------------------------------------- the authors' notebook, replayed
+
+def _notebook_replay(purchases, sessions, history_len=5, min_events=3):
+  """The authors' `data/process_raw.ipynb` (cells 24-55) and `finetune/modules/data.py` history building,
+  replayed with plain Python lists (stable sorts, as pandas' multi-column `sort_values`).
+
+  purchases: (user, item, ts, rating) in `rec_inter` order (sorted by user, ts; ties in source order);
+  sessions: (user, item, ts, query) in `src_inter` order. Returns {"rec"/"search": [(row index, split,
+  history)]}, history a list of (kind, item, query) oldest first; split 0/1/2 = train/validation/test.
+  """
+  # cell 24: rec rows (score = rating) and search rows (score 10000) sorted by (user, ts, score).
+  sar = [("rec", i, u, t, r) for i, (u, _, t, r) in enumerate(purchases)]
+  sar += [("src", i, u, t, 10000) for i, (u, _, t, _) in enumerate(sessions)]
+  sar.sort(key=lambda row: (row[2], row[3], row[4]))
+  # cell 25: per-user lists in that order and the counters each row sees before being appended.
+  rec_his, src_session_his, counters = {}, {}, []
+  for kind, i, u, t, _ in sar:
+    rec_his.setdefault(u, [])
+    src_session_his.setdefault(u, [])
+    cur_rec = len(rec_his[u])
+    if kind == "src" and sessions[i][1] == rec_his[u][-1][0]:
+      cur_rec -= 1
+    counters.append((kind, i, u, t, cur_rec, len(src_session_his[u])))
+    if kind == "rec":
+      rec_his[u].append((purchases[i][1], t))
+    else:
+      src_session_his[u].append(i)
+
+  def history(u, n_rec, n_src):         # data.py get_merge_rec_src_session_prompt
+    recs = [(t, ("rec", item, -1)) for item, t in rec_his[u][:n_rec][-history_len:]]
+    srcs = [(sessions[s][2], ("src", sessions[s][1], sessions[s][3])) for s in src_session_his[u][:n_src][-history_len:]]
+    return [h for _, h in sorted(recs + srcs, key=lambda x: x[0])]
+
+  def filter_and_split(rows):           # cells 32-36 / 51-55
+    rows = [r for r in rows if r[1] != 0 and r[2] != 0]
+    per_user = {}
+    for r in rows:
+      per_user.setdefault(r[3], []).append(r)
+    rows = [r for r in rows if len(per_user[r[3]]) >= min_events]
+    out = []
+    for n, r in enumerate(rows):
+      later = sum(1 for s in rows[n + 1:] if s[3] == r[3])
+      out.append((r[0], 2 if later == 0 else 1 if later == 1 else 0, history(r[3], r[1], r[2])))
+    return out
+
+  # cells 30-31: the rec frame sorted by (user, ts) gets the counters of the rec rows sorted by (user, ts),
+  # pasted by position.
+  rec_frame = sorted(range(len(purchases)), key=lambda i: (purchases[i][0], purchases[i][2]))
+  rec_counts = sorted([c for c in counters if c[0] == "rec"], key=lambda c: (c[2], c[3]))
+  rec_rows = [(i, c[4], c[5], purchases[i][0]) for i, c in zip(rec_frame, rec_counts)]
+  # cells 46-50: search rows look their counters up by session id, then sort by (user, ts).
+  by_session = {c[1]: c for c in counters if c[0] == "src"}
+  src_frame = sorted(range(len(sessions)), key=lambda i: (sessions[i][0], sessions[i][2]))
+  src_rows = [(i, by_session[i][4], by_session[i][5], sessions[i][0]) for i in src_frame]
+  return {"rec": filter_and_split(rec_rows), "search": filter_and_split(src_rows)}
+
+
+# (user, item, day, rating, query or None), in source order. Same-day purchases with different ratings;
+# user 1's last purchase has no search session, so its search validation item is a rec training row (c).
+_HAND_MADE = [
+    (0, 10, 1, 4.0, "a"), (0, 11, 2, 5.0, "b"), (0, 12, 2, 3.0, "c"), (0, 13, 3, 2.0, "d"), (0, 14, 3, 5.0, "a"),
+    (0, 15, 3, 1.0, "b"),
+    (1, 20, 1, 3.0, "c"), (1, 21, 2, 1.0, "d"), (1, 22, 2, 4.0, "a"), (1, 23, 2, 2.0, "b"), (1, 24, 4, 5.0, "c"),
+    (1, 25, 5, 5.0, "d"), (1, 26, 6, 3.0, None),
+    (2, 30, 1, 2.0, "a"), (2, 31, 1, 5.0, "b"), (2, 32, 2, 5.0, "c"), (2, 33, 2, 5.0, "d"), (2, 34, 3, 1.0, "a"),
+    (2, 35, 3, 4.0, "b"), (2, 36, 4, 2.0, "c"),
+    (3, 40, 1, 5.0, "d"), (3, 41, 2, 1.0, "a"), (3, 42, 3, 4.0, None), (3, 43, 3, 2.0, "b"), (3, 44, 3, 3.0, "c"),
+]
+
+
+def _hand_made_dataset():
+  rows = np.asarray([r[:3] for r in _HAND_MADE])
+  num_items = 50
+  catalog = Catalog([str(i) for i in range(num_items)], [f"t{i}" for i in range(num_items)], [""] * num_items,
+                    [""] * num_items, [()] * num_items)
+  rating = np.asarray([r[3] for r in _HAND_MADE], np.float32)
+  raw = RawData(catalog, [str(u) for u in range(4)],
+                Purchases(rows[:, 0].astype(np.int32), rows[:, 1].astype(np.int32), rows[:, 2], rating),
+                [[]] * num_items)
+  return sar_from_purchase_queries(raw, "hand", [[r[4]] if r[4] else [] for r in _HAND_MADE])
+
+
+def _replay_of(data):
+  purchases = [(int(u), int(i), int(t), float(r)) for u, i, t, r in
+               zip(data.rec_user, data.rec_item, data.rec_time, data.rec_rating)]
+  sessions = [(int(u), int(i), int(t), int(q)) for u, i, t, q in
+              zip(data.search_user, data.search_item, data.search_time, data.search_query)]
+  return _notebook_replay(purchases, sessions)
+
+
+def _ours(samples):
+  out = []
+  for r in range(len(samples)):
+    hist = [("rec" if k == REC else "src", int(i), int(q))
+            for k, i, q in zip(samples.hist_kind[r], samples.hist_item[r], samples.hist_query[r]) if k != PAD]
+    out.append((int(samples.event[r]), int(samples.split[r]), hist))
+  return out
+
+
+def test_reference_history_is_the_authors_notebook_replayed():
+  """data.reference_history=true gives exactly the rows, splits and histories of the authors' notebook:
+  (a) the search history's last purchase in (time, rating) order dropped only when its item is the click,
+  (b) the (time, rating) counter pasted by position onto rows in source order, (c) no cross-task drop."""
+  data = _hand_made_dataset()
+  rec, search = build_task_samples(data, history_len=5, min_events=3, reference_history=True)
+  replay = _replay_of(data)
+  assert _ours(rec) == replay["rec"]
+  assert _ours(search) == replay["search"]
+
+
+def test_hand_made_users_show_each_leak():
+  """The hand-made users exercise every leak: the authors' replay has them and the default closes them."""
+  data = _hand_made_dataset()
+  replay = _replay_of(data)
+  rec = {row: (split, hist) for row, split, hist in replay["rec"]}
+  # (b) user 0 (source order 10, 11 (day 2, rated 5), 12 (day 2, rated 3), 13, 14, 15 (day 3, ratings 2, 5, 1)):
+  # 12 is given [10, 12] and the test row 15 sees itself.
+  assert [h[1] for h in rec[2][1] if h[0] == "rec"] == [10, 12]
+  assert rec[5][0] == TEST and 15 in [h[1] for h in rec[5][1] if h[0] == "rec"]
+  # (a) user 0's session on 15 keeps 15: the last purchase of day 3 in (time, rating) order is 14.
+  search = {int(data.search_item[row]): hist for row, _, hist in replay["search"]}
+  assert 15 in [h[1] for h in search[15] if h[0] == "rec"]
+  assert 14 not in [h[1] for h in search[14] if h[0] == "rec"]
+  # (c) user 1's search validation item (24) is a rec training row (the last purchase has no session).
+  src_eval = {int(data.search_item[row]) for row, split, _ in replay["search"] if split != TRAIN}
+  rec_train = {int(data.rec_item[row]) for row, split, _ in replay["rec"] if split == TRAIN}
+  assert 24 in src_eval & rec_train
+  # The default has none of them.
+  ours_rec, ours_search = build_task_samples(data, history_len=5, min_events=3)
+  for r in range(len(ours_rec)):
+    e = ours_rec.event[r]
+    user_events = np.flatnonzero(data.rec_user == data.rec_user[e])
+    assert set(ours_rec.hist_item[r][ours_rec.hist_kind[r] == REC]) <= set(data.rec_item[user_events[user_events < e]])
+  for r in range(len(ours_search)):
+    assert ours_search.item[r] not in ours_search.hist_item[r][ours_search.hist_kind[r] == REC]
+  assert not (set(data.search_purchase[ours_search.event[ours_search.split != TRAIN]])
+              & set(ours_rec.event[ours_rec.split == TRAIN]))
