@@ -33,7 +33,11 @@ def data_config() -> ml_collections.ConfigDict:
       # Evaluation negatives, the reference's by default (METHOD.md section 7); the earlier defaults of this
       # project were rec_negatives=uniform, rec_negative_exclusion=all, search_negative_topup=uniform,
       # bm25_k1=1.5, bm25_b=0.75, bm25_analyzer=plain.
-      rec_negatives="popularity",        # popularity (share of interaction rows) | uniform
+      # kept_rows (the reference): popularity counted over the kept rec rows for rec negatives and over the
+      # kept search rows for search top-ups, which skip the user's purchases up to the session |
+      # all_events: popularity over all rec events for both, top-ups skipping only the target.
+      negative_pools="kept_rows",
+      rec_negatives="popularity",        # popularity (share of the pool's rows) | uniform
       rec_negative_exclusion="history",  # history: the user's items up to the event | all: every item they bought
       search_negative_topup="popularity",  # fills BM25 lists shorter than num_negatives: popularity | uniform
       bm25_k1=0.9, bm25_b=0.4,           # Pyserini / Lucene defaults

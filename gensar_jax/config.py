@@ -182,6 +182,7 @@ VALUE_RULES = (
     ("data.min_events", _at_least(1)),
     ("data.split", _one_of("leave_one_out", "chronological")),
     ("data.num_negatives", _at_least(1)),
+    ("data.negative_pools", _one_of("kept_rows", "all_events")),
     ("data.vocab_size", _at_least(100)),
     ("tasks.max_input_len", _at_least(8)),
     ("tasks.max_target_len", _at_least(2)),

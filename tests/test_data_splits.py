@@ -8,6 +8,7 @@ from gensar_jax.data.events import sar_from_purchase_queries
 from gensar_jax.data.loaders import RawData
 from gensar_jax.data.schema import Catalog, Purchases
 from gensar_jax.data.splits import PAD, REC, SEARCH, TEST, TRAIN, VALID, build_task_samples
+from authors_notebook import hand_made_dataset, notebook_replay_of
 
 
 def _random_dataset(seed, num_users=40, num_items=30, max_len=14, time_range=6, ratings=False):
@@ -160,94 +161,8 @@ def test_chronological_split_is_8_1_1():
   assert rec.time[rec.split == TRAIN].max() <= rec.time[rec.split == TEST].min()
 
 
-# ----------------------------------------------------------------------------- the authors' notebook, replayed
-
-def _notebook_replay(purchases, sessions, history_len=5, min_events=3):
-  """The authors' `data/process_raw.ipynb` (cells 24-55) and `finetune/modules/data.py` history building,
-  replayed with plain Python lists (stable sorts, as pandas' multi-column `sort_values`).
-
-  purchases: (user, item, ts, rating) in `rec_inter` order (sorted by user, ts; ties in source order);
-  sessions: (user, item, ts, query) in `src_inter` order. Returns {"rec"/"search": [(row index, split,
-  history)]}, history a list of (kind, item, query) oldest first; split 0/1/2 = train/validation/test.
-  """
-  # cell 24: rec rows (score = rating) and search rows (score 10000) sorted by (user, ts, score).
-  sar = [("rec", i, u, t, r) for i, (u, _, t, r) in enumerate(purchases)]
-  sar += [("src", i, u, t, 10000) for i, (u, _, t, _) in enumerate(sessions)]
-  sar.sort(key=lambda row: (row[2], row[3], row[4]))
-  # cell 25: per-user lists in that order and the counters each row sees before being appended.
-  rec_his, src_session_his, counters = {}, {}, []
-  for kind, i, u, t, _ in sar:
-    rec_his.setdefault(u, [])
-    src_session_his.setdefault(u, [])
-    cur_rec = len(rec_his[u])
-    if kind == "src" and sessions[i][1] == rec_his[u][-1][0]:
-      cur_rec -= 1
-    counters.append((kind, i, u, t, cur_rec, len(src_session_his[u])))
-    if kind == "rec":
-      rec_his[u].append((purchases[i][1], t))
-    else:
-      src_session_his[u].append(i)
-
-  def history(u, n_rec, n_src):         # data.py get_merge_rec_src_session_prompt
-    recs = [(t, ("rec", item, -1)) for item, t in rec_his[u][:n_rec][-history_len:]]
-    srcs = [(sessions[s][2], ("src", sessions[s][1], sessions[s][3])) for s in src_session_his[u][:n_src][-history_len:]]
-    return [h for _, h in sorted(recs + srcs, key=lambda x: x[0])]
-
-  def filter_and_split(rows):           # cells 32-36 / 51-55
-    rows = [r for r in rows if r[1] != 0 and r[2] != 0]
-    per_user = {}
-    for r in rows:
-      per_user.setdefault(r[3], []).append(r)
-    rows = [r for r in rows if len(per_user[r[3]]) >= min_events]
-    out = []
-    for n, r in enumerate(rows):
-      later = sum(1 for s in rows[n + 1:] if s[3] == r[3])
-      out.append((r[0], 2 if later == 0 else 1 if later == 1 else 0, history(r[3], r[1], r[2])))
-    return out
-
-  # cells 30-31: the rec frame sorted by (user, ts) gets the counters of the rec rows sorted by (user, ts),
-  # pasted by position.
-  rec_frame = sorted(range(len(purchases)), key=lambda i: (purchases[i][0], purchases[i][2]))
-  rec_counts = sorted([c for c in counters if c[0] == "rec"], key=lambda c: (c[2], c[3]))
-  rec_rows = [(i, c[4], c[5], purchases[i][0]) for i, c in zip(rec_frame, rec_counts)]
-  # cells 46-50: search rows look their counters up by session id, then sort by (user, ts).
-  by_session = {c[1]: c for c in counters if c[0] == "src"}
-  src_frame = sorted(range(len(sessions)), key=lambda i: (sessions[i][0], sessions[i][2]))
-  src_rows = [(i, by_session[i][4], by_session[i][5], sessions[i][0]) for i in src_frame]
-  return {"rec": filter_and_split(rec_rows), "search": filter_and_split(src_rows)}
-
-
-# (user, item, day, rating, query or None), in source order. Same-day purchases with different ratings;
-# user 1's last purchase has no search session, so its search validation item is a rec training row (c).
-_HAND_MADE = [
-    (0, 10, 1, 4.0, "a"), (0, 11, 2, 5.0, "b"), (0, 12, 2, 3.0, "c"), (0, 13, 3, 2.0, "d"), (0, 14, 3, 5.0, "a"),
-    (0, 15, 3, 1.0, "b"),
-    (1, 20, 1, 3.0, "c"), (1, 21, 2, 1.0, "d"), (1, 22, 2, 4.0, "a"), (1, 23, 2, 2.0, "b"), (1, 24, 4, 5.0, "c"),
-    (1, 25, 5, 5.0, "d"), (1, 26, 6, 3.0, None),
-    (2, 30, 1, 2.0, "a"), (2, 31, 1, 5.0, "b"), (2, 32, 2, 5.0, "c"), (2, 33, 2, 5.0, "d"), (2, 34, 3, 1.0, "a"),
-    (2, 35, 3, 4.0, "b"), (2, 36, 4, 2.0, "c"),
-    (3, 40, 1, 5.0, "d"), (3, 41, 2, 1.0, "a"), (3, 42, 3, 4.0, None), (3, 43, 3, 2.0, "b"), (3, 44, 3, 3.0, "c"),
-]
-
-
-def _hand_made_dataset():
-  rows = np.asarray([r[:3] for r in _HAND_MADE])
-  num_items = 50
-  catalog = Catalog([str(i) for i in range(num_items)], [f"t{i}" for i in range(num_items)], [""] * num_items,
-                    [""] * num_items, [()] * num_items)
-  rating = np.asarray([r[3] for r in _HAND_MADE], np.float32)
-  raw = RawData(catalog, [str(u) for u in range(4)],
-                Purchases(rows[:, 0].astype(np.int32), rows[:, 1].astype(np.int32), rows[:, 2], rating),
-                [[]] * num_items)
-  return sar_from_purchase_queries(raw, "hand", [[r[4]] if r[4] else [] for r in _HAND_MADE])
-
-
-def _replay_of(data):
-  purchases = [(int(u), int(i), int(t), float(r)) for u, i, t, r in
-               zip(data.rec_user, data.rec_item, data.rec_time, data.rec_rating)]
-  sessions = [(int(u), int(i), int(t), int(q)) for u, i, t, q in
-              zip(data.search_user, data.search_item, data.search_time, data.search_query)]
-  return _notebook_replay(purchases, sessions)
+def _replay_rows(replay, task):
+  return [row[:3] for row in replay[task]]
 
 
 def _ours(samples):
@@ -263,29 +178,29 @@ def test_reference_history_is_the_authors_notebook_replayed():
   """data.reference_history=true gives exactly the rows, splits and histories of the authors' notebook:
   (a) the search history's last purchase in (time, rating) order dropped only when its item is the click,
   (b) the (time, rating) counter pasted by position onto rows in source order, (c) no cross-task drop."""
-  data = _hand_made_dataset()
+  data = hand_made_dataset()
   rec, search = build_task_samples(data, history_len=5, min_events=3, reference_history=True)
-  replay = _replay_of(data)
-  assert _ours(rec) == replay["rec"]
-  assert _ours(search) == replay["search"]
+  replay = notebook_replay_of(data)
+  assert _ours(rec) == _replay_rows(replay, "rec")
+  assert _ours(search) == _replay_rows(replay, "search")
 
 
 def test_hand_made_users_show_each_leak():
   """The hand-made users exercise every leak: the authors' replay has them and the default closes them."""
-  data = _hand_made_dataset()
-  replay = _replay_of(data)
-  rec = {row: (split, hist) for row, split, hist in replay["rec"]}
+  data = hand_made_dataset()
+  replay = notebook_replay_of(data)
+  rec = {row: (split, hist) for row, split, hist, _ in replay["rec"]}
   # (b) user 0 (source order 10, 11 (day 2, rated 5), 12 (day 2, rated 3), 13, 14, 15 (day 3, ratings 2, 5, 1)):
   # 12 is given [10, 12] and the test row 15 sees itself.
   assert [h[1] for h in rec[2][1] if h[0] == "rec"] == [10, 12]
   assert rec[5][0] == TEST and 15 in [h[1] for h in rec[5][1] if h[0] == "rec"]
   # (a) user 0's session on 15 keeps 15: the last purchase of day 3 in (time, rating) order is 14.
-  search = {int(data.search_item[row]): hist for row, _, hist in replay["search"]}
+  search = {int(data.search_item[row]): hist for row, _, hist, _ in replay["search"]}
   assert 15 in [h[1] for h in search[15] if h[0] == "rec"]
   assert 14 not in [h[1] for h in search[14] if h[0] == "rec"]
   # (c) user 1's search validation item (24) is a rec training row (the last purchase has no session).
-  src_eval = {int(data.search_item[row]) for row, split, _ in replay["search"] if split != TRAIN}
-  rec_train = {int(data.rec_item[row]) for row, split, _ in replay["rec"] if split == TRAIN}
+  src_eval = {int(data.search_item[row]) for row, split, _, _ in replay["search"] if split != TRAIN}
+  rec_train = {int(data.rec_item[row]) for row, split, _, _ in replay["rec"] if split == TRAIN}
   assert 24 in src_eval & rec_train
   # The default has none of them.
   ours_rec, ours_search = build_task_samples(data, history_len=5, min_events=3)

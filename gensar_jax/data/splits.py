@@ -144,6 +144,21 @@ def reference_purchase_order(user: np.ndarray, time: np.ndarray, rating: np.ndar
   return np.lexsort((np.arange(n), rating, time, user)).astype(np.int64)
 
 
+def purchases_up_to(data: SARDataset, user: np.ndarray, time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The rec events of each (user, time) at or before that time: positions [start, stop) in the rec arrays.
+
+  Args:
+    user: int[n]; time: int64[n].
+  Returns:
+    (start, stop) int64[n] each.
+  """
+  time_min = int(min(data.rec_time.min(initial=0), np.asarray(time).min(initial=0)))
+  rec_key = _event_keys(data.rec_user, data.rec_time, time_min)
+  start = np.searchsorted(data.rec_user, user, side="left")
+  stop = np.searchsorted(rec_key, _event_keys(np.asarray(user), np.asarray(time), time_min), side="right")
+  return start.astype(np.int64), stop.astype(np.int64)
+
+
 def build_task_samples(data: SARDataset, *, history_len: int = 5, min_events: int = 3,
                        split_method: str = "leave_one_out", reference_history: bool = False
                        ) -> tuple[TaskSamples, TaskSamples]:
