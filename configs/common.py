@@ -57,9 +57,13 @@ def tasks_config() -> ml_collections.ConfigDict:
       # desc2id / id2desc (METHOD.md section 7), ~1k of the others.
       sizes=ml_collections.ConfigDict(dict(nrip=-1, nsip=100_000, nsqp=1000, desc2id=2000, id2desc=2000,
                                            adhoc=1000)),
-      # Tasks whose per-epoch rows are drawn with replacement (the reference: NSIP's 100k rows and a random
-      # item per Desc2ID / ID2Desc sample); the others are sampled without replacement.
-      with_replacement=("nsip", "desc2id", "id2desc"),
+      # Tasks whose per-epoch rows are drawn with replacement (the reference: every task it samples, i.e.
+      # NSIP's 100k rows, NSQP's rows and a random item per Desc2ID / ID2Desc / ad-hoc sample); the others
+      # are sampled without replacement.
+      with_replacement=("nsip", "nsqp", "desc2id", "id2desc", "adhoc"),
+      # Items the item tasks draw from: interacted (the reference: Desc2ID / ID2Desc the items of the kept
+      # rec and search rows, ad-hoc those of the kept search rows) | catalogue (every item).
+      item_pool="interacted",
       max_input_len=256,
       max_target_len=64,
       max_text_tokens=96,        # item text tokens in desc2id / id2desc

@@ -189,6 +189,7 @@ VALUE_RULES = (
     ("tasks.max_text_tokens", _at_least(1)),
     ("tasks.bucket_window", _at_least(1)),
     ("tasks.pipeline_workers", _at_least(0)),
+    ("tasks.item_pool", _one_of("interacted", "catalogue")),
     *((f"tasks.sizes.{task}", ((lambda v: v == -1 or v >= 0), "-1 (every row) or >= 0"))
       for task in ("nrip", "nsip", "nsqp", "desc2id", "id2desc", "adhoc")),
     ("identifiers.mode", _one_of("dual", "semantic", "collab")),

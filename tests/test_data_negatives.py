@@ -247,3 +247,8 @@ def test_prepared_negatives_use_the_kept_row_pools_by_default(reference_history)
     assert (old["search_test"] != src.item[:, None]).all()
   assert drawn - search_items                      # other purchased items are drawn under all_events
   assert drawn <= set(data.rec_item.tolist())
+
+
+def test_negative_pools_typo_is_refused_before_any_work():
+  with pytest.raises(ValueError, match="data.negative_pools='kept': expected one of"):
+    load_config("tiny", ["data.negative_pools=kept"])
