@@ -368,8 +368,10 @@ def read_all(source, chunk: int = 65_536) -> list:
 def subset_rows(time: np.ndarray, limit: int | None, rule: str, seed: int = 0) -> np.ndarray:
   """Positions of an evaluation subset of `limit` rows, ascending (all rows when limit is None or >= n).
 
-  rule "most_recent": the `limit` rows with the latest times (the reference's rule; equal times are
-  broken by position, later first); "random": a uniform sample without replacement seeded by `seed`
+  rule "most_recent": the `limit` rows with the latest times (the reference's rule), equal times at the
+  cutoff broken by position, later first (rows are in (user, time) order, so the higher user ids are kept;
+  the reference sorts with pandas' default unstable quicksort, which leaves that order unspecified);
+  "random": a uniform sample without replacement seeded by `seed`
   (for sources without timestamps, where "time" is a position in the user's list).
 
   Args:
