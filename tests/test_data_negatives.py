@@ -252,3 +252,21 @@ def test_prepared_negatives_use_the_kept_row_pools_by_default(reference_history)
 def test_negative_pools_typo_is_refused_before_any_work():
   with pytest.raises(ValueError, match="data.negative_pools='kept': expected one of"):
     load_config("tiny", ["data.negative_pools=kept"])
+
+
+def test_search_negatives_keep_the_authors_bm25_part():
+  """`SampleNegatives_src`: the top k + 10 hits, the positive removed, the first k kept; the user's history is
+  not removed from them (only from the top-ups)."""
+  index = BM25Index(CORPUS)
+  queries = ["wireless mouse", "blue pens", "usb cable", "printer", "keyboard"]
+  k = 3
+  query = np.repeat(np.arange(len(queries)), len(CORPUS)).astype(np.int32)
+  target = np.tile(np.arange(len(CORPUS)), len(queries)).astype(np.int32)
+  history = np.arange(8)              # every row's user bought items 0-7: top-ups come from 8-11 only
+  forbidden = np.unique(np.arange(len(query))[:, None] * len(CORPUS) + history[None, :])
+  negs, _ = search_negatives(query, target, queries, index, k, np.random.default_rng(0), None, forbidden)
+  for row, (q, pos) in enumerate(zip(query, target)):
+    hits = [int(d) for d in index.top_items([queries[q]], k + 10)[0][0] if d >= 0]
+    authors = [d for d in hits if d != pos][:k]
+    assert negs[row, :len(authors)].tolist() == authors
+    assert not set(negs[row, len(authors):].tolist()) & (set(history.tolist()) | {int(pos)})
