@@ -155,7 +155,8 @@ def default_fetchers(sources: Mapping[str, object], item_pools: Mapping[str, np.
     if pool is None:
       return lambda rows: [{"item": int(row)} for row in rows]
     return lambda rows: [{"item": int(pool[row])} for row in rows]
-  return {"nrip": rec, "nsip": search, "nsqp": search, **{task: items(task) for task in ("desc2id", "id2desc", "adhoc")}}
+  return {"nrip": rec, "nsip": search, "nsqp": search,
+          **{task: items(task) for task in ("desc2id", "id2desc", "adhoc")}}
 
 
 def _batched_reader(source) -> Callable[[Sequence[int]], list]:
