@@ -34,7 +34,11 @@ def data_config() -> ml_collections.ConfigDict:
       # Evaluation negatives, the reference's by default (docs/differences.md); rec_negatives=uniform,
       # rec_negative_exclusion=all, search_negative_topup=uniform, bm25_k1=1.5, bm25_b=0.75,
       # bm25_analyzer=plain give the protocol of results/synthetic (docs/reproduction.md).
-      rec_negatives="popularity",        # popularity (share of interaction rows) | uniform
+      # kept_rows (the reference): popularity counted over the kept rec rows for rec negatives and over the
+      # kept search rows for search top-ups, which skip the user's purchases up to the session |
+      # all_events: popularity over all rec events for both, top-ups skipping only the target.
+      negative_pools="kept_rows",
+      rec_negatives="popularity",        # popularity (share of the pool's rows) | uniform
       rec_negative_exclusion="history",  # history: the user's items up to the event | all: every item they bought
       search_negative_topup="popularity",  # fills BM25 lists shorter than num_negatives: popularity | uniform
       bm25_k1=0.9, bm25_b=0.4,           # Pyserini / Lucene defaults
@@ -54,9 +58,13 @@ def tasks_config() -> ml_collections.ConfigDict:
       # desc2id / id2desc (docs/differences.md), ~1k of the others.
       sizes=ml_collections.ConfigDict(dict(nrip=-1, nsip=100_000, nsqp=1000, desc2id=2000, id2desc=2000,
                                            adhoc=1000)),
-      # Tasks whose per-epoch rows are drawn with replacement (the reference: NSIP's 100k rows and a random
-      # item per Desc2ID / ID2Desc sample); the others are sampled without replacement.
-      with_replacement=("nsip", "desc2id", "id2desc"),
+      # Tasks whose per-epoch rows are drawn with replacement (the reference: every task it samples, i.e.
+      # NSIP's 100k rows, NSQP's rows and a random item per Desc2ID / ID2Desc / ad-hoc sample); the others
+      # are sampled without replacement.
+      with_replacement=("nsip", "nsqp", "desc2id", "id2desc", "adhoc"),
+      # Items the item tasks draw from: interacted (the reference: Desc2ID / ID2Desc the items of the kept
+      # rec and search rows, ad-hoc those of the kept search rows) | catalogue (every item).
+      item_pool="interacted",
       max_input_len=256,
       max_target_len=64,
       max_text_tokens=96,        # item text tokens in desc2id / id2desc

@@ -5,8 +5,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from authors_notebook import hand_made_dataset, notebook_replay_of
+from gensar_jax.config import load_config
 from gensar_jax.data.negatives import (BM25Index, bm25_tokenize, history_keys, interacted_keys, sample_rec_negatives,
-                                       search_negatives)
+                                       search_negatives, span_keys)
+from gensar_jax.data.prepare import build_negatives, negative_pools
+from gensar_jax.data.splits import TEST, VALID, build_task_samples, purchases_up_to, reference_purchase_order
 
 CORPUS = [
     "wireless optical mouse with usb receiver", "mechanical keyboard with blue switches",
@@ -126,3 +130,143 @@ def test_reference_exclusion_is_the_history_up_to_the_event_and_draws_follow_pop
   others = negs[(rows == 1) | (rows == 3)]
   share = np.stack([(others == i).any(axis=1).mean() for i in range(num_items)])
   assert share[9] > 0.9 and np.median(share[share > 0]) < 0.5       # popular items dominate where allowed
+
+
+# ----------------------------------------------------------------------------- the authors' pools, replayed
+
+def _hand_made(reference_history):
+  data = hand_made_dataset()
+  rec, search = build_task_samples(data, history_len=5, min_events=3, reference_history=reference_history)
+  return data, {"rec": rec, "search": search}
+
+
+def _keys_by_row(keys, num_items, rows):
+  owner, item = np.divmod(keys, num_items)
+  return [set(item[owner == r].tolist()) for r in range(rows)]
+
+
+def test_negative_pools_and_exclusions_are_the_authors():
+  """The kept-row pools (`item_set`, `src_item_set` of the notebook) and the items each evaluation row never
+  draws (`all_his[:counter]` and the positive), against the notebook replayed on hand-made users."""
+  data, samples = _hand_made(reference_history=True)     # the notebook's own rows
+  replay = notebook_replay_of(data)
+  rec_pool, topup_pool = negative_pools(data, samples, "kept_rows")
+  assert dict(enumerate(rec_pool)) == {i: float(Counter(replay["rec_pool"])[i]) for i in range(data.num_items)}
+  assert dict(enumerate(topup_pool)) == {i: float(Counter(replay["search_pool"])[i]) for i in range(data.num_items)}
+  order = reference_purchase_order(data.rec_user, data.rec_time, data.rec_rating)
+  for split in (VALID, TEST):
+    rec = samples["rec"].take(samples["rec"].split_rows(split))
+    expected = [excluded for _, s, _, excluded in replay["rec"] if s == split]
+    keys = history_keys(rec.event, data.rec_user, data.rec_item, data.num_items, order)
+    assert _keys_by_row(keys, data.num_items, len(rec)) == expected
+    src = samples["search"].take(samples["search"].split_rows(split))
+    expected = [excluded for _, s, _, excluded in replay["search"] if s == split]
+    start, stop = purchases_up_to(data, src.user, src.time)
+    keys = span_keys(start, stop, data.rec_item, data.num_items)
+    assert _keys_by_row(keys, data.num_items, len(src)) == expected
+  # all_events: every rec event counts, for both pools.
+  counts = np.bincount(data.rec_item, minlength=data.num_items)
+  for pool in negative_pools(data, samples, "all_events"):
+    np.testing.assert_array_equal(pool, counts)
+
+
+def _authors_draw_probabilities(pool, excluded, num_items):
+  """P(first draw = item) of `random.choice(pool)` repeated until the item is not excluded."""
+  counts = Counter(i for i in pool if i not in excluded)
+  total = sum(counts.values())
+  return np.asarray([counts[i] / total for i in range(num_items)])
+
+
+def test_search_top_ups_follow_the_authors_pool_and_skip_the_users_purchases():
+  """Queries without BM25 hits: every negative is a top-up, drawn by its share of the kept search rows,
+  never one of the user's purchases up to the session (the notebook's `SampleNegatives_src`)."""
+  data, samples = _hand_made(reference_history=True)
+  replay = notebook_replay_of(data)
+  index = BM25Index([data.catalog.text(i) for i in range(data.num_items)])
+  _, pool = negative_pools(data, samples, "kept_rows")
+  src = samples["search"].take(samples["search"].split_rows(TEST))
+  expected_excluded = [excluded for _, s, _, excluded in replay["search"] if s == TEST]
+  copies = 20_000
+  row = np.repeat(np.arange(len(src)), copies)
+  start, stop = purchases_up_to(data, src.user[row], src.time[row])
+  forbidden = span_keys(start, stop, data.rec_item, data.num_items)
+  negs, topup = search_negatives(np.zeros(len(row), np.int32), src.item[row], ["zzz"], index, 1,
+                                 np.random.default_rng(0), pool, forbidden)
+  assert topup == 1.0
+  for r, excluded in enumerate(expected_excluded):
+    drawn = np.bincount(negs[row == r, 0], minlength=data.num_items) / copies
+    expected = _authors_draw_probabilities(replay["search_pool"], excluded, data.num_items)
+    assert not drawn[sorted(excluded)].any()
+    assert 0.5 * np.abs(drawn - expected).sum() < 0.03
+
+
+def test_rec_negatives_follow_the_authors_pool():
+  """Rec negatives drawn by their share of the kept rec rows, never the row's `all_his[:counter]` or its
+  target (the notebook's `SampleNegatives`), with the authors' (time, rating) history."""
+  data, samples = _hand_made(reference_history=True)
+  replay = notebook_replay_of(data)
+  pool, _ = negative_pools(data, samples, "kept_rows")
+  order = reference_purchase_order(data.rec_user, data.rec_time, data.rec_rating)
+  rec = samples["rec"].take(samples["rec"].split_rows(TEST))
+  expected_excluded = [excluded for _, s, _, excluded in replay["rec"] if s == TEST]
+  copies = 20_000
+  row = np.repeat(np.arange(len(rec)), copies)
+  keys = history_keys(rec.event[row], data.rec_user, data.rec_item, data.num_items, order)
+  negs = sample_rec_negatives(np.arange(len(row)), keys, data.num_items, 1, np.random.default_rng(0), pool)
+  for r, excluded in enumerate(expected_excluded):
+    drawn = np.bincount(negs[row == r, 0], minlength=data.num_items) / copies
+    expected = _authors_draw_probabilities(replay["rec_pool"], excluded, data.num_items)
+    assert 0.5 * np.abs(drawn - expected).sum() < 0.03
+
+
+@pytest.mark.parametrize("reference_history", [False, True])
+def test_prepared_negatives_use_the_kept_row_pools_by_default(reference_history):
+  """`build_negatives` at the default `data.negative_pools=kept_rows`: every rec negative is an item of the
+  kept rec rows, every search top-up one of the kept search rows and none of the user's purchases up to the
+  session; `all_events` keeps the earlier pools (any purchased item; top-ups skip only the target)."""
+  data, samples = _hand_made(reference_history)
+  cfg = load_config("tiny").data
+  cfg.num_negatives = 3
+  cfg.reference_history = reference_history
+  negs, topup = build_negatives(data, samples, cfg, seed=0)
+  assert topup["test"] == 1.0                      # no query has a BM25 hit on the "t<i>" titles
+  rec_items, search_items = set(samples["rec"].item.tolist()), set(samples["search"].item.tolist())
+  for split, name in ((VALID, "validation"), (TEST, "test")):
+    assert set(negs[f"rec_{name}"].ravel().tolist()) <= rec_items
+    assert set(negs[f"search_{name}"].ravel().tolist()) <= search_items
+    src = samples["search"].take(samples["search"].split_rows(split))
+    for r in range(len(src)):
+      bought = data.rec_item[(data.rec_user == src.user[r]) & (data.rec_time <= src.time[r])]
+      assert not set(negs[f"search_{name}"][r].tolist()) & set(bought.tolist())
+  cfg.negative_pools = "all_events"
+  drawn = set()
+  for seed in range(20):
+    old, _ = build_negatives(data, samples, cfg, seed=seed)
+    drawn |= set(old["search_test"].ravel().tolist())
+    src = samples["search"].take(samples["search"].split_rows(TEST))
+    assert (old["search_test"] != src.item[:, None]).all()
+  assert drawn - search_items                      # other purchased items are drawn under all_events
+  assert drawn <= set(data.rec_item.tolist())
+
+
+def test_negative_pools_typo_is_refused_before_any_work():
+  with pytest.raises(ValueError, match="data.negative_pools='kept': expected one of"):
+    load_config("tiny", ["data.negative_pools=kept"])
+
+
+def test_search_negatives_keep_the_authors_bm25_part():
+  """`SampleNegatives_src`: the top k + 10 hits, the positive removed, the first k kept; the user's history is
+  not removed from them (only from the top-ups)."""
+  index = BM25Index(CORPUS)
+  queries = ["wireless mouse", "blue pens", "usb cable", "printer", "keyboard"]
+  k = 3
+  query = np.repeat(np.arange(len(queries)), len(CORPUS)).astype(np.int32)
+  target = np.tile(np.arange(len(CORPUS)), len(queries)).astype(np.int32)
+  history = np.arange(8)              # every row's user bought items 0-7: top-ups come from 8-11 only
+  forbidden = np.unique(np.arange(len(query))[:, None] * len(CORPUS) + history[None, :])
+  negs, _ = search_negatives(query, target, queries, index, k, np.random.default_rng(0), None, forbidden)
+  for row, (q, pos) in enumerate(zip(query, target)):
+    hits = [int(d) for d in index.top_items([queries[q]], k + 10)[0][0] if d >= 0]
+    authors = [d for d in hits if d != pos][:k]
+    assert negs[row, :len(authors)].tolist() == authors
+    assert not set(negs[row, len(authors):].tolist()) & (set(history.tolist()) | {int(pos)})

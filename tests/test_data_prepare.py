@@ -144,3 +144,14 @@ def test_array_samples_serve_the_arrayrecord_records_in_their_order(tiny_prepare
       for key in a:
         assert type(a[key]) is type(b[key]) and np.array_equal(a[key], b[key]), (split, key)
         assert np.asarray(a[key]).dtype == np.asarray(b[key]).dtype, (split, key)
+
+
+@pytest.mark.parametrize("stage, override", [("prepare", "data.negative_pools=all_events"),
+                                             ("prepare", "data.reference_history=true"),
+                                             ("train", "tasks.item_pool=catalogue"),
+                                             ("train", "tasks.with_replacement=nsip,desc2id,id2desc")])
+def test_data_switches_are_in_their_stage_fingerprint(dependency_records, stage, override):
+  from gensar_jax.stages import STAGES, stage_fingerprint
+  workdir = dependency_records(stage)
+  before = stage_fingerprint(STAGES[stage], load_config("tiny"), workdir)
+  assert stage_fingerprint(STAGES[stage], load_config("tiny", [override]), workdir) != before

@@ -8,6 +8,7 @@ from gensar_jax.data.events import sar_from_purchase_queries
 from gensar_jax.data.loaders import RawData
 from gensar_jax.data.schema import Catalog, Purchases
 from gensar_jax.data.splits import PAD, REC, SEARCH, TEST, TRAIN, VALID, build_task_samples
+from authors_notebook import hand_made_dataset, notebook_replay_of
 
 
 def _random_dataset(seed, num_users=40, num_items=30, max_len=14, time_range=6, ratings=False):
@@ -27,9 +28,16 @@ def _random_dataset(seed, num_users=40, num_items=30, max_len=14, time_range=6, 
   return sar_from_purchase_queries(raw, "rand", queries, seed=seed)
 
 
+def _time_rating_order(data, events):
+  """rec events sorted by (time, rating), ties in source order (no ratings: by time, then source order)."""
+  rating = data.rec_rating if data.rec_rating is not None else np.zeros(len(data.rec_user))
+  return sorted(events, key=lambda r: (data.rec_time[r], rating[r], r))
+
+
 def _reference(data, history_len, min_events, reference_history=False):
   """Per-event loops straight from the written rules (with `reference_history`, the authors' rules of
-  docs/differences.md, History leakage: (a) own purchase dropped only when last, (c) no cross-task drop)."""
+  docs/differences.md, History leakage: (a) the last purchase in (time, rating) order dropped only when its item is the
+  click, (b) rec histories from the (time, rating) order, (c) no cross-task drop)."""
   out = {}
   n_rec, n_src = len(data.rec_user), len(data.search_user)
   for task in ("rec", "search"):
@@ -39,10 +47,9 @@ def _reference(data, history_len, min_events, reference_history=False):
       if task == "rec":
         u, t = data.rec_user[e], data.rec_time[e]
         recs = [r for r in range(n_rec) if data.rec_user[r] == u and r < e]
-        if reference_history and data.rec_rating is not None:    # (b): counter from the (time, rating) order
+        if reference_history:    # (b): the first (source position) purchases in (time, rating) order
           own = [r for r in range(n_rec) if data.rec_user[r] == u]
-          counter = sorted(own, key=lambda r: (data.rec_time[r], data.rec_rating[r], r)).index(e)
-          recs = own[:counter]
+          recs = _time_rating_order(data, own)[:own.index(e)]
         srcs = [s for s in range(n_src) if data.search_user[s] == u and data.search_time[s] < t]
         item, query = data.rec_item[e], -1
       else:
@@ -50,8 +57,10 @@ def _reference(data, history_len, min_events, reference_history=False):
         recs = [r for r in range(n_rec) if data.rec_user[r] == u and data.rec_time[r] <= t]
         if not reference_history:
           recs = [r for r in recs if r != data.search_purchase[e]]
-        elif recs and recs[-1] == data.search_purchase[e]:
-          recs = recs[:-1]
+        else:                    # (a): the last in (time, rating) order goes when its item is the click
+          recs = _time_rating_order(data, recs)
+          if recs and data.rec_item[recs[-1]] == data.search_item[e]:
+            recs = recs[:-1]
         srcs = [s for s in range(n_src) if data.search_user[s] == u and s < e]
         item, query = data.search_item[e], data.search_query[e]
       if not recs or not srcs:
@@ -150,3 +159,56 @@ def test_chronological_split_is_8_1_1():
   counts = np.bincount(rec.split, minlength=3) / len(rec)
   np.testing.assert_allclose(counts, [0.8, 0.1, 0.1], atol=0.02)
   assert rec.time[rec.split == TRAIN].max() <= rec.time[rec.split == TEST].min()
+
+
+def _replay_rows(replay, task):
+  return [row[:3] for row in replay[task]]
+
+
+def _ours(samples):
+  out = []
+  for r in range(len(samples)):
+    hist = [("rec" if k == REC else "src", int(i), int(q))
+            for k, i, q in zip(samples.hist_kind[r], samples.hist_item[r], samples.hist_query[r]) if k != PAD]
+    out.append((int(samples.event[r]), int(samples.split[r]), hist))
+  return out
+
+
+def test_reference_history_is_the_authors_notebook_replayed():
+  """data.reference_history=true gives exactly the rows, splits and histories of the authors' notebook:
+  (a) the search history's last purchase in (time, rating) order dropped only when its item is the click,
+  (b) the (time, rating) counter pasted by position onto rows in source order, (c) no cross-task drop."""
+  data = hand_made_dataset()
+  rec, search = build_task_samples(data, history_len=5, min_events=3, reference_history=True)
+  replay = notebook_replay_of(data)
+  assert _ours(rec) == _replay_rows(replay, "rec")
+  assert _ours(search) == _replay_rows(replay, "search")
+
+
+def test_hand_made_users_show_each_leak():
+  """The hand-made users exercise every leak: the authors' replay has them and the default closes them."""
+  data = hand_made_dataset()
+  replay = notebook_replay_of(data)
+  rec = {row: (split, hist) for row, split, hist, _ in replay["rec"]}
+  # (b) user 0 (source order 10, 11 (day 2, rated 5), 12 (day 2, rated 3), 13, 14, 15 (day 3, ratings 2, 5, 1)):
+  # 12 is given [10, 12] and the test row 15 sees itself.
+  assert [h[1] for h in rec[2][1] if h[0] == "rec"] == [10, 12]
+  assert rec[5][0] == TEST and 15 in [h[1] for h in rec[5][1] if h[0] == "rec"]
+  # (a) user 0's session on 15 keeps 15: the last purchase of day 3 in (time, rating) order is 14.
+  search = {int(data.search_item[row]): hist for row, _, hist, _ in replay["search"]}
+  assert 15 in [h[1] for h in search[15] if h[0] == "rec"]
+  assert 14 not in [h[1] for h in search[14] if h[0] == "rec"]
+  # (c) user 1's search validation item (24) is a rec training row (the last purchase has no session).
+  src_eval = {int(data.search_item[row]) for row, split, _, _ in replay["search"] if split != TRAIN}
+  rec_train = {int(data.rec_item[row]) for row, split, _, _ in replay["rec"] if split == TRAIN}
+  assert 24 in src_eval & rec_train
+  # The default has none of them.
+  ours_rec, ours_search = build_task_samples(data, history_len=5, min_events=3)
+  for r in range(len(ours_rec)):
+    e = ours_rec.event[r]
+    user_events = np.flatnonzero(data.rec_user == data.rec_user[e])
+    assert set(ours_rec.hist_item[r][ours_rec.hist_kind[r] == REC]) <= set(data.rec_item[user_events[user_events < e]])
+  for r in range(len(ours_search)):
+    assert ours_search.item[r] not in ours_search.hist_item[r][ours_search.hist_kind[r] == REC]
+  assert not (set(data.search_purchase[ours_search.event[ours_search.split != TRAIN]])
+              & set(ours_rec.event[ours_rec.split == TRAIN]))

@@ -403,3 +403,78 @@ def test_train_stage_iterator_follows_the_tasks_config(setup):
   tasks.length_buckets, tasks.target_buckets, tasks.bucket_window = BUCKETS, TARGET_BUCKETS, 4
   bucketed = next(loop_iterator(_source(setup), 8, tasks))
   np.testing.assert_array_equal(bucketed["example_index"], _bucketed(_source(setup))[0]["example_index"])
+
+
+def test_adhoc_prompt_is_the_search_prompt_without_its_history_sentence(setup):
+  """The reference fills NSIP's history sentence with nothing for ad-hoc samples, so the input starts at
+  the query sentence; its template 0, written out here, is what our template 0 gives."""
+  tok, builder, _, _, _ = setup
+  query = np.asarray([10, 11, 12], np.int32)
+  inputs, targets = builder.build("adhoc", {"item": 3, "pseudo_query": query}, template=0)
+  authors = ("{history} The following is the user's search query {query}. Please predict the next item the user "
+             "will click on after the search.").format(history="", query="<src_query>{query}").strip()
+  before, after = authors.split("{query}")
+  np.testing.assert_array_equal(inputs, np.concatenate([tok.encode(before), query, tok.encode(after)]))
+  np.testing.assert_array_equal(targets, builder.search_target(3))
+  for template in range(10):
+    inputs, _ = builder.build("adhoc", {"item": 3, "pseudo_query": query}, template=template)
+    assert "history" not in tok.decode(inputs.tolist()).lower()
+    assert "{query}" in TEMPLATES["adhoc"][template] and "{history}" not in TEMPLATES["adhoc"][template]
+
+
+def test_item_tasks_draw_from_the_items_with_interactions():
+  """tasks.item_pool=interacted: Desc2ID / ID2Desc draw from the items of the kept rec and search rows, ad-hoc
+  from those of the kept search rows (the notebook's `rec_item_set | src_item_set` and `src_item_set`)."""
+  from authors_notebook import hand_made_dataset, notebook_replay_of
+  from gensar_jax.data.splits import build_task_samples
+  from gensar_jax.data.task_data import item_pools
+  data = hand_made_dataset()
+  rec, search = build_task_samples(data, history_len=5, min_events=3, reference_history=True)
+  replay = notebook_replay_of(data)
+  pools = item_pools({"rec": rec, "search": search}, data.num_items, "interacted")
+  interacted = sorted(set(replay["rec_pool"]) | set(replay["search_pool"]))
+  assert pools["desc2id"].tolist() == pools["id2desc"].tolist() == interacted
+  assert pools["adhoc"].tolist() == sorted(set(replay["search_pool"]))
+  assert all(p.tolist() == list(range(data.num_items))
+             for p in item_pools({"rec": rec, "search": search}, data.num_items, "catalogue").values())
+  with pytest.raises(ValueError, match="tasks.item_pool='items': expected one of"):
+    load_config("tiny", ["tasks.item_pool=items"])
+
+
+def test_item_task_rows_are_read_through_the_item_pool(setup):
+  """Row r of an item task is the pool's r-th item: its target and (ad-hoc) its pseudo-query are that item's."""
+  _, builder, _, _, prepared = setup
+  sources = open_samples(prepared.tfds_dir)
+  pool = np.arange(5, prepared.dataset.num_items, 7)
+  pools = {"desc2id": pool, "id2desc": pool, "adhoc": pool}
+  pseudo = [[np.asarray([10 + i % 50, 11 + i % 50], np.int32)] for i in range(prepared.dataset.num_items)]
+  sizes = {"desc2id": 20, "id2desc": 20, "adhoc": 20}
+  available = {task: len(pool) for task in sizes}
+  src = pipeline.MixtureSource(builder, pipeline.default_fetchers(sources, pools), available, sizes, 1, 0, pseudo,
+                               with_replacement=tuple(sizes))
+  tasks, rows = pipeline.sample_epoch(available, sizes, 0, 0, tuple(sizes))
+  for index, (task, row) in enumerate(zip(tasks, rows)):
+    inputs, targets, _ = src.example(index)
+    item = int(pool[row])
+    if TASKS[task] == "adhoc":
+      np.testing.assert_array_equal(targets, builder.search_target(item))
+      assert any(inputs[i:i + 2].tolist() == [10 + item % 50, 11 + item % 50] for i in range(len(inputs) - 1))
+    elif TASKS[task] == "id2desc":
+      np.testing.assert_array_equal(targets, builder.item_text_ids[item])
+    else:
+      assert targets.tolist() in (builder.sem_ids[item].tolist(), builder.col_ids[item].tolist())
+
+
+def test_per_epoch_task_sampling_is_the_authors():
+  """The reference run (`finetune/run_amazon.py`): train_data_sample_num 0,100000,1000,1000,1000,1000 for
+  SeqRec, PerSrc, QGen, AdHoc, Item2Index, Index2Item; 0 reads every row once, a positive number draws that
+  many samples with `random.choice` (with replacement), Item2Index / Index2Item give 2 samples per draw and
+  AdHoc `max_query_per_doc` (1 in the run)."""
+  authors = {"nrip": 0, "nsip": 100_000, "nsqp": 1000, "adhoc": 1000, "desc2id": 1000, "id2desc": 1000}
+  per_draw = {"nrip": 1, "nsip": 1, "nsqp": 1, "adhoc": 1, "desc2id": 2, "id2desc": 2}
+  for name in ("electronics", "tiny"):
+    tasks = load_config(name).tasks
+    assert set(tasks.with_replacement) == {task for task, n in authors.items() if n > 0}
+    assert tasks.item_pool == "interacted"
+  sizes = load_config("electronics").tasks.sizes.to_dict()
+  assert sizes == {task: -1 if n == 0 else n * per_draw[task] for task, n in authors.items()}

@@ -1,10 +1,12 @@
 """Negatives for the sampled evaluation protocol (docs/method.md, Evaluation protocol).
 
 Recommendation (reference defaults): items drawn in proportion to popularity (their share of the
-interaction rows), excluding the user's history up to and including the evaluated event (later
+kept recommendation rows), excluding the user's history up to and including the evaluated event (later
 purchases may be drawn); options: uniform draws, and excluding everything the user ever bought.
 Search: the top BM25 hits of the query over item text (title + description), target removed (hard
-negatives), topped up with popularity-weighted (or uniform) random items when BM25 returns too few.
+negatives), topped up when BM25 returns too few with items drawn by their share of the kept search rows,
+excluding the user's purchases up to the session (or uniform draws). The pools are chosen in
+`prepare.build_negatives` (`data.negative_pools`).
 BM25 defaults are Pyserini's (Lucene BM25, k1 = 0.9, b = 0.4, English analyzer: lowercase, possessive
 "'s" removed, Lucene's 33 English stopwords, Porter stemming), via bm25s and PyStemmer.
 """
@@ -70,21 +72,42 @@ def interacted_keys(user: np.ndarray, item: np.ndarray, num_items: int) -> np.nd
   return np.unique(np.asarray(user, np.int64) * num_items + item)
 
 
-def history_keys(event: np.ndarray, rec_user: np.ndarray, rec_item: np.ndarray, num_items: int) -> np.ndarray:
+def span_keys(start: np.ndarray, stop: np.ndarray, rec_item: np.ndarray, num_items: int,
+              order: np.ndarray | None = None) -> np.ndarray:
+  """Exclusion keys of the rec events at positions [start[r], stop[r]) for each row r.
+
+  Args:
+    start, stop: int[n] position ranges; rec_item: int[m] item of each rec event.
+    order: int64[m] event at each position (None: position p is event p).
+  Returns:
+    sorted unique int64 keys `row * num_items + item` (the owner of row r is r).
+  """
+  start = np.asarray(start, np.int64)
+  length = np.maximum(np.asarray(stop, np.int64) - start, 0)
+  row = np.repeat(np.arange(len(start), dtype=np.int64), length)
+  position = np.repeat(start, length) + np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length)
+  events = position if order is None else np.asarray(order, np.int64)[position]
+  return np.unique(row * num_items + np.asarray(rec_item, np.int64)[events])
+
+
+def history_keys(event: np.ndarray, rec_user: np.ndarray, rec_item: np.ndarray, num_items: int,
+                 order: np.ndarray | None = None) -> np.ndarray:
   """Exclusion keys of the reference: each evaluation row's user history up to and including its event.
 
   Args:
     event: int[n] index of each evaluation row's event in the rec arrays (sorted by user, time).
     rec_user, rec_item: int[m] recommendation events.
+    order: the user's earlier events are read through this order (`splits.reference_purchase_order`:
+      the authors' (time, rating) list, of which an event at source position j sees the first j); None
+      reads them in source order.
   Returns:
     sorted unique int64 keys `row * num_items + item` (the owner of evaluation row r is r).
   """
   event = np.asarray(event, np.int64)
   start = np.searchsorted(rec_user, rec_user[event], side="left")
-  length = event - start + 1
-  row = np.repeat(np.arange(len(event), dtype=np.int64), length)
-  offset = np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length)
-  return np.unique(row * num_items + rec_item[np.repeat(start, length) + offset])
+  earlier = span_keys(start, event, rec_item, num_items, order)
+  own = np.arange(len(event), dtype=np.int64) * num_items + np.asarray(rec_item, np.int64)[event]
+  return np.union1d(earlier, own)
 
 
 def sample_rec_negatives(owner: np.ndarray, forbidden_keys: np.ndarray, num_items: int, k: int,
@@ -109,8 +132,7 @@ def sample_rec_negatives(owner: np.ndarray, forbidden_keys: np.ndarray, num_item
     m = max(2 * k, k + 16)
     cand = rng.choice(num_items, size=(len(todo), m), p=p).astype(np.int64)
     keys = owner[todo, None].astype(np.int64) * num_items + cand
-    pos = np.clip(np.searchsorted(forbidden_keys, keys), 0, max(len(forbidden_keys) - 1, 0))
-    forbidden = forbidden_keys[pos] == keys if len(forbidden_keys) else np.zeros_like(keys, bool)
+    forbidden = _is_forbidden(keys, forbidden_keys)
     prev = out[todo]
     merged = np.concatenate([prev, cand.astype(np.int32)], axis=1)
     forbid = np.concatenate([np.zeros_like(prev, bool), forbidden], axis=1)
@@ -151,13 +173,24 @@ class BM25Index:
     return np.where(scores > 0, docs, -1), scores
 
 
+def _is_forbidden(keys: np.ndarray, forbidden_keys: np.ndarray | None) -> np.ndarray:
+  """Whether each of `keys` is in the sorted `forbidden_keys` (None or empty: none is)."""
+  if forbidden_keys is None or not len(forbidden_keys):
+    return np.zeros(keys.shape, bool)
+  pos = np.clip(np.searchsorted(forbidden_keys, keys), 0, len(forbidden_keys) - 1)
+  return forbidden_keys[pos] == keys
+
+
 def search_negatives(query: np.ndarray, target: np.ndarray, queries: list[str], index: BM25Index, k: int,
-                     rng: np.random.Generator, popularity: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+                     rng: np.random.Generator, popularity: np.ndarray | None = None,
+                     forbidden_keys: np.ndarray | None = None) -> tuple[np.ndarray, float]:
   """Top-k BM25 items for each event's query without its target, topped up with random items.
 
   Args:
     query: int32[n] query id per evaluation event; target: int32[n] clicked item.
     popularity: float[num_items] top-up sampling weights (the reference's); None = uniform.
+    forbidden_keys: sorted int64 keys `row * num_items + item` that no top-up may be (the reference: the
+      user's purchases up to the session); the BM25 hits are kept even when they are such items.
   Returns:
     (int32[n, k], share of negatives that are random top-ups).
   """
@@ -179,10 +212,12 @@ def search_negatives(query: np.ndarray, target: np.ndarray, queries: list[str], 
     size = (len(todo), 2 * k + 16)
     rand = rng.integers(0, index.num_items, size=size) if p is None else rng.choice(index.num_items, size=size, p=p)
     merged = np.concatenate([out[todo], rand.astype(np.int32)], axis=1)
-    forbid = merged == target[todo, None]
+    forbid_rand = (rand == target[todo, None]) | _is_forbidden(todo[:, None] * index.num_items + rand, forbidden_keys)
+    forbid = np.concatenate([np.zeros_like(out[todo], bool), forbid_rand], axis=1)
     filled, complete = _fill_rows(merged.astype(np.int64), forbid, k)
     out[todo] = filled
     todo = todo[~complete]
   if len(todo):
-    raise ValueError(f"catalogue of {index.num_items} items is too small for {k} search negatives")
+    raise ValueError(f"cannot top up {k} search negatives for {len(todo)} rows: too few items in the top-up pool "
+                     f"of the {index.num_items}-item catalogue outside BM25's hits and the excluded items")
   return out, float(1.0 - bm25_count / out.size)

@@ -120,8 +120,9 @@ class MixtureSource:
     rng = np.random.default_rng([self.seed, 1, index])
     template = int(rng.integers(10))
     if task == "adhoc":
-      options = self.pseudo_queries[row]
-      record = {"item": row, "pseudo_query": options[int(rng.integers(len(options)))]}
+      item = int(record["item"])
+      options = self.pseudo_queries[item]
+      record = {"item": item, "pseudo_query": options[int(rng.integers(len(options)))]}
     view = example_view(rng) if task in ("desc2id", "id2desc") else 0
     inputs, targets = self.builder.build(task, record, template=template, view=view)
     return inputs, targets, TASKS.index(task)
@@ -140,11 +141,22 @@ def example_features(builder: ExampleBuilder, index: int, inputs: np.ndarray, ta
   return features
 
 
-def default_fetchers(sources: Mapping[str, object]) -> dict[str, Callable[[Sequence[int]], list]]:
-  """Batched stored-sample fetchers per task (rows -> records) from the `{rec,search}_train` sources."""
+def default_fetchers(sources: Mapping[str, object], item_pools: Mapping[str, np.ndarray] | None = None
+                     ) -> dict[str, Callable[[Sequence[int]], list]]:
+  """Batched stored-sample fetchers per task (rows -> records) from the `{rec,search}_train` sources.
+
+  item_pools: for the item tasks (desc2id, id2desc, adhoc), int[n] the item of each row (see
+  `TaskData.item_pools`); a task without one reads row r as item r.
+  """
   rec, search = _batched_reader(sources["rec_train"]), _batched_reader(sources["search_train"])
-  items = lambda rows: [{"item": row} for row in rows]  # noqa: E731
-  return {"nrip": rec, "nsip": search, "nsqp": search, "desc2id": items, "id2desc": items, "adhoc": items}
+
+  def items(task):
+    pool = None if item_pools is None else item_pools.get(task)
+    if pool is None:
+      return lambda rows: [{"item": int(row)} for row in rows]
+    return lambda rows: [{"item": int(pool[row])} for row in rows]
+  return {"nrip": rec, "nsip": search, "nsqp": search,
+          **{task: items(task) for task in ("desc2id", "id2desc", "adhoc")}}
 
 
 def _batched_reader(source) -> Callable[[Sequence[int]], list]:
@@ -357,8 +369,10 @@ def read_all(source, chunk: int = 65_536) -> list:
 def subset_rows(time: np.ndarray, limit: int | None, rule: str, seed: int = 0) -> np.ndarray:
   """Positions of an evaluation subset of `limit` rows, ascending (all rows when limit is None or >= n).
 
-  rule "most_recent": the `limit` rows with the latest times (the reference's rule; equal times are
-  broken by position, later first); "random": a uniform sample without replacement seeded by `seed`
+  rule "most_recent": the `limit` rows with the latest times (the reference's rule), equal times at the
+  cutoff broken by position, later first (rows are in (user, time) order, so the higher user ids are kept;
+  the reference sorts with pandas' default unstable quicksort, which leaves that order unspecified);
+  "random": a uniform sample without replacement seeded by `seed`
   (for sources without timestamps, where "time" is a position in the user's list).
 
   Args:

@@ -85,6 +85,7 @@ def query_source(cfg) -> str:
 REC_NEGATIVES = ("popularity", "uniform")
 REC_NEGATIVE_EXCLUSIONS = ("history", "all")
 SEARCH_NEGATIVE_TOPUPS = ("popularity", "uniform")
+NEGATIVE_POOLS = ("kept_rows", "all_events")
 
 
 def _choice(cfg, field: str, options: tuple[str, ...]) -> str:
@@ -94,22 +95,46 @@ def _choice(cfg, field: str, options: tuple[str, ...]) -> str:
   return value
 
 
+def negative_pools(data: SARDataset, samples: dict[str, splits.TaskSamples], pools: str
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """Popularity weights (float64[num_items] each) of the rec negatives and of the search top-ups.
+
+  "kept_rows" (the reference): each item's count among the kept rec rows, and among the kept search rows
+  (every split; the rows left after the history and user filters). "all_events": both its count among all
+  rec events.
+  """
+  if pools == "kept_rows":
+    return (np.bincount(samples["rec"].item, minlength=data.num_items).astype(np.float64),
+            np.bincount(samples["search"].item, minlength=data.num_items).astype(np.float64))
+  if pools == "all_events":
+    counts = np.bincount(data.rec_item, minlength=data.num_items).astype(np.float64)
+    return counts, counts
+  raise ValueError(f"data.negative_pools {pools!r}: expected one of {NEGATIVE_POOLS}")
+
+
 def build_negatives(data: SARDataset, samples: dict[str, splits.TaskSamples], cfg, seed: int
                     ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
   """Negatives for validation and test rows, keyed `{task}_{split}`, rows in split order.
 
-  Reference defaults (docs/differences.md): rec negatives in proportion to popularity (counts over all
-  interaction rows), excluding the user's history up to and including the event; search negatives
-  from Lucene-style BM25, topped up by popularity. Options: `data.rec_negatives=uniform`,
-  `data.rec_negative_exclusion=all` (everything the user ever bought), `data.search_negative_topup=uniform`,
-  `data.bm25_{k1,b,analyzer}`.
+  Reference defaults (docs/differences.md, `data.negative_pools=kept_rows`): rec negatives in proportion to
+  popularity among the kept rec rows, excluding the user's history up to and including the event (read
+  through the authors' (time, rating) order with `data.reference_history`); search negatives from
+  Lucene-style BM25, topped up in proportion to popularity among the kept search rows, excluding the
+  user's purchases up to the session. `data.negative_pools=all_events`: popularity over all rec events for
+  both, top-ups excluding only the target. Options: `data.rec_negatives=uniform`,
+  `data.rec_negative_exclusion=all` (everything the user ever bought), `data.search_negative_topup=uniform`
+  (uniform over the catalogue), `data.bm25_{k1,b,analyzer}`.
   """
   rng = np.random.default_rng([seed, 7])
-  popularity = np.bincount(data.rec_item, minlength=data.num_items).astype(np.float64)
-  rec_weights = popularity if _choice(cfg, "rec_negatives", REC_NEGATIVES) == "popularity" else None
-  topup_weights = popularity if _choice(cfg, "search_negative_topup", SEARCH_NEGATIVE_TOPUPS) == "popularity" else None
+  pools = _choice(cfg, "negative_pools", NEGATIVE_POOLS)
+  rec_popularity, topup_popularity = negative_pools(data, samples, pools)
+  rec_weights = rec_popularity if _choice(cfg, "rec_negatives", REC_NEGATIVES) == "popularity" else None
+  topup_weights = (topup_popularity if _choice(cfg, "search_negative_topup", SEARCH_NEGATIVE_TOPUPS) == "popularity"
+                   else None)
   exclusion = _choice(cfg, "rec_negative_exclusion", REC_NEGATIVE_EXCLUSIONS)
   everything = negatives.interacted_keys(data.rec_user, data.rec_item, data.num_items) if exclusion == "all" else None
+  order = (splits.reference_purchase_order(data.rec_user, data.rec_time, data.rec_rating)
+           if cfg.get("reference_history", False) else None)
   index = negatives.BM25Index.from_config([data.catalog.text(i) for i in range(data.num_items)], cfg)
   out, topup = {}, {}
   for split in (splits.VALID, splits.TEST):
@@ -119,12 +144,21 @@ def build_negatives(data: SARDataset, samples: dict[str, splits.TaskSamples], cf
       owner, forbidden = rec.user, everything
     else:
       owner = np.arange(len(rec))
-      forbidden = negatives.history_keys(rec.event, data.rec_user, data.rec_item, data.num_items)
-    out[f"rec_{name}"] = negatives.sample_rec_negatives(owner, forbidden, data.num_items, cfg.num_negatives, rng,
-                                                       rec_weights)
+      forbidden = negatives.history_keys(rec.event, data.rec_user, data.rec_item, data.num_items, order)
     src = samples["search"].take(samples["search"].split_rows(split))
-    out[f"search_{name}"], topup[name] = negatives.search_negatives(
-        src.query, src.item, data.queries, index, cfg.num_negatives, rng, topup_weights)
+    src_forbidden = None
+    if pools == "kept_rows":
+      start, stop = splits.purchases_up_to(data, src.user, src.time)
+      src_forbidden = negatives.span_keys(start, stop, data.rec_item, data.num_items)
+    try:
+      out[f"rec_{name}"] = negatives.sample_rec_negatives(owner, forbidden, data.num_items, cfg.num_negatives, rng,
+                                                         rec_weights)
+      out[f"search_{name}"], topup[name] = negatives.search_negatives(
+          src.query, src.item, data.queries, index, cfg.num_negatives, rng, topup_weights, src_forbidden)
+    except ValueError as e:
+      raise DataError(f"{data.name}: {name} negatives: {e} (data.num_negatives={cfg.num_negatives}, "
+                      f"data.negative_pools={pools!r}; the pools of 'kept_rows' hold only the items of the kept "
+                      "rows)") from None
   return out, topup
 
 

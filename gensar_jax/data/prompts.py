@@ -67,7 +67,23 @@ ID2DESC = (
     "Output the title and description for {item}.",
 )
 
-TEMPLATES = {"nrip": NRIP, "nsip": NSIP, "nsqp": NSQP, "desc2id": DESC2ID, "id2desc": ID2DESC, "adhoc": NSIP}
+# Ad-hoc search: the NSIP templates without their history sentence (the reference fills NSIP's history
+# sentence with nothing, so it disappears).
+ADHOC = (
+    "The following is the user's search query <src_query>{query}. "
+    "Please predict the next item the user will click on after the search.",
+    "The user now searches for <src_query>{query}. Which item will they click?",
+    "Given the search query <src_query>{query}, predict the clicked item.",
+    "Search query: <src_query>{query}. Name the item the user clicks in the results.",
+    "The user types <src_query>{query}. Predict the item they choose.",
+    "A user searches <src_query>{query}. What do they click on next?",
+    "Considering the query <src_query>{query}, find the item this user will click.",
+    "The user issued the query <src_query>{query}. Predict the clicked item.",
+    "For the search <src_query>{query}, which item will be clicked?",
+    "Current query: <src_query>{query}. Predict the item clicked after this search.",
+)
+
+TEMPLATES = {"nrip": NRIP, "nsip": NSIP, "nsqp": NSQP, "desc2id": DESC2ID, "id2desc": ID2DESC, "adhoc": ADHOC}
 assert all(len(t) == 10 for t in TEMPLATES.values())
 
 

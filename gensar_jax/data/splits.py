@@ -5,15 +5,19 @@ before it, merged by time. Ordering rule at equal times: recommendation events c
 session does not count its own purchase as history.
 
 `reference_history=True` reproduces the leakage of the authors' history building (docs/differences.md)
-that we close by default: (a) a search session drops its own purchase from its recommendation history
-only when that purchase is the last recommendation event up to its time, so with several same-time
-purchases its target can stay in its input; (b) a recommendation event's history is the first c
-events of its user in (time, source) order, where c is the event's position in (time, rating) order
-(stable, so only sources with review ratings are affected: a same-time target rated higher than a later
-one sits in its own history); (c) training rows of one task whose purchase is an evaluation target of
-the other are kept. Kept: events with at least one earlier rec and one
-earlier search event; per task, users with at least `min_events` kept events. Split: leave-one-out per
-user (last -> test, second to last -> validation) or chronological 8:1:1.
+that we close by default. The authors keep each user's purchases in (time, rating) order (a stable sort,
+so sources without review ratings keep their source order) and count history entries in that order:
+(a) a search session's recommendation history is every purchase up to its time, in (time, rating) order,
+less the last of them only when that last one's item is the session's click, so with several same-time
+purchases its target can stay in its input; (b) a recommendation event at source position j of its user
+gets the first j purchases in (time, rating) order (the counter taken in (time, rating) order is pasted by
+position onto rows in source order), so a same-time purchase listed later but rated lower sits in the
+history of the one listed before it, and the test row (the last listed) can see its own target;
+(c) training rows of one task whose purchase is an evaluation target of the other are kept.
+
+Kept: events with at least one earlier rec and one earlier search event; per task, users with at least
+`min_events` kept events. Split: leave-one-out per user (the last listed -> test, the one before ->
+validation) or chronological 8:1:1.
 """
 from __future__ import annotations
 
@@ -124,22 +128,35 @@ def _filter_and_split(event, user, item, query, time, keep, hist, min_events, sp
                      split=split, hist_kind=kind, hist_item=hist_item, hist_query=hist_query)
 
 
-def reference_history_counts(user: np.ndarray, time: np.ndarray, rating: np.ndarray, start: np.ndarray
-                             ) -> np.ndarray:
-  """The authors' history counter of each rec event: its position within its user in (time, rating)
-  order, ties in source order (a stable sort; NaN ratings last).
+def reference_purchase_order(user: np.ndarray, time: np.ndarray, rating: np.ndarray | None) -> np.ndarray:
+  """The authors' order of rec events: by (user, time, rating), ties in source order (a stable sort; NaN
+  ratings last); without ratings the source order.
 
   Args:
-    user, time, rating: [n] rec events sorted by (user, time, source order); start: int[n] index of each
-      event's user's first event.
+    user, time: [n] rec events sorted by (user, time, source order); rating: float[n] or None.
   Returns:
-    int64[n] counters (the event's history is its user's first `counter` events in source order).
+    int64[n] event indices: position p holds the event at that place of the (user, time, rating) order
+    (each user keeps the same span of positions as in source order).
   """
   n = len(user)
-  order = np.lexsort((np.arange(n), rating, time, user))
-  position = np.empty(n, np.int64)
-  position[order] = np.arange(n)
-  return position - start
+  if rating is None:
+    return np.arange(n, dtype=np.int64)
+  return np.lexsort((np.arange(n), rating, time, user)).astype(np.int64)
+
+
+def purchases_up_to(data: SARDataset, user: np.ndarray, time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The rec events of each (user, time) at or before that time: positions [start, stop) in the rec arrays.
+
+  Args:
+    user: int[n]; time: int64[n].
+  Returns:
+    (start, stop) int64[n] each.
+  """
+  time_min = int(min(data.rec_time.min(initial=0), np.asarray(time).min(initial=0)))
+  rec_key = _event_keys(data.rec_user, data.rec_time, time_min)
+  start = np.searchsorted(data.rec_user, user, side="left")
+  stop = np.searchsorted(rec_key, _event_keys(np.asarray(user), np.asarray(time), time_min), side="right")
+  return start.astype(np.int64), stop.astype(np.int64)
 
 
 def build_task_samples(data: SARDataset, *, history_len: int = 5, min_events: int = 3,
@@ -158,32 +175,37 @@ def build_task_samples(data: SARDataset, *, history_len: int = 5, min_events: in
   n_rec, n_src = len(rec_key), len(src_key)
 
   # Recommendation events: earlier rec events in order; search sessions strictly earlier in time.
+  # With reference_history the rec entries are read through the authors' (time, rating) order (b).
+  order = (reference_purchase_order(data.rec_user, data.rec_time, data.rec_rating) if reference_history
+           else np.arange(n_rec, dtype=np.int64))
   rec_pos = np.arange(n_rec)
   rec_start = np.searchsorted(data.rec_user, data.rec_user, side="left")
-  rec_end_hist = rec_pos
-  if reference_history and data.rec_rating is not None:     # (b)
-    rec_end_hist = rec_start + reference_history_counts(data.rec_user, data.rec_time, data.rec_rating, rec_start)
-  r_idx, r_valid = _window(rec_end_hist, rec_start, k)
+  r_idx, r_valid = _window(rec_pos, rec_start, k)
+  r_idx = order[r_idx]
   user_src_start = np.searchsorted(data.search_user, data.rec_user, side="left")
   src_end = np.searchsorted(src_key, rec_key, side="left")
   s_idx, s_valid = _window(src_end, user_src_start, k)
   rec_hist = _merge_histories(r_idx, r_valid, s_idx, s_valid, data)
-  rec_keep = (rec_end_hist > rec_start) & (src_end > user_src_start)
+  rec_keep = (rec_pos > rec_start) & (src_end > user_src_start)
 
   # Search sessions: rec events up to and including their time except their own purchase; earlier sessions.
   src_pos = np.arange(n_src)
   own_start = np.searchsorted(data.rec_user, data.search_user, side="left")
   rec_end = np.searchsorted(rec_key, src_key, side="right")
-  r_idx, r_valid = _window(rec_end, own_start, k + 1)
-  own = r_idx == data.search_purchase[:, None]
-  if reference_history:                   # (a): dropped only when it is the last rec event up to that time
-    own &= (rec_end - 1 == data.search_purchase)[:, None]
-  r_valid &= ~own
-  r_idx, r_valid = _last_valid(r_idx, r_valid, k)
+  if reference_history:    # (a): the last purchase in (time, rating) order is dropped when its item is the click
+    last = order[np.maximum(rec_end - 1, 0)]
+    rec_end_hist = rec_end - ((rec_end > own_start) & (data.rec_item[last] == data.search_item))
+    r_idx, r_valid = _window(rec_end_hist, own_start, k)
+    r_idx = order[r_idx]
+    num_rec_before = rec_end_hist - own_start
+  else:
+    r_idx, r_valid = _window(rec_end, own_start, k + 1)
+    r_valid &= r_idx != data.search_purchase[:, None]
+    r_idx, r_valid = _last_valid(r_idx, r_valid, k)
+    num_rec_before = rec_end - own_start - 1
   src_start = np.searchsorted(data.search_user, data.search_user, side="left")
   s_idx, s_valid = _window(src_pos, src_start, k)
   src_hist = _merge_histories(r_idx, r_valid, s_idx, s_valid, data)
-  num_rec_before = rec_end - own_start - (own.any(axis=1) if reference_history else 1)
   src_keep = (num_rec_before > 0) & (src_pos > src_start)
 
   rec = _filter_and_split(rec_pos, data.rec_user, data.rec_item, np.full(n_rec, -1, np.int32), data.rec_time,

@@ -33,6 +33,7 @@ class TaskData:
   sources: dict                           # "{rec,search}_{train,validation,test}" -> random-access source
   pseudo_queries: list[list[np.ndarray]] | None
   with_replacement: tuple[str, ...] = ()    # tasks drawn with replacement per epoch (config tasks.with_replacement)
+  item_pool: str = "catalogue"              # the items the item tasks draw from (config tasks.item_pool)
 
   @property
   def vocab_size(self) -> int:
@@ -48,15 +49,42 @@ class TaskData:
   def token_offsets(self, view: str) -> np.ndarray:
     return self.tokenizer.level_offsets(self.view_levels[view])
 
+  def item_pools(self) -> dict[str, np.ndarray]:
+    """int64[n] the items each item task draws from (see `item_pools`)."""
+    return item_pools(self.prepared.samples, self.prepared.dataset.num_items, self.item_pool)
+
   def available_rows(self) -> dict[str, int]:
-    n = self.prepared.dataset.num_items
+    pools = self.item_pools()
     return {"nrip": len(self.sources["rec_train"]), "nsip": len(self.sources["search_train"]),
-            "nsqp": len(self.sources["search_train"]), "desc2id": n, "id2desc": n,
-            "adhoc": n if self.pseudo_queries else 0}
+            "nsqp": len(self.sources["search_train"]), "desc2id": len(pools["desc2id"]),
+            "id2desc": len(pools["id2desc"]), "adhoc": len(pools["adhoc"]) if self.pseudo_queries else 0}
 
   def mixture(self, sizes: dict[str, int], num_epochs: int, seed: int) -> pipeline.MixtureSource:
-    return pipeline.MixtureSource(self.builder, pipeline.default_fetchers(self.sources), self.available_rows(),
-                                  sizes, num_epochs, seed, self.pseudo_queries, self.with_replacement)
+    return pipeline.MixtureSource(self.builder, pipeline.default_fetchers(self.sources, self.item_pools()),
+                                  self.available_rows(), sizes, num_epochs, seed, self.pseudo_queries,
+                                  self.with_replacement)
+
+
+ITEM_POOLS = ("interacted", "catalogue")
+
+
+def item_pools(samples: dict, num_items: int, rule: str) -> dict[str, np.ndarray]:
+  """The items the item tasks draw from, int64[n] ascending per task.
+
+  rule "interacted" (the reference): desc2id and id2desc draw from the items of the kept rec and search rows
+  (every split), adhoc from the items of the kept search rows; "catalogue": every item for all three.
+
+  Args:
+    samples: {"rec", "search"}: the prepared `TaskSamples`.
+  """
+  if rule == "catalogue":
+    every = np.arange(num_items, dtype=np.int64)
+    return {"desc2id": every, "id2desc": every, "adhoc": every}
+  if rule != "interacted":
+    raise ValueError(f"tasks.item_pool {rule!r}: expected one of {ITEM_POOLS}")
+  search = np.unique(samples["search"].item).astype(np.int64)
+  interacted = np.union1d(np.unique(samples["rec"].item), search).astype(np.int64)
+  return {"desc2id": interacted, "id2desc": interacted, "adhoc": search}
 
 
 def load_pseudo_queries(path: Path) -> list[list[np.ndarray]]:
@@ -101,7 +129,8 @@ def load_task_data(workdir: str | Path, config: ml_collections.ConfigDict, codes
   if with_pseudo_queries and read_record(workdir / "doc2query") is not None:
     pseudo = load_pseudo_queries(output_dir(workdir, "doc2query") / "pseudo_queries.npz")
   return TaskData(prepared, tokenizer, builder, codes, {"semantic": semantic, "collab": collab},
-                  prepared.sample_sources(), pseudo, tuple(t.get("with_replacement", ())))
+                  prepared.sample_sources(), pseudo, tuple(t.get("with_replacement", ())),
+                  t.get("item_pool", "catalogue"))
 
 
 def item_text_pairs(task_data: TaskData, split: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:

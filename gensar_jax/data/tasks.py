@@ -121,7 +121,7 @@ class ExampleBuilder:
       return self._fill(task, template, {"item": ident}, []), self.item_text_ids[item]
     if task == "adhoc":
       query = np.asarray(record["pseudo_query"], np.int32)
-      return self._fill("nsip", template, {"query": query}, []), self.search_target(item)
+      return self._fill("adhoc", template, {"query": query}, []), self.search_target(item)
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
   def target_length(self, targets: np.ndarray) -> int:
