@@ -201,6 +201,8 @@ VALUE_RULES = (
     ("model.dropout_rate", _between(0.0, 1.0)),
     ("model.new_token_init", _one_of("torch_default", "mean_resizing")),
     ("model.input_eos", ((lambda v: isinstance(v, bool)), "true or false")),
+    ("embed.sasrec.loss", _one_of("softmax", "bce")),
+    ("embed.sasrec.bce_negatives", _at_least(1)),
     ("doc2query.num_pseudo_queries", _at_least(1)),
     ("doc2query.sampling.method", _one_of("sample", "greedy")),
     ("doc2query.sampling.temperature", _positive()),

@@ -155,7 +155,8 @@ SPEED_ONLY_KEYS = ("tasks.pipeline_workers",)
 # Fields added after results were recorded, at the value that reproduces them: left out of records and
 # fingerprints while they hold it, so the earlier runs stay fresh (any other value is recorded).
 LATE_FIELD_DEFAULTS = {"train.dropout_rng": "threefry", "train.early_stopping_patience": 0,
-                       "doc2query.train.dropout_rng": "threefry", "doc2query.train.early_stopping_patience": 0}
+                       "doc2query.train.dropout_rng": "threefry", "doc2query.train.early_stopping_patience": 0,
+                       "embed.sasrec.loss": "softmax", "embed.sasrec.bce_negatives": 1}
 
 
 def _drop_field(value: dict, path: str, only_if=None, check: bool = False) -> None:
