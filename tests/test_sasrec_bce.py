@@ -97,3 +97,10 @@ def test_bce_loss_falls_and_differs_from_softmax(caplog):
   assert not np.allclose(sasrec.item_embeddings(bce), sasrec.item_embeddings(softmax))
   with pytest.raises(ValueError, match="sasrec.loss"):
     sasrec.train_sasrec(sequences, NUM_ITEMS, _tiny_cfg(loss="bpr"), progress=False)
+
+
+@pytest.mark.parametrize("loss", ["softmax", "bce"])
+def test_plan_lowers_the_train_step_of_either_loss(loss):
+  from gensar_jax.plan import lower_sasrec_step
+  lowered = lower_sasrec_step(_tiny_cfg(loss=loss), NUM_ITEMS, 8, jax.devices()[0])
+  assert lowered.compile() is not None

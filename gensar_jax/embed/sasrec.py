@@ -338,6 +338,19 @@ def item_embeddings(model: SASRecParams) -> np.ndarray:
   return np.asarray(model.params["item_embedding"]["embedding"][1:], np.float32)
 
 
+def training_hyper(cfg: ml_collections.ConfigDict) -> dict:
+  """The hyper-parameters of an `embed.sasrec` section that the compiled train step depends on (checked)."""
+  hyper = {"dropout": float(cfg.dropout), "learning_rate": float(cfg.learning_rate),
+           "weight_decay": float(cfg.weight_decay), "grad_clip": float(cfg.grad_clip),
+           "num_negatives": int(cfg.num_negatives), "loss": cfg.get("loss", "softmax"),
+           "bce_negatives": int(cfg.get("bce_negatives", 1))}
+  if hyper["loss"] not in LOSSES:
+    raise ValueError(f"sasrec.loss={hyper['loss']!r}: expected one of {list(LOSSES)}")
+  if hyper["bce_negatives"] < 1:
+    raise ValueError(f"sasrec.bce_negatives={hyper['bce_negatives']}: expected >= 1")
+  return hyper
+
+
 def train_sasrec(train_sequences: Sequence[np.ndarray], num_items: int, cfg: ml_collections.ConfigDict,
                  seed: int = 0, validation: tuple[np.ndarray, np.ndarray] | None = None,
                  progress: bool = True) -> SASRecParams:
@@ -358,16 +371,9 @@ def train_sasrec(train_sequences: Sequence[np.ndarray], num_items: int, cfg: ml_
   if arch["hidden_dim"] % arch["num_heads"]:
     raise ValueError(f"sasrec.hidden_dim {cfg.hidden_dim} must be divisible by num_heads {cfg.num_heads}")
   inputs, targets = training_windows(train_sequences, num_items, arch["max_len"])
-  loss = cfg.get("loss", "softmax")
-  if loss not in LOSSES:
-    raise ValueError(f"sasrec.loss={loss!r}: expected one of {list(LOSSES)}")
-  hyper = {"dropout": float(cfg.dropout), "learning_rate": float(cfg.learning_rate),
-           "weight_decay": float(cfg.weight_decay), "grad_clip": float(cfg.grad_clip),
-           "num_negatives": int(cfg.num_negatives), "loss": loss, "bce_negatives": int(cfg.get("bce_negatives", 1))}
-  if loss == "bce":
+  hyper = training_hyper(cfg)
+  if hyper["loss"] == "bce":
     seen = window_seen_items(train_sequences)
-    if hyper["bce_negatives"] < 1:
-      raise ValueError(f"sasrec.bce_negatives={hyper['bce_negatives']}: expected >= 1")
     if (seen < num_items).sum(axis=1).max() >= num_items:
       raise DataError("train_sequences: a user has every item in the catalogue; loss=bce has no negative to draw")
   else:
