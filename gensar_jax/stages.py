@@ -156,7 +156,8 @@ SPEED_ONLY_KEYS = ("tasks.pipeline_workers",)
 # of records and fingerprints while they hold it, so recorded runs stay fresh (any other value is recorded).
 LATE_FIELD_DEFAULTS = {"train.dropout_rng": "threefry", "train.early_stopping_patience": 0, "model.attention": "dense",
                        "doc2query.train.dropout_rng": "threefry", "doc2query.train.early_stopping_patience": 0,
-                       "train.loss_chunks": 1, "doc2query.train.loss_chunks": 1}
+                       "train.loss_chunks": 1, "doc2query.train.loss_chunks": 1,
+                       "embed.sasrec.loss": "softmax", "embed.sasrec.bce_negatives": 1}
 
 
 def _drop_field(value: dict, path: str, only_if=None, check: bool = False) -> None:

@@ -196,7 +196,8 @@ def test_evaluate_baselines_on_tiny_workdir(tiny_prepared):
   run_stage(STAGES["embed"], config, workdir)
   results = baselines.evaluate_baselines(workdir, config, split="test")
   assert {m: set(t) for m, t in results.items()} == {
-      "popularity": {"rec", "search"}, "bm25": {"search"}, "dense": {"search"}, "sasrec": {"rec"}}
+      "popularity": {"rec", "search"}, "bm25": {"search"}, "dense": {"search"}, "sasrec": {"rec"},
+      "sasrec_bce": {"rec"}}
   for per_task in results.values():
     for per_protocol in per_task.values():
       assert set(per_protocol) == {"sampled", "full"}

@@ -75,7 +75,7 @@ def test_resize_vocab_matches_hugging_face_mean_resizing():
   cfg = t5_config_from_hf(model.config.to_dict(), dropout_rate=0.0)
   params = params_from_hf_state_dict({k: v.numpy() for k, v in model.state_dict().items()}, cfg)
   new_vocab = VOCAB + 9
-  resized = resize_vocab(params, new_vocab, jax.random.key(0))
+  resized = resize_vocab(params, new_vocab, jax.random.key(0), init="mean_resizing")
   old = np.asarray(params["token_embedder"])
   new = np.asarray(resized["token_embedder"])
   assert new.shape == (new_vocab, cfg.d_model)
@@ -98,7 +98,7 @@ def test_resize_vocab_grows_untied_head():
   cfg = T5Config.tiny(VOCAB, tie_word_embeddings=False)
   from gensar_jax.model.t5 import init_params
   params = init_params(cfg, jax.random.key(0))
-  resized = resize_vocab(params, VOCAB + 4, jax.random.key(1))
+  resized = resize_vocab(params, VOCAB + 4, jax.random.key(1), init="mean_resizing")
   assert resized["lm_head"].shape == (cfg.d_model, VOCAB + 4)
   np.testing.assert_array_equal(resized["lm_head"][:, :VOCAB], np.asarray(params["lm_head"]))
   head_mean = np.asarray(params["lm_head"]).mean(axis=1)

@@ -41,14 +41,16 @@ def test_with_overrides_rejects_unknown_keys_and_shared_sections(tiny_config, ke
 def test_suites_list_the_paper_rows():
   main = reproduce.suite_methods("main")
   assert [m.name for m in main] == ["GenSAR", "Semantic IDs (TIGER-style)", "Collaborative IDs", "GenSAR rec-only",
-                                    "GenSAR search-only", "Popularity", "BM25", "Dense retrieval", "SASRec"]
+                                    "GenSAR search-only", "Popularity", "BM25", "Dense retrieval", "SASRec",
+                                    "SASRec (BCE, sampled negatives)"]
   by_name = {m.name: m for m in main}
   assert by_name["GenSAR rec-only"].overrides == {"tasks.sizes.nsip": 0, "tasks.sizes.nsqp": 0,
                                                   "tasks.sizes.adhoc": 0, "train.selection_tasks": ("rec",)}
   assert by_name["GenSAR rec-only"].tasks == ("rec",) and by_name["GenSAR search-only"].tasks == ("search",)
   assert by_name["GenSAR search-only"].overrides == {"tasks.sizes.nrip": 0, "train.selection_tasks": ("search",)}
   assert {m.baseline: m.tasks for m in main if m.kind == "baseline"} == {
-      "popularity": ("rec", "search"), "bm25": ("search",), "dense": ("search",), "sasrec": ("rec",)}
+      "popularity": ("rec", "search"), "bm25": ("search",), "dense": ("search",), "sasrec": ("rec",),
+      "sasrec_bce": ("rec",)}
   ablations = reproduce.suite_methods("ablations", identifier_lengths=[(1, 1), (3, 2)])
   assert [m.slug for m in ablations] == ["gensar", "wo-query-generation", "wo-desc-id", "wo-behaviour-tokens",
                                          "wo-pseudo-queries", "ids-1-1", "ids-3-2"]

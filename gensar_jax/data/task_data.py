@@ -124,7 +124,8 @@ def load_task_data(workdir: str | Path, config: ml_collections.ConfigDict, codes
   builder = ExampleBuilder(tokenizer, [data.catalog.text(i) for i in range(data.num_items)], data.queries,
                            codes["semantic"], codes["collab"], semantic, collab, max_input_len=t.max_input_len,
                            max_target_len=t.max_target_len, max_text_tokens=t.max_text_tokens,
-                           behaviour_tokens=t.behaviour_tokens)
+                           behaviour_tokens=t.behaviour_tokens,
+                           input_eos=bool(config.get("model", {}).get("input_eos", False)))
   pseudo = None
   if with_pseudo_queries and read_record(workdir / "doc2query") is not None:
     pseudo = load_pseudo_queries(output_dir(workdir, "doc2query") / "pseudo_queries.npz")

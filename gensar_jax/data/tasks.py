@@ -3,7 +3,8 @@
 Inputs are built from pre-tokenized pieces (template text, queries, item text, identifier tokens), so
 building an example is concatenation of small int arrays. History serialization: rec events as
 `<rec_item>` + collaborative ID, search sessions as `<src_query>` + query, then `<src_item>` + semantic
-ID, merged by time and joined with "; ". Over-long inputs drop the oldest history entries first.
+ID, merged by time and joined with "; ". Over-long inputs drop the oldest history entries first. With
+`input_eos` every input ends with `</s>` (EOS), as HF's T5 tokenizer appends it, also to a truncated input.
 """
 from __future__ import annotations
 
@@ -29,18 +30,20 @@ class ExampleBuilder:
     semantic_codes, collab_codes: int32[num_items, L] identifier codes of each view.
     semantic_levels, collab_levels: level names of each view (see tokenizer.identifier_levels).
     behaviour_tokens: False drops `<rec_item>`/`<src_query>`/`<src_item>` everywhere (ablation).
+    input_eos: every input ends with EOS within max_input_len (`model.input_eos`).
   """
 
   def __init__(self, tokenizer: GenSARTokenizer, item_texts: Sequence[str], queries: Sequence[str],
                semantic_codes: np.ndarray, collab_codes: np.ndarray, semantic_levels: Sequence[str],
                collab_levels: Sequence[str], *, max_input_len: int, max_target_len: int,
-               max_text_tokens: int = 96, behaviour_tokens: bool = True):
+               max_text_tokens: int = 96, behaviour_tokens: bool = True, input_eos: bool = False):
     if len(semantic_codes) != len(item_texts) or len(collab_codes) != len(item_texts):
       raise ValueError(f"identifier tables have {len(semantic_codes)}/{len(collab_codes)} rows, "
                        f"expected one per item ({len(item_texts)})")
     self.tok = tokenizer
     self.max_input_len, self.max_target_len = max_input_len, max_target_len
     self.behaviour = behaviour_tokens
+    self.eos = np.asarray([EOS_ID] if input_eos else [], np.int32)
     self.sem_ids = tokenizer.identifier_tokens(semantic_codes, semantic_levels)
     self.col_ids = tokenizer.identifier_tokens(collab_codes, collab_levels)
     self.query_ids = [np.asarray(tokenizer.encode_text(q), np.int32) for q in queries]
@@ -81,10 +84,14 @@ class ExampleBuilder:
         entries.append(self.search_target(i))
     return entries
 
+  def encoder_text(self, ids: np.ndarray, max_len: int) -> np.ndarray:
+    """Plain token ids as an encoder input of at most `max_len` tokens: cut, then EOS with `input_eos`."""
+    return np.concatenate([np.asarray(ids, np.int32)[:max_len - len(self.eos)], self.eos])
+
   def _fill(self, task: str, template: int, values: Mapping[str, np.ndarray], history: list[np.ndarray]) -> np.ndarray:
     parts = self.templates[task][template]
     fixed = sum(len(p) if isinstance(p, np.ndarray) else len(values.get(p, ())) for p in parts)
-    budget = self.max_input_len - fixed
+    budget = self.max_input_len - len(self.eos) - fixed
     while history and sum(len(e) for e in history) + len(self.sep) * (len(history) - 1) > budget:
       history = history[1:]
     joined: list[np.ndarray] = []
@@ -92,7 +99,7 @@ class ExampleBuilder:
       joined += ([self.sep] if n else []) + [entry]
     hist = np.concatenate(joined) if joined else np.zeros(0, np.int32)
     out = [p if isinstance(p, np.ndarray) else (hist if p == "history" else values[p]) for p in parts]
-    return np.concatenate(out)[:self.max_input_len]
+    return self.encoder_text(np.concatenate(out), self.max_input_len)
 
   def build(self, task: str, record: Mapping[str, np.ndarray], template: int = 0, view: int = 0
             ) -> tuple[np.ndarray, np.ndarray]:

@@ -6,11 +6,16 @@ causal self-attention. Item ids are shifted by one inside the model so that toke
 item embedding table is shared between input and output, so `item_embeddings` is the collaborative
 embedding float32[num_items, hidden_dim].
 
-Loss: softmax cross-entropy over the full item table (default). With a few thousand to tens of
-thousands of items this is cheap on an accelerator and trains better than SASRec's original binary
+Loss (`loss`): "softmax" (default), cross-entropy over the full item table. With a few thousand to tens
+of thousands of items this is cheap on an accelerator and trains better than SASRec's original binary
 loss with one negative (Klenitskiy & Vasilev, RecSys 2023). For very large catalogues
 `num_negatives > 0` switches to a sampled softmax over that many uniform negatives shared by the batch
 (uniform proposals need no logQ correction; negatives equal to the target are masked).
+"bce": SASRec's own binary cross-entropy (Kang & McAuley; UniSAR trains its recommenders this way): at each
+position one logit for the next item (label 1) and one for each of `bce_negatives` negatives (label 0), the
+negatives drawn uniformly, independently per position, from the items absent from the user's training
+sequence (SASRec's sampler); the loss is the mean over positions of -log sigmoid(positive) - mean over
+negatives of log(1 - sigmoid(negative)), i.e. SASRec's mean positive BCE + mean negative BCE.
 """
 from __future__ import annotations
 
@@ -50,7 +55,9 @@ def sasrec_config() -> ml_collections.ConfigDict:
   cfg.learning_rate = 3e-3
   cfg.weight_decay = 1e-4
   cfg.grad_clip = 1.0
-  cfg.num_negatives = 0  # 0 = full softmax over all items; > 0 = sampled softmax
+  cfg.loss = "softmax"  # softmax: cross-entropy over the items | bce: SASRec's binary loss (module docstring)
+  cfg.num_negatives = 0  # loss=softmax: 0 = full softmax over all items; > 0 = sampled softmax
+  cfg.bce_negatives = 1  # loss=bce: sampled negatives per position (SASRec and UniSAR: 1)
   cfg.eval_every = 5  # epochs between validation checks when validation data is given (0 = never)
   cfg.eval_batch_size = 256
   return cfg
@@ -178,12 +185,60 @@ def epoch_batches(row_bucket: np.ndarray, buckets: Sequence[int], batch_size: in
   return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def _loss_fn(params, module, tokens, targets, negatives, dropout_key):
-  """Mean next-item cross-entropy over valid positions. negatives: int32[K] tokens or None (full)."""
+# Padding of `window_seen_items` rows: larger than any item id, so it sorts last and is never counted.
+_NOT_AN_ITEM = np.int32(2**30)
+
+LOSSES = ("softmax", "bce")
+
+
+def window_seen_items(train_sequences: Sequence[np.ndarray]) -> np.ndarray:
+  """Each training window's user's distinct items, sorted: int32[n, M] padded with a value above every
+  item id; rows match `training_windows` (sequences of 2 or more items)."""
+  sets = [np.unique(np.asarray(seq, np.int64)) for seq in train_sequences if len(seq) >= 2]
+  out = np.full((len(sets), max((len(s) for s in sets), default=1)), _NOT_AN_ITEM, np.int32)
+  for row, items in enumerate(sets):
+    out[row, :items.size] = items
+  return out
+
+
+def sample_unseen(key: jax.Array, seen: jax.Array, num_items: int, shape: tuple[int, ...]) -> jax.Array:
+  """Item ids uniform over [0, num_items) minus each row's `seen` items: int32[b, *shape].
+
+  seen: int32[b, M] distinct sorted item ids, padded with a value >= 2**30 (`window_seen_items`). The r-th
+  unseen item (0-based) is r + #{j : seen[j] - j <= r}, so one uniform draw below the number of unseen
+  items gives an exactly uniform unseen item, with no rejection loop.
+  """
+  seen = jnp.asarray(seen, jnp.int32)
+  unseen = num_items - jnp.sum(seen < num_items, axis=1)                    # [b]
+  ranks = jax.random.randint(key, (seen.shape[0], *shape), 0,
+                             unseen.reshape((-1,) + (1,) * len(shape)))
+  shifted = seen - jnp.arange(seen.shape[1], dtype=jnp.int32)              # non-decreasing per row
+  flat = ranks.reshape(seen.shape[0], -1)
+  skipped = jnp.sum(shifted[:, None, :] <= flat[:, :, None], axis=-1)
+  return (flat + skipped).reshape(ranks.shape).astype(jnp.int32)
+
+
+def sampled_bce_losses(hidden: jax.Array, table: jax.Array, targets: jax.Array, negatives: jax.Array) -> jax.Array:
+  """SASRec's binary cross-entropy per position: float32[b, w].
+
+  hidden: float[b, w, d] states; table: float[num_items + 1, d] token embeddings (row 0 = padding);
+  targets: int32[b, w] next-item tokens; negatives: int32[b, w, K] negative tokens. Each position gives
+  -log sigmoid(<h, e_target>) - mean_k log(1 - sigmoid(<h, e_negative_k>)).
+  """
+  positive = jnp.sum(hidden * table[targets], axis=-1)                    # [b, w]
+  negative = jnp.einsum("bwd,bwkd->bwk", hidden, table[negatives])         # [b, w, K]
+  return jax.nn.softplus(-positive) + jnp.mean(jax.nn.softplus(negative), axis=-1)
+
+
+def _loss_fn(params, module, tokens, targets, negatives, dropout_key, loss="softmax"):
+  """Mean next-item loss over valid positions. loss "softmax": negatives int32[K] tokens (sampled softmax)
+  or None (full); loss "bce": negatives int32[b, w, K] tokens."""
   hidden = module.apply({"params": params}, tokens, deterministic=False, rngs={"dropout": dropout_key})
   table = params["item_embedding"]["embedding"]
   weights = (targets > 0).astype(jnp.float32)
-  if negatives is None:
+  if loss == "bce":
+    losses = sampled_bce_losses(hidden, table, targets, negatives)
+  elif negatives is None:
     logits = hidden @ table[1:].T  # [b, L, num_items]
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(targets - 1, 0))
   else:
@@ -208,17 +263,20 @@ def _training_fns(arch_items: tuple, hyper_items: tuple):
   module = _module(dict(arch_items), hyper["dropout"])
   optimizer = optax.chain(optax.clip_by_global_norm(hyper["grad_clip"]),
                           optax.adamw(hyper["learning_rate"], weight_decay=hyper["weight_decay"]))
-  num_negatives = hyper["num_negatives"]
+  loss, num_negatives, bce_negatives = hyper["loss"], hyper["num_negatives"], hyper["bce_negatives"]
 
   @jax.jit
-  def train_step(params, opt_state, tokens, step_targets, step_key):
-    """One AdamW step on a batch of right-aligned windows int32[b, w]; returns loss sum and count."""
+  def train_step(params, opt_state, tokens, step_targets, seen, step_key):
+    """One AdamW step on a batch of right-aligned windows int32[b, w]; `seen` int32[b, M]: each row's user's
+    items (`window_seen_items`, read by loss "bce"). Returns loss sum and count."""
     dropout_key, negative_key = jax.random.split(step_key)
     negatives = None
-    if num_negatives > 0:
+    if loss == "bce":
+      negatives = sample_unseen(negative_key, seen, num_items, (tokens.shape[1], bce_negatives)) + 1
+    elif num_negatives > 0:
       negatives = jax.random.randint(negative_key, (num_negatives,), 1, num_items + 1)
     grad_fn = jax.value_and_grad(_loss_fn, has_aux=True)
-    (_, (total, count)), grads = grad_fn(params, module, tokens, step_targets, negatives, dropout_key)
+    (_, (total, count)), grads = grad_fn(params, module, tokens, step_targets, negatives, dropout_key, loss)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, total, count
 
@@ -280,6 +338,19 @@ def item_embeddings(model: SASRecParams) -> np.ndarray:
   return np.asarray(model.params["item_embedding"]["embedding"][1:], np.float32)
 
 
+def training_hyper(cfg: ml_collections.ConfigDict) -> dict:
+  """The hyper-parameters of an `embed.sasrec` section that the compiled train step depends on (checked)."""
+  hyper = {"dropout": float(cfg.dropout), "learning_rate": float(cfg.learning_rate),
+           "weight_decay": float(cfg.weight_decay), "grad_clip": float(cfg.grad_clip),
+           "num_negatives": int(cfg.num_negatives), "loss": cfg.get("loss", "softmax"),
+           "bce_negatives": int(cfg.get("bce_negatives", 1))}
+  if hyper["loss"] not in LOSSES:
+    raise ValueError(f"sasrec.loss={hyper['loss']!r}: expected one of {list(LOSSES)}")
+  if hyper["bce_negatives"] < 1:
+    raise ValueError(f"sasrec.bce_negatives={hyper['bce_negatives']}: expected >= 1")
+  return hyper
+
+
 def train_sasrec(train_sequences: Sequence[np.ndarray], num_items: int, cfg: ml_collections.ConfigDict,
                  seed: int = 0, validation: tuple[np.ndarray, np.ndarray] | None = None,
                  progress: bool = True) -> SASRecParams:
@@ -300,9 +371,13 @@ def train_sasrec(train_sequences: Sequence[np.ndarray], num_items: int, cfg: ml_
   if arch["hidden_dim"] % arch["num_heads"]:
     raise ValueError(f"sasrec.hidden_dim {cfg.hidden_dim} must be divisible by num_heads {cfg.num_heads}")
   inputs, targets = training_windows(train_sequences, num_items, arch["max_len"])
-  hyper = {"dropout": float(cfg.dropout), "learning_rate": float(cfg.learning_rate),
-           "weight_decay": float(cfg.weight_decay), "grad_clip": float(cfg.grad_clip),
-           "num_negatives": int(cfg.num_negatives)}
+  hyper = training_hyper(cfg)
+  if hyper["loss"] == "bce":
+    seen = window_seen_items(train_sequences)
+    if (seen < num_items).sum(axis=1).max() >= num_items:
+      raise DataError("train_sequences: a user has every item in the catalogue; loss=bce has no negative to draw")
+  else:
+    seen = np.zeros((inputs.shape[0], 1), np.int32)   # read by loss=bce only
   module, optimizer, train_step = _training_fns(tuple(sorted(arch.items())), tuple(sorted(hyper.items())))
   key = jax.random.PRNGKey(seed)
   init_key, key = jax.random.split(key)
@@ -327,7 +402,8 @@ def train_sasrec(train_sequences: Sequence[np.ndarray], num_items: int, cfg: ml_
       batch_in = np.where(real[:, None], inputs[np.maximum(rows, 0), -width:], 0)
       batch_out = np.where(real[:, None], targets[np.maximum(rows, 0), -width:], 0)
       key, step_key = jax.random.split(key)
-      params, opt_state, total, count = train_step(params, opt_state, batch_in, batch_out, step_key)
+      params, opt_state, total, count = train_step(params, opt_state, batch_in, batch_out,
+                                                   seen[np.maximum(rows, 0)], step_key)
       totals.append(total)
       counts.append(count)
     epoch_loss = float(np.sum(jax.device_get(totals)) / max(np.sum(jax.device_get(counts)), 1.0))

@@ -60,6 +60,14 @@ def rec_eval_inputs(prepared: Prepared, split: int, max_len: int) -> tuple[np.nd
   return histories, candidates.astype(np.int32)
 
 
+def train_rec_sasrec(prepared: Prepared, cfg: ml_collections.ConfigDict, seed: int) -> sasrec.SASRecParams:
+  """SASRec (`embed.sasrec` section `cfg`) on the recommendation training sequences, the epoch chosen by
+  validation NDCG@10 on the rec validation samples (target + prepared negatives)."""
+  validation = rec_eval_inputs(prepared, VALID, int(cfg.max_len))
+  return sasrec.train_sasrec(rec_training_sequences(prepared), prepared.dataset.num_items, cfg, seed=seed,
+                             validation=validation)
+
+
 def run_embed(config: ml_collections.ConfigDict, workdir: Path, out_dir: Path) -> dict:
   from gensar_jax.stages import output_dir
   prepared = load_prepared(output_dir(workdir, "prepare"))
@@ -81,9 +89,7 @@ def _collaborative(config: ml_collections.ConfigDict, prepared: Prepared, semant
   """Trains and evaluates SASRec, writes the stage's files; returns the stats."""
   data, cfg = prepared.dataset, config.embed.sasrec
   encoder_info = stats["semantic_encoder"]
-  validation = rec_eval_inputs(prepared, VALID, int(cfg.max_len))
-  model = sasrec.train_sasrec(rec_training_sequences(prepared), data.num_items, cfg, seed=int(config.seed),
-                              validation=validation)
+  model = train_rec_sasrec(prepared, cfg, int(config.seed))
   collab = sasrec.item_embeddings(model)
   metrics = {}
   for split, name in ((VALID, "validation"), (TEST, "test")):

@@ -10,6 +10,10 @@ Methods and the tasks they apply to:
   semantic item embeddings (`embed.text`), and those embeddings. Without an encoder (the TF-IDF + SVD
   fallback of the embed stage) queries are folded into the items' SVD space.
 - sasrec (rec): the embed stage's trained SASRec; history = every earlier purchase of the user.
+- sasrec_bce (rec): a SASRec trained here as the embed stage trains its own (same `embed.sasrec` settings,
+  training sequences, validation-chosen epoch and seed) but with SASRec's binary cross-entropy over the
+  positive and `embed.sasrec.bce_negatives` sampled unseen negatives (`loss=bce`), the training of the
+  recommenders in the authors' line of work (UniSAR); scored as sasrec.
 
 Protocols: "sampled" ranks the target among its candidate list (target in column 0, then the prepared
 negatives of the split) with `ranks_from_scores`; "full" ranks it among all N catalogue items. Both
@@ -35,21 +39,22 @@ from gensar_jax.data.prepare import Prepared, load_prepared
 from gensar_jax.stages import output_dir
 from gensar_jax.data.splits import SPLIT_NAMES, TRAIN
 from gensar_jax.embed import sasrec, tfidf
-from gensar_jax.embed.stage import load_embeddings, rec_eval_inputs
+from gensar_jax.embed.stage import load_embeddings, rec_eval_inputs, train_rec_sasrec
 from gensar_jax.embed.text_encoder import load_sentence_encoder
 from gensar_jax.eval.metrics import ranking_metrics, ranks_from_scores
 from gensar_jax.io_utils import DataError
 
 log = logging.getLogger(__name__)
 
-METHOD_TASKS = {"popularity": ("rec", "search"), "bm25": ("search",), "dense": ("search",), "sasrec": ("rec",)}
+METHOD_TASKS = {"popularity": ("rec", "search"), "bm25": ("search",), "dense": ("search",), "sasrec": ("rec",),
+                "sasrec_bce": ("rec",)}
 PROTOCOLS = ("sampled", "full")
 
 
 def baselines_config() -> ml_collections.ConfigDict:
   """Defaults of the `baselines` config section."""
   cfg = ml_collections.ConfigDict()
-  cfg.methods = tuple(METHOD_TASKS)  # popularity, bm25, dense, sasrec
+  cfg.methods = tuple(METHOD_TASKS)  # popularity, bm25, dense, sasrec, sasrec_bce
   cfg.batch_size = 256               # queries or histories per full-catalogue scoring batch
   return cfg
 
@@ -352,11 +357,8 @@ def _dense(prepared, workdir, config, cfg, split):
   return {"search": row_protocol_metrics(scores, row_index, candidates)}
 
 
-def _sasrec(prepared, workdir, config, cfg, split):
-  path = output_dir(workdir, "embed") / "sasrec.npz"
-  model = sasrec.load_sasrec(path)
-  if model.num_items != prepared.dataset.num_items:
-    raise DataError(f"{path}: SASRec has {model.num_items} items, the catalogue {prepared.dataset.num_items}")
+def _sasrec_metrics(prepared, model: sasrec.SASRecParams, cfg, split) -> dict:
+  """{"rec": {"sampled", "full"}} of a SASRec: history = every earlier purchase of the user."""
   histories, candidates = rec_eval_inputs(prepared, SPLIT_NAMES.index(split), model.max_len)
   batch_size = int(cfg.batch_size)
   sampled = sasrec.score_candidates(model, histories, candidates, batch_size)
@@ -365,7 +367,27 @@ def _sasrec(prepared, workdir, config, cfg, split):
                   "full": ranking_metrics(full)}}
 
 
-_METHODS = {"popularity": _popularity, "bm25": _bm25, "dense": _dense, "sasrec": _sasrec}
+def _sasrec(prepared, workdir, config, cfg, split):
+  path = output_dir(workdir, "embed") / "sasrec.npz"
+  model = sasrec.load_sasrec(path)
+  if model.num_items != prepared.dataset.num_items:
+    raise DataError(f"{path}: SASRec has {model.num_items} items, the catalogue {prepared.dataset.num_items}")
+  return _sasrec_metrics(prepared, model, cfg, split)
+
+
+def sasrec_bce_config(sasrec_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `embed.sasrec` section with SASRec's binary cross-entropy (`loss=bce`), everything else as given."""
+  cfg = ml_collections.ConfigDict(sasrec_cfg.to_dict())
+  cfg.loss = "bce"
+  return cfg
+
+
+def _sasrec_bce(prepared, workdir, config, cfg, split):
+  model = train_rec_sasrec(prepared, sasrec_bce_config(config.embed.sasrec), int(config.seed))
+  return _sasrec_metrics(prepared, model, cfg, split)
+
+
+_METHODS = {"popularity": _popularity, "bm25": _bm25, "dense": _dense, "sasrec": _sasrec, "sasrec_bce": _sasrec_bce}
 
 
 def evaluate_baselines(workdir: str | Path, config: ml_collections.ConfigDict, split: str = "test",
@@ -376,7 +398,7 @@ def evaluate_baselines(workdir: str | Path, config: ml_collections.ConfigDict, s
     workdir: the pipeline's output root.
     config: the run's config; reads `baselines` (defaults: `baselines_config()`), `embed.text`, `seed`.
     split: "validation" or "test".
-    methods: subset of popularity, bm25, dense, sasrec (default: config.baselines.methods).
+    methods: subset of popularity, bm25, dense, sasrec, sasrec_bce (default: config.baselines.methods).
   Returns:
     {method: {task ("rec"/"search"): {"sampled": metrics, "full": metrics}}}, metrics as `ranking_metrics`.
   """

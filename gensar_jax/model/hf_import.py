@@ -16,6 +16,16 @@ With a checkpoint, the tokenizer is the checkpoint's own (`spiece.model` plus HF
 sentinels, `pretrained_tokenizer`), and our behaviour and identifier tokens are appended after it, as
 `tokenizer.add_tokens` + `model.resize_token_embeddings(len(tokenizer))` do in the reference: every
 piece keeps its pretrained embedding row.
+
+New rows (`resize_vocab`, `model.new_token_init`): the reference pins transformers 4.45.2, whose
+`PreTrainedModel._get_resized_embeddings` builds a fresh `nn.Embedding`, calls `self._init_weights` on it and
+copies the old rows over; T5's `T5PreTrainedModel._init_weights` has no branch for a bare `nn.Embedding`
+(its N(0, initializer_factor) embedding init runs only on the whole model), so new rows keep torch's
+`nn.Embedding` initialisation, N(0, 1). An untied head (v1.1) goes through `_get_resized_lm_head`: a fresh
+`nn.Linear(d_model, V)`, equally untouched by `_init_weights`, so new rows keep torch's `nn.Linear` init,
+U(-1/sqrt(d_model), 1/sqrt(d_model)). "torch_default" (the default) draws new rows from those laws;
+"mean_resizing" follows later transformers releases (`resize_token_embeddings(mean_resizing=True)`: the old
+rows' mean plus 1e-9 of their covariance), which starts every added token almost at the same point.
 """
 from __future__ import annotations
 
@@ -39,6 +49,9 @@ DEFAULT_EXTRA_IDS = 100
 
 # Variance scale of HF's mean-resizing: new rows ~ N(mean, 1e-9 * covariance) of the old rows.
 MEAN_RESIZING_EPSILON = 1e-9
+
+# How `resize_vocab` initialises added rows (`model.new_token_init`; see the module docstring).
+NEW_TOKEN_INITS = ("torch_default", "mean_resizing")
 
 
 def t5_config_from_hf(hf_config: Mapping, **overrides) -> T5Config:
@@ -226,13 +239,25 @@ def _mean_resized_rows(old_rows: np.ndarray, num_new: int, rng: jax.Array) -> np
   return (mean + noise @ cholesky.T).astype(np.float32)
 
 
-def resize_vocab(params: dict, new_vocab_size: int, rng: jax.Array) -> dict:
+def _torch_default_rows(num_new: int, dim: int, rng: jax.Array, head: bool) -> np.ndarray:
+  """`num_new` rows as transformers 4.45.2 leaves them after resizing (module docstring): N(0, 1) for the
+  embedding table (torch's `nn.Embedding` init), U(-1/sqrt(dim), 1/sqrt(dim)) for an untied head (torch's
+  `nn.Linear` init, kaiming-uniform with a = sqrt(5), fan_in = dim)."""
+  if head:
+    bound = 1.0 / np.sqrt(dim)
+    return np.asarray(jax.random.uniform(rng, (num_new, dim), np.float32, -bound, bound))
+  return np.asarray(jax.random.normal(rng, (num_new, dim), np.float32))
+
+
+def resize_vocab(params: dict, new_vocab_size: int, rng: jax.Array, init: str = "torch_default") -> dict:
   """Grows (or truncates) `token_embedder` [V, D] (and an untied `lm_head` [D, V]) to `new_vocab_size`.
 
-  Existing rows are kept; added rows follow transformers' default `resize_token_embeddings`
-  (`mean_resizing=True`): a multivariate normal with the old rows' mean and 1e-9 times their
-  covariance. Remember to build the model with `cfg.replace(vocab_size=new_vocab_size)`.
+  Existing rows are kept; added rows follow `init` (one of `NEW_TOKEN_INITS`, see the module docstring):
+  "torch_default" as transformers 4.45.2 (the reference's), "mean_resizing" as later releases' default.
+  Remember to build the model with `cfg.replace(vocab_size=new_vocab_size)`.
   """
+  if init not in NEW_TOKEN_INITS:
+    raise ValueError(f"model.new_token_init={init!r}: expected one of {list(NEW_TOKEN_INITS)}")
   params = dict(params)
   embed = np.asarray(params["token_embedder"], np.float32)
   old_vocab = embed.shape[0]
@@ -245,11 +270,17 @@ def resize_vocab(params: dict, new_vocab_size: int, rng: jax.Array) -> dict:
       params["lm_head"] = np.asarray(params["lm_head"], np.float32)[:, :new_vocab_size]
     return params
   added = new_vocab_size - old_vocab
-  params["token_embedder"] = np.concatenate([embed, _mean_resized_rows(embed, added, embed_rng)], axis=0)
+
+  def new_rows(old_rows: np.ndarray, key: jax.Array, head: bool) -> np.ndarray:
+    if init == "mean_resizing":
+      return _mean_resized_rows(old_rows, added, key)
+    return _torch_default_rows(added, old_rows.shape[1], key, head)
+
+  params["token_embedder"] = np.concatenate([embed, new_rows(embed, embed_rng, False)], axis=0)
   if "lm_head" in params:
     head_rows = np.asarray(params["lm_head"], np.float32).T
-    params["lm_head"] = np.concatenate([head_rows, _mean_resized_rows(head_rows, added, head_rng)], axis=0).T
-  logger.info("resized vocabulary %d -> %d (%d new rows, mean-resizing init)", old_vocab, new_vocab_size, added)
+    params["lm_head"] = np.concatenate([head_rows, new_rows(head_rows, head_rng, True)], axis=0).T
+  logger.info("resized vocabulary %d -> %d (%d new rows, %s init)", old_vocab, new_vocab_size, added, init)
   return params
 
 
@@ -257,9 +288,9 @@ def build_model(section: ml_collections.ConfigDict, vocab_size: int, rng: jax.Ar
   """(T5Config, params) for a `model` config section (`t5.model_config()`) and vocabulary size.
 
   With `pretrained_dir`, the checkpoint is imported and its vocabulary grown (or cut) to `vocab_size`
-  with `resize_vocab`; the tokenizer is then the checkpoint's (`pretrained_tokenizer`, which
-  `data.task_data.load_task_data` uses), so that shared ids mean the same pieces. Otherwise parameters
-  are freshly initialised from `rng`.
+  with `resize_vocab` (added rows by `new_token_init`); the tokenizer is then the checkpoint's
+  (`pretrained_tokenizer`, which `data.task_data.load_task_data` uses), so that shared ids mean the same
+  pieces. Otherwise parameters are freshly initialised from `rng`.
   """
   if not section.pretrained_dir:
     cfg = t5_config_from_section(section, vocab_size)
@@ -267,6 +298,6 @@ def build_model(section: ml_collections.ConfigDict, vocab_size: int, rng: jax.Ar
   cfg, params = load_hf_checkpoint(section.pretrained_dir, dropout_rate=float(section.dropout_rate),
                                    dtype=section.dtype)
   if cfg.vocab_size != vocab_size:
-    params = resize_vocab(params, vocab_size, rng)
+    params = resize_vocab(params, vocab_size, rng, section.get("new_token_init", "torch_default"))
     cfg = cfg.replace(vocab_size=vocab_size)
   return cfg, params

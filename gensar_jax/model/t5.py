@@ -153,6 +153,11 @@ def model_config() -> ml_collections.ConfigDict:
   # A Hugging Face T5 checkpoint directory (config.json + model.safetensors or pytorch_model.bin) to start
   # from; "" trains from a random initialisation. Its shape overrides preset/feed_forward/tie_word_embeddings.
   config.pretrained_dir = ""
+  # Added token rows of a pretrained checkpoint (hf_import.resize_vocab): "torch_default" as the reference's
+  # transformers 4.45.2 (embedding N(0, 1), untied head U(+-1/sqrt(d_model))) | "mean_resizing" (later releases).
+  config.new_token_init = "torch_default"
+  # `</s>` closes every encoder input, as the reference's HF T5 tokenizer appends it (kept under truncation).
+  config.input_eos = True
   # Shape overrides on top of the preset, e.g. {"d_model": 128, "num_encoder_layers": 2} (CPU budgets).
   config.shape = ml_collections.ConfigDict()
   return config

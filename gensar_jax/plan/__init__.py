@@ -572,16 +572,17 @@ def lower_sasrec_step(sasrec_cfg: ml_collections.ConfigDict, num_items: int, wid
   arch = {"num_items": int(num_items), "hidden_dim": int(sasrec_cfg.hidden_dim),
           "num_blocks": int(sasrec_cfg.num_blocks), "num_heads": int(sasrec_cfg.num_heads),
           "max_len": int(sasrec_cfg.max_len)}
-  hyper = {"dropout": float(sasrec_cfg.dropout), "learning_rate": float(sasrec_cfg.learning_rate),
-           "weight_decay": float(sasrec_cfg.weight_decay), "grad_clip": float(sasrec_cfg.grad_clip),
-           "num_negatives": int(sasrec_cfg.num_negatives)}
+  hyper = sasrec.training_hyper(sasrec_cfg)
   module, optimizer, train_step = sasrec._training_fns(tuple(sorted(arch.items())), tuple(sorted(hyper.items())))
   params = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, arch["max_len"]), jnp.int32))
                           ["params"])
   opt_state = jax.eval_shape(optimizer.init, params)
   tokens = jax.ShapeDtypeStruct((int(sasrec_cfg.batch_size), int(width)), jnp.int32)
+  # Each row's user's items (read by loss=bce; a user's window holds up to max_len + 1 of them).
+  seen = jax.ShapeDtypeStruct((int(sasrec_cfg.batch_size), arch["max_len"] + 1 if hyper["loss"] == "bce" else 1),
+                              jnp.int32)
   key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
-  return train_step.lower(*_on_device((params, opt_state, tokens, tokens, key), device))
+  return train_step.lower(*_on_device((params, opt_state, tokens, tokens, seen, key), device))
 
 
 def lower_rqvae_step(identifiers_cfg: ml_collections.ConfigDict, semantic_dim: int, collab_dim: int,

@@ -207,7 +207,9 @@ def run_doc2query(config: ml_collections.ConfigDict, workdir: Path, out_dir: Pat
   td = load_task_data(workdir, config, codes=no_codes, with_pseudo_queries=False)
   search = td.prepared.samples["search"]
   rows = search.split_rows(0)
-  texts = stack_padded([td.builder.item_text_ids[i] for i in search.item[rows]], int(cfg.max_input_len))
+  length = int(cfg.max_input_len)
+  texts = stack_padded([td.builder.encoder_text(td.builder.item_text_ids[i], length) for i in search.item[rows]],
+                       length)
   queries = stack_padded([td.builder.query_ids[q] for q in search.query[rows]], int(cfg.max_query_len))
   epoch_len = len(rows)
   run_config = ml_collections.ConfigDict({"train": cfg.train, "parallel": config.parallel})
@@ -224,7 +226,7 @@ def run_doc2query(config: ml_collections.ConfigDict, workdir: Path, out_dir: Pat
   selected, stats = _fit(run_config, model_cfg, params, it, num_steps, out_dir, None, mesh, probe, "doc2query")
   save_model(out_dir / "model", selected, model_cfg)
 
-  catalog_texts = stack_padded(td.builder.item_text_ids, int(cfg.max_input_len))
+  catalog_texts = stack_padded([td.builder.encoder_text(ids, length) for ids in td.builder.item_text_ids], length)
   s = cfg.sampling
   out = generate_text_batched(selected, model_cfg, catalog_texts, int(cfg.max_query_len),
                               batch_size=int(s.batch_size), method=s.method, num_samples=int(cfg.num_pseudo_queries),
