@@ -300,4 +300,4 @@ def build_model(section: ml_collections.ConfigDict, vocab_size: int, rng: jax.Ar
   if cfg.vocab_size != vocab_size:
     params = resize_vocab(params, vocab_size, rng, section.get("new_token_init", "torch_default"))
     cfg = cfg.replace(vocab_size=vocab_size)
-  return cfg, params
+  return cfg.replace(attention=str(section.get("attention", "dense"))), params
