@@ -149,6 +149,15 @@ def test_fused_refuses_threefry_dropout():
     _model_loss(cfg, params, x, y)
 
 
+def test_mask_indices_beyond_uint32_are_refused():
+  """Like `hash_keep_mask`: a global [B, H, T, S] of 2**32 elements or more would repeat masks."""
+  q = jax.ShapeDtypeStruct((2 ** 14, 8, 256, 8), jnp.bfloat16)
+  k = jax.ShapeDtypeStruct((2 ** 14, 8, 128, 8), jnp.bfloat16)
+  mask = jax.ShapeDtypeStruct((2 ** 14, 128), jnp.bool_)
+  with pytest.raises(ValueError, match="2\\*\\*32"):
+    jax.eval_shape(lambda q, k, m: fa.fused_attention(q, k, k, None, m, 0.1, jnp.zeros((2,), jnp.int32)), q, k, mask)
+
+
 def test_blocks_beyond_the_vmem_budget_are_refused():
   fa.check_fits(512, 512)
   with pytest.raises(ValueError, match="model.attention='dense'"):

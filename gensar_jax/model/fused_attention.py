@@ -232,6 +232,9 @@ def fused_attention(query: Array, key: Array, value: Array, bias: Array | None, 
   rate = float(dropout_rate)
   if rate and seeds is None:
     raise ValueError("fused_attention: dropout_rate > 0 needs the dropout seeds")
+  if rate and batch * heads * t_len * key.shape[2] >= 2 ** 32:
+    raise ValueError(f"hash dropout: {batch * heads * t_len * key.shape[2]} attention elements; the uint32 index "
+                     "supports fewer than 2**32 (more micro-batches, train.grad_accum_steps, make them smaller)")
   seeds = jnp.zeros((2,), jnp.int32) if seeds is None else seeds
   mask = key_mask.astype(jnp.float32)[:, None, :]
 
