@@ -21,6 +21,7 @@ PLANS = ROOT / "results" / "plan"
 REHEARSAL = ROOT / "results" / "benchmarks" / "electronics_rehearsal.json"
 PAGE = ROOT / "docs" / "pods.md"
 MARKERS = {"plan": ("<!-- plan-table:start -->", "<!-- plan-table:end -->"),
+           "attention": ("<!-- attention-table:start -->", "<!-- attention-table:end -->"),
            "pod-run": ("<!-- pod-run:start -->", "<!-- pod-run:end -->"),
            "rehearsal": ("<!-- rehearsal-table:start -->", "<!-- rehearsal-table:end -->")}
 # The presets docs/pods.md "Run on a pod" walks through, in its order.
@@ -283,12 +284,44 @@ def rehearsal_table(report: dict) -> str:
   return "\n".join(lines)
 
 
+# The breakdown's terms shown in the attention table, in order (the rest are summed under "rest").
+SHOWN_TERMS = ("attention", "feed_forward", "output_layer_and_loss", "other")
+
+
+def attention_row(path: Path, plan: dict) -> str:
+  """One markdown row of a train-step plan: bytes, FLOPs, peak, step, MFU and the bytes of its breakdown's terms."""
+  train = plan["programs"]["train_step"]
+  roof = train["roofline"]
+  breakdown = train.get("breakdown") or {}
+  terms = [f"{breakdown[t]['bytes'] / 1e9:,.0f}" if t in breakdown else "-" for t in SHOWN_TERMS]
+  rest = sum(v["bytes"] for t, v in breakdown.items() if t not in SHOWN_TERMS)
+  cells = [f"`{plan['config']}`", f"`{path.relative_to(ROOT)}`", plan["model"].get("attention", "dense"),
+           plan["model"].get("dropout_rng", "threefry"), f"{train['bytes_accessed'] / 1e9:,.0f}",
+           f"{train['flops'] / 1e12:.1f}", f"{train['memory']['peak_bytes'] / GIB:.1f}", _duration(roof["step_s"]),
+           f"{roof['mfu']:.0%}", *terms, f"{rest / 1e9:,.0f}" if breakdown else "-"]
+  return "| " + " | ".join(cells) + " |"
+
+
+ATTENTION_HEADER = ("preset", "plan", "model.attention", "dropout masks", "GB/chip/step", "TFLOP/chip/step",
+                    "peak GiB", "est. step", "MFU", *(f"GB {t}" for t in SHOWN_TERMS), "GB rest")
+
+
+def attention_table(files: list[tuple[Path, dict]]) -> str:
+  """The train step with dense and fused attention, per preset (the files' order)."""
+  lines = ["| " + " | ".join(ATTENTION_HEADER) + " |", "|" + " --- |" * len(ATTENTION_HEADER)]
+  lines += [attention_row(path, plan) for path, plan in files if "train_step" in plan["programs"]]
+  return "\n".join(lines)
+
+
 def recorded_tables() -> dict[str, str]:
   """{name in MARKERS: table} rendered from the recorded plans and rehearsal (no rehearsal table without its file)."""
   paths = sorted(PLANS.glob("*.json"))
   plans = [json.loads(p.read_text()) for p in paths]
   comparisons = [(p, json.loads(p.read_text())) for p in [*paths, *sorted((PLANS / "dropout_rng").glob("*.json"))]]
   tables = {"plan": plan_table(plans, comparisons), "pod-run": pod_run_table(plans)}
+  attention = [(p, json.loads(p.read_text())) for p in sorted((PLANS / "attention").glob("*.json"))]
+  if attention:
+    tables["attention"] = attention_table(attention)
   if REHEARSAL.exists():
     tables["rehearsal"] = rehearsal_table(json.loads(REHEARSAL.read_text()))
   return tables
