@@ -439,6 +439,11 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     if _MISSING not in (patience, every) and patience > 0 and every == 0:
       problems.append(f"{section}.early_stopping_patience={patience} with {section}.eval_every=0: early stopping "
                       "counts evaluations; expected eval_every > 0 or early_stopping_patience=0")
+  for section in ("train", "doc2query.train"):
+    metric, mode = _lookup(config, f"{section}.best_metric"), _lookup(config, f"{section}.best_mode")
+    if mode == "min" and isinstance(metric, str) and metric.startswith("val/"):
+      problems.append(f"{section}.best_mode='min' with {section}.best_metric={metric!r}: the validation reports HR "
+                      "and NDCG, better when higher; expected best_mode='max'")
   workers, buckets = _lookup(config, "tasks.pipeline_workers"), _lookup(config, "tasks.length_buckets")
   if _MISSING not in (workers, buckets) and isinstance(workers, int) and workers > 0 and buckets:
     problems.append(f"tasks.pipeline_workers={workers} with tasks.length_buckets={tuple(buckets)!r}: bucketed "

@@ -79,3 +79,9 @@ def test_listed_choices_are_read_from_the_module_that_reads_the_field():
   check, expected = rules["data.rec_negatives"]
   assert str(expected) == f"one of {list(prepare.REC_NEGATIVES)}"
   assert all(check(choice) for choice in prepare.REC_NEGATIVES) and not check("Popularity")
+
+
+def test_best_mode_min_is_refused_for_a_validation_metric():
+  with pytest.raises(ValueError, match=r"train.best_mode='min' with train.best_metric='val/ndcg5_mean': the validation "
+                                       r"reports HR and NDCG, better when higher; expected best_mode='max'"):
+    load_config("tiny", ["train.best_mode=min"])
