@@ -172,6 +172,79 @@ def _subset_of(*choices):
   return (lambda v: bool(v) and set(v) <= set(choices)), f"a non-empty subset of {list(choices)}"
 
 
+def _boolean():
+  return (lambda v: isinstance(v, bool)), "true or false"
+
+
+def _text():
+  return (lambda v: isinstance(v, str)), "a string"
+
+
+def _whole():
+  return (lambda v: isinstance(v, int) and not isinstance(v, bool)), "a whole number"
+
+
+def _whole_at_least(low):
+  return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low), f"a whole number >= {low}"
+
+
+def _whole_or_remaining():
+  return (lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == -1 or v >= 1)), \
+      "-1 (the remaining devices) or >= 1"
+
+
+def _wholes_at_least(low, non_empty=True):
+  def check(v):
+    return (isinstance(v, tuple) and (bool(v) or not non_empty)
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= low for x in v))
+  return check, f"a {'non-empty ' if non_empty else ''}tuple of whole numbers >= {low}"
+
+
+class _Listed:
+  """A rule whose choices are a tuple defined in the module that reads the field (`module.attr`), imported when a
+  config is first checked so that loading this module stays cheap; `subset` checks a tuple of choices."""
+
+  def __init__(self, module: str, attr: str, extra: tuple = (), subset: str | None = None):
+    self.module, self.attr, self.extra, self.subset = module, attr, extra, subset
+
+  def choices(self) -> tuple:
+    return (*self.extra, *getattr(importlib.import_module(self.module), self.attr))
+
+  def __call__(self, value) -> bool:
+    if self.subset is None:
+      return value in self.choices()
+    return isinstance(value, tuple) and (bool(value) or self.subset == "any") and set(value) <= set(self.choices())
+
+  def __str__(self) -> str:
+    if self.subset is None:
+      return f"one of {list(self.choices())}"
+    return f"a{' non-empty' if self.subset == 'non-empty' else ''} subset of {list(self.choices())}"
+
+
+def _listed(module: str, attr: str, extra: tuple = ()):
+  rule = _Listed(module, attr, extra)
+  return rule, rule
+
+
+def _some_listed(module: str, attr: str, non_empty: bool = True):
+  rule = _Listed(module, attr, subset="non-empty" if non_empty else "any")
+  return rule, rule
+
+
+def _axis_rules():
+  def check(v):
+    return isinstance(v, tuple) and all(isinstance(r, tuple) and len(r) == 2 and isinstance(r[0], str) for r in v)
+  return check, "a tuple of (logical axis name, mesh axes) pairs"
+
+
+def _level_pairs():
+  def check(v):
+    return isinstance(v, tuple) and bool(v) and all(
+        isinstance(p, tuple) and len(p) == 2 and all(isinstance(x, int) and x >= 0 for x in p) and sum(p) >= 1
+        for p in v)
+  return check, "a non-empty tuple of (shared levels, specific levels) pairs, whole numbers with a sum >= 1"
+
+
 # Ranges and choices of every field a stage would otherwise only find wrong after hours of work.
 # (dotted key, (check, what is expected)); keys a config does not have are skipped.
 VALUE_RULES = (
@@ -235,6 +308,96 @@ VALUE_RULES = (
         (f"{section}.best_mode", _one_of("max", "min")),
         (f"{section}.dropout_rng", _one_of("threefry", "hash")),
         (f"{section}.early_stopping_patience", _at_least(0)))),
+    # ---- every other field a stage or command reads (tests/test_config_rules.py: each field has a rule)
+    ("name", _text()),
+    *((f"data.{key}", _text()) for key in ("raw_dir", "name", "category_root", "query_dir")),
+    ("data.category_dialect", _one_of("auto", "2014", "2018")),
+    ("data.queries", _listed("gensar_jax.data.prepare", "QUERY_SOURCES")),
+    ("data.singular_queries", _boolean()),
+    ("data.reference_history", _boolean()),
+    ("data.rec_negatives", _listed("gensar_jax.data.prepare", "REC_NEGATIVES")),
+    ("data.rec_negative_exclusion", _listed("gensar_jax.data.prepare", "REC_NEGATIVE_EXCLUSIONS")),
+    ("data.search_negative_topup", _listed("gensar_jax.data.prepare", "SEARCH_NEGATIVE_TOPUPS")),
+    ("data.bm25_k1", _at_least(0.0)),
+    ("data.bm25_b", _between(0.0, 1.0)),
+    ("data.bm25_analyzer", _listed("gensar_jax.data.negatives", "ANALYZERS")),
+    *((f"data.synthetic.{key}", _whole_at_least(1)) for key in (
+        "num_items", "num_users", "min_sequence_length", "max_sequence_length", "num_communities",
+        "communities_per_user", "words_per_category", "num_brands")),
+    *((f"data.synthetic.{key}", _whole_at_least(0)) for key in ("complements_per_item", "query_title_words")),
+    ("data.synthetic.mean_sequence_length", _positive()),
+    ("data.synthetic.tree", _wholes_at_least(1)),
+    *((f"data.synthetic.{key}", _between(0.0, 1.0)) for key in (
+        "alignment", "stay_in_community", "follow_complement", "query_noise")),
+    ("tasks.with_replacement", _some_listed("gensar_jax.data.tasks", "TASKS", non_empty=False)),
+    ("tasks.behaviour_tokens", _boolean()),
+    ("tasks.length_buckets", _wholes_at_least(1, non_empty=False)),     # and <= tasks.max_input_len (below)
+    ("tasks.target_buckets", _wholes_at_least(1, non_empty=False)),     # and <= tasks.max_target_len
+    ("embed.text.model_dir", _text()),
+    ("embed.text.pooling", _listed("gensar_jax.embed.text_encoder", "POOLING_MODES", extra=("",))),
+    *((f"embed.text.{key}", _whole_at_least(1)) for key in (
+        "max_seq_length", "batch_size", "min_bucket_length", "fallback_dim")),
+    ("embed.text.dtype", _one_of("float32", "bfloat16")),
+    ("embed.text.fallback", _one_of("tfidf", "error")),
+    *((f"embed.sasrec.{key}", _whole_at_least(1)) for key in (
+        "hidden_dim", "num_blocks", "num_heads", "max_len", "batch_size", "epochs", "eval_batch_size")),
+    *((f"embed.sasrec.{key}", _whole_at_least(0)) for key in ("num_negatives", "eval_every")),
+    ("embed.sasrec.dropout", ((lambda v: 0 <= v < 1), "in [0, 1)")),
+    ("embed.sasrec.learning_rate", _positive()),
+    ("embed.sasrec.weight_decay", _at_least(0.0)),
+    ("embed.sasrec.grad_clip", _positive()),
+    ("identifiers.hidden_dims", _wholes_at_least(1, non_empty=False)),
+    *((f"identifiers.{key}", _whole_at_least(1)) for key in ("latent_dim", "sinkhorn_iters", "eval_every_epochs")),
+    *((f"identifiers.{key}", _whole_at_least(0)) for key in (
+        "kmeans_iters", "warmup_epochs", "seed", "resolve_rounds")),
+    *((f"identifiers.{key}", _at_least(0.0)) for key in (
+        "beta", "quant_loss_weight", "weight_decay", "grad_clip_norm")),
+    *((f"identifiers.{key}", _positive()) for key in ("sinkhorn_epsilon", "resolve_sinkhorn_epsilon")),
+    ("identifiers.sinkhorn_levels", _listed("gensar_jax.identifiers.rqvae", "SINKHORN_LEVELS")),
+    ("identifiers.optimizer", _one_of("adamw", "adam")),
+    ("identifiers.lr_schedule", _one_of("linear", "constant")),
+    ("identifiers.select_by", _one_of("collision", "loss")),
+    ("identifiers.disambiguation_level", _boolean()),
+    ("baselines.methods", _some_listed("gensar_jax.eval.baselines", "METHOD_TASKS")),
+    ("baselines.batch_size", _at_least(1)),
+    ("model.preset", _one_of("small", "tiny")),
+    ("model.feed_forward", _one_of("relu", "gated-gelu")),
+    ("model.tie_word_embeddings", _boolean()),
+    ("model.pretrained_dir", _text()),
+    *((f"model.shape.{key}", _whole_at_least(1)) for key in (
+        "d_model", "num_heads", "d_kv", "d_ff", "num_encoder_layers", "num_decoder_layers",
+        "relative_attention_num_buckets", "relative_attention_max_distance")),
+    ("model.shape.layer_norm_epsilon", _positive()),
+    *((f"parallel.mesh_shape.{axis}", _whole_or_remaining()) for axis in ("data", "fsdp", "model")),
+    ("parallel.logical_axis_rules", _axis_rules()),
+    ("doc2query.max_input_len", _whole_at_least(1)),
+    ("doc2query.max_query_len", _whole_at_least(2)),
+    ("doc2query.sampling.batch_size", _whole_at_least(1)),
+    ("doc2query.sampling.seed", _whole_at_least(0)),
+    *(rule for section in ("train", "doc2query.train") for rule in (
+        (f"{section}.num_steps", _whole()),               # <= 0: num_epochs decides (checked below)
+        (f"{section}.num_epochs", _whole_at_least(0)),
+        (f"{section}.seed", _whole_at_least(0)),
+        (f"{section}.adam_b1", ((lambda v: 0 <= v < 1), "in [0, 1)")),
+        (f"{section}.adam_b2", ((lambda v: 0 <= v < 1), "in [0, 1)")),
+        (f"{section}.adam_eps", _positive()),
+        (f"{section}.bf16", _boolean()),
+        (f"{section}.async_checkpointing", _boolean()),
+        (f"{section}.keep_best", _whole_at_least(0)),
+        # A name the trainer's validation reports (else no best checkpoint and no early stopping).
+        (f"{section}.best_metric", _listed("gensar_jax.eval.metrics", "VALIDATION_METRICS")))),
+    *((f"eval.ties.{protocol}", _listed("gensar_jax.eval.metrics", "TIE_RULES")) for protocol in ("sampled", "full")),
+    ("reproduce.suite", _listed("gensar_jax.reproduce", "SUITES")),
+    ("reproduce.identifier_lengths", _level_pairs()),
+    ("plan.topology", _text()),
+    *((f"plan.{key}", _whole_at_least(1)) for key in (
+        "num_items", "num_users", "rec_train_rows", "rec_validation_rows", "rec_test_rows", "search_train_rows",
+        "search_validation_rows", "search_test_rows")),
+    ("plan.num_candidates", _whole_at_least(2)),
+    ("plan.tight_fraction", ((lambda v: 0 < v <= 1), "in (0, 1]")),
+    ("plan.dropout_rngs", _some_listed("gensar_jax.model.t5", "DROPOUT_RNGS", non_empty=False)),
+    ("plan.dropout_compare_layers", _whole_at_least(0)),
+    ("plan.sasrec_window", _whole_at_least(0)),
 )
 
 
@@ -284,6 +447,11 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     if _MISSING not in (patience, every) and patience > 0 and every == 0:
       problems.append(f"{section}.early_stopping_patience={patience} with {section}.eval_every=0: early stopping "
                       "counts evaluations; expected eval_every > 0 or early_stopping_patience=0")
+  for section in ("train", "doc2query.train"):
+    metric, mode = _lookup(config, f"{section}.best_metric"), _lookup(config, f"{section}.best_mode")
+    if mode == "min" and isinstance(metric, str) and metric.startswith("val/"):
+      problems.append(f"{section}.best_mode='min' with {section}.best_metric={metric!r}: the validation reports HR "
+                      "and NDCG, better when higher; expected best_mode='max'")
   workers, buckets = _lookup(config, "tasks.pipeline_workers"), _lookup(config, "tasks.length_buckets")
   if _MISSING not in (workers, buckets) and isinstance(workers, int) and workers > 0 and buckets:
     problems.append(f"tasks.pipeline_workers={workers} with tasks.length_buckets={tuple(buckets)!r}: bucketed "

@@ -123,6 +123,22 @@ def _setting(config, dotted: str) -> str:
   return value or ""
 
 
+def model_dir_read(config, setting: str) -> epath.Path | None:
+  """The directory a model setting makes its stages read: the setting resolved (`resolve_model_dir`), or for an
+  empty `embed.text.model_dir` the packaged default encoder when it is installed; None when nothing is read
+  (an empty `model.pretrained_dir`: a random initialisation; no default encoder: the TF-IDF fallback)."""
+  value = _setting(config, setting)
+  if value:
+    return resolve_model_dir(value, setting)
+  if setting == "embed.text.model_dir":
+    from gensar_jax.embed.text_encoder import default_model_dir
+    try:
+      return as_path(default_model_dir())
+    except FileNotFoundError:
+      return None
+  return None
+
+
 def _model_problem(config, setting: str) -> str | None:
   """What is wrong with a model setting's directory, or None (an empty setting is the default model)."""
   value = _setting(config, setting)

@@ -1,10 +1,11 @@
 """Pipeline stages: each reads its inputs from the committed outputs of the stages it depends on and writes
 its own with `stats.json` and `config.json`; `run` skips a stage whose fingerprint (a hash of the config values
-it reads, of its raw input files' contents and of its inputs' fingerprints) is unchanged.
+it reads, of the contents of the files it reads from outside the workdir: raw data and model directories, and
+of its inputs' fingerprints) is unchanged.
 
 Layout and commit (the same on a local disk, a shared mount and an object store such as `gs://`):
   - `<workdir>/<stage>/fingerprint.json` is the stage's record: what its output was built from (config
-    values, raw files' sizes and hashes, each input stage's record) and, under "output", the attempt
+    values, the outside files' sizes and hashes, each input stage's record) and, under "output", the attempt
     directory that holds the output, `<workdir>/<stage>/run-<fingerprint>/`. Readers resolve a stage through
     its record (`output_dir`), never by listing.
   - A run writes its output into its attempt directory, and the output becomes visible only when the record
@@ -120,6 +121,40 @@ def raw_input_files(stage: Stage, config: ml_collections.ConfigDict) -> list[epa
   return source_files(config.data)
 
 
+def model_files(stage: Stage, config: ml_collections.ConfigDict) -> list[epath.Path]:
+  """The files of the model directories a stage reads (`inputs.MODEL_SETTINGS`, each resolved by
+  `inputs.model_dir_read`: a hub name to its snapshot in the HF cache): their contents enter its fingerprint,
+  so a checkpoint replaced at the same path or hub name makes the stage stale. Raises DataError naming the
+  setting when its directory is missing."""
+  from gensar_jax import inputs
+  files = []
+  for setting, readers in inputs.MODEL_SETTINGS.items():
+    if stage.name in readers:
+      directory = inputs.model_dir_read(config, setting)
+      if directory is not None:
+        files += directory_files(directory, setting)
+  return files
+
+
+def directory_files(directory: epath.Path, setting: str) -> list[epath.Path]:
+  """Every file under `directory` (recursively, sorted), but hidden ones and those under hidden directories
+  (e.g. the `.cache/` that `hf download --local-dir` keeps). Raises DataError naming `setting` when it is
+  not a directory."""
+  directory = as_path(directory)
+  if not directory.is_dir():
+    raise DataError(f"{setting}: model directory {directory} not found")
+  out, todo = [], [directory]
+  while todo:
+    for entry in todo.pop().iterdir():
+      if entry.name.startswith("."):
+        continue
+      if entry.is_dir():
+        todo.append(entry)
+      elif entry.is_file():
+        out.append(entry)
+  return sorted(out, key=os.fspath)
+
+
 def _sha256(path: epath.Path) -> str:
   h = hashlib.sha256()
   with as_path(path).open("rb") as f:
@@ -136,16 +171,24 @@ def _size_and_mtime_ns(path: epath.Path) -> tuple[int, int]:
   return st.st_size, st.st_mtime_ns
 
 
+_HASHED: dict[tuple[str, int, int], str] = {}   # (path, size, mtime_ns) -> sha256, hashed by this process
+
+
 def file_records(paths: list[epath.Path], known: dict | None = None) -> dict[str, dict]:
-  """{path: {size, mtime_ns, sha256}}; a file whose size and mtime match `known` keeps its recorded hash."""
+  """{path: {size, mtime_ns, sha256}}; a file whose size and mtime match `known` (or a file this process
+  hashed already) keeps its recorded hash."""
   out = {}
   for path in paths:
     size, mtime_ns = _size_and_mtime_ns(path)
     old = (known or {}).get(os.fspath(path))
+    key = (os.fspath(path), size, mtime_ns)
     if old and old.get("size") == size and old.get("mtime_ns") == mtime_ns:
       digest = old["sha256"]
+    elif key in _HASHED:
+      digest = _HASHED[key]
     else:
       digest = _sha256(path)
+    _HASHED[key] = digest
     out[os.fspath(path)] = {"size": size, "mtime_ns": mtime_ns, "sha256": digest}
   return out
 
@@ -217,7 +260,7 @@ def stage_record(stage: Stage, config: ml_collections.ConfigDict, workdir: epath
   workdir = as_path(workdir)
   values = json.loads(to_json({key: _config_value(config, key) for key in stage.config_keys}))   # as recorded
   previous = read_record(workdir / stage.name) or {}
-  inputs = file_records(raw_input_files(stage, config), previous.get("inputs"))
+  inputs = file_records(raw_input_files(stage, config) + model_files(stage, config), previous.get("inputs"))
   deps = {}
   for dep in stage.deps:
     record = read_record(workdir / dep)
@@ -256,7 +299,7 @@ def _flat(prefix: str, value) -> dict:
 
 
 def diff_records(old: dict, new: dict) -> list[str]:
-  """Human-readable differences between two records of one stage (config values, raw files, inputs)."""
+  """Human-readable differences between two records of one stage (config values, outside files, inputs)."""
   changes = []
   old_cfg = {k: v for key, value in (old.get("config") or {}).items() for k, v in _flat(key, value).items()}
   new_cfg = {k: v for key, value in (new.get("config") or {}).items() for k, v in _flat(key, value).items()}
@@ -266,11 +309,11 @@ def diff_records(old: dict, new: dict) -> list[str]:
   old_in, new_in = old.get("inputs") or {}, new.get("inputs") or {}
   for path in sorted(set(old_in) | set(new_in)):
     if path not in new_in:
-      changes.append(f"raw file {path} is no longer read")
+      changes.append(f"input file {path} is no longer read")
     elif path not in old_in:
-      changes.append(f"raw file {path} is new")
+      changes.append(f"input file {path} is new")
     elif old_in[path]["sha256"] != new_in[path]["sha256"]:
-      changes.append(f"raw file {path} changed (size {old_in[path]['size']:,} -> {new_in[path]['size']:,} bytes, "
+      changes.append(f"input file {path} changed (size {old_in[path]['size']:,} -> {new_in[path]['size']:,} bytes, "
                      "content hash differs)")
   for dep in sorted(set(old.get("deps") or {}) | set(new.get("deps") or {})):
     was, now = (old.get("deps") or {}).get(dep), (new.get("deps") or {}).get(dep)

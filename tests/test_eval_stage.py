@@ -260,6 +260,20 @@ def test_evaluate_model_with_wide_beams_is_the_brute_force_pessimistic_ranking(m
           numpy_metrics(reference[task][f"{protocol}/other"]))
 
 
+def test_eval_ties_switch_each_protocol_to_the_other_rule(model, reference):
+  """eval.ties.sampled=item, eval.ties.full=identifier: each protocol's main figures follow the other
+  brute-force rule, and the default rule's figures are reported beside them."""
+  task_data, model_cfg, params = model
+  eval_cfg = _eval_cfg(task_data)
+  eval_cfg.ties.update(dict(sampled="item", full="identifier"))
+  results = stage.evaluate_model(params, model_cfg, task_data, eval_cfg, split="test", limit=NUM_ROWS)
+  for task in ("rec", "search"):
+    for protocol, default in (("sampled", "identifier"), ("full", "item")):
+      assert results[task][protocol] == pytest.approx(numpy_metrics(reference[task][f"{protocol}/other"]))
+      assert results[task][stage.other_ties_key(protocol, default)] == pytest.approx(
+          numpy_metrics(reference[task][protocol]))
+
+
 def test_sharded_ranking_is_the_brute_force_ranking(model, reference):
   task_data, model_cfg, params = model
   queries = stage.eval_queries(task_data, "search", "test", NUM_ROWS)

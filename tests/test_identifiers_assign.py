@@ -173,3 +173,33 @@ def test_stage_rejects_bad_input():
     assign.build_identifiers(embeddings, _tiny_index_config(), 96, {"collab": "collab.npy"}, progress=False)
   with pytest.raises(DataError, match="needs \\['collab'\\] embeddings"):
     assign.build_identifiers({"semantic": _embeddings()["semantic"]}, _tiny_index_config(), 96, progress=False)
+
+
+def test_two_item_groups_are_colliding_groups():
+  """Most collisions in a large catalogue are pairs: every helper counts them (brute force over rows)."""
+  codes = np.array([[0, 1], [2, 2], [0, 1], [3, 0], [2, 2], [1, 1], [2, 2]], np.int32)
+  assert [g.tolist() for g in assign.colliding_groups(codes)] == [[0, 2], [1, 4, 6]]
+  pairs_only = np.array([[5, 5], [1, 0], [5, 5], [0, 0]], np.int32)
+  assert [g.tolist() for g in assign.colliding_groups(pairs_only)] == [[0, 2]]
+  assert assign.num_collisions(pairs_only) == _brute_force_collisions(pairs_only) == 1
+  rng = np.random.default_rng(3)
+  codes = rng.integers(0, 16, size=(60, 2)).astype(np.int32)    # 256 IDs for 60 items: mostly pairs
+  groups = {}
+  for item, row in enumerate(codes.tolist()):
+    groups.setdefault(tuple(row), []).append(item)
+  expected = sorted(items for items in groups.values() if len(items) > 1)
+  assert any(len(items) == 2 for items in expected)
+  assert sorted(g.tolist() for g in assign.colliding_groups(codes)) == expected
+
+
+def test_resolution_separates_a_two_item_group():
+  # Two items nearest code 0 on the last level, second-nearest codes 1 and 2: Sinkhorn splits them.
+  codebook = np.array([[0, 0], [1, 0], [0, 1], [5, 5]], np.float32)
+  residuals = np.array([[0.3, 0], [0, 0.3], [5, 5]], np.float32)
+  codes = np.array([[1, 0], [1, 0], [2, 3]], np.int32)
+  assert (ref.squared_distances(residuals[:2], codebook).argmin(1) == 0).all()
+  resolved, rounds = assign.resolve_collisions(codes, residuals, codebook, 0.003, 50, 20)
+  assert assign.num_collisions(resolved) == 0 and rounds == [0]
+  assert len(set(resolved[:2, 1].tolist())) == 2
+  np.testing.assert_array_equal(resolved[:, 0], codes[:, 0])
+  np.testing.assert_array_equal(resolved[2], codes[2])

@@ -90,6 +90,25 @@ def ranking_metrics(ranks: np.ndarray, cutoffs: Sequence[int] = DEFAULT_CUTOFFS)
   return out
 
 
+def metric_names(cutoffs: Sequence[int] = DEFAULT_CUTOFFS) -> tuple[str, ...]:
+  """The names `ranking_metrics` reports, in its order."""
+  return tuple(name for k in cutoffs for name in (f"HR@{k}", *((f"NDCG@{k}",) if k > 1 else ())))
+
+
+def validation_metric(task: str, name: str) -> str:
+  """The trainer's name of one task's validation metric, e.g. "val/rec_NDCG@5"."""
+  return f"val/{task}_{name}"
+
+
+# The trainer's validation (`eval.stage.make_validation_fn`): every metric of both main tasks, and these means
+# over `train.selection_tasks` (model selection: "val/ndcg5_mean", the reference's).
+VALIDATION_MEANS = {"val/ndcg5_mean": "NDCG@5", "val/ndcg10_mean": "NDCG@10"}
+VALIDATION_TASKS = ("rec", "search")
+# Every name the validation reports: what `train.best_metric` may name.
+VALIDATION_METRICS = (*(validation_metric(task, name) for task in VALIDATION_TASKS for name in metric_names()),
+                      *VALIDATION_MEANS)
+
+
 def mean_metrics(per_task: Mapping[str, Mapping[str, float]], key: str) -> float:
   """Average of one metric over tasks (model selection uses NDCG@5 over rec and search)."""
   return float(np.mean([m[key] for m in per_task.values()]))

@@ -30,18 +30,18 @@ from gensar_jax.data.task_data import MAIN_TASKS, TaskData, load_task_data
 from gensar_jax.decode import trie as trie_lib
 from gensar_jax.decode.beam_search import DATA_AXIS
 from gensar_jax.eval import protocols
-from gensar_jax.eval.metrics import TIE_RULES, mean_metrics, ranking_metrics
+from gensar_jax.eval.metrics import (TIE_RULES, VALIDATION_MEANS, VALIDATION_TASKS, mean_metrics, ranking_metrics,
+                                     validation_metric)
 from gensar_jax.io_utils import DataError, write_json, write_text
 from gensar_jax.model.export import load_model, load_model_extra
 from gensar_jax.model.t5 import T5Config
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("rec", "search")
+TASKS = VALIDATION_TASKS
 PROTOCOLS = ("sampled", "full")
 SPLITS = ("validation", "test")
 TABLE_METRICS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
-SELECTION_METRIC = "NDCG@5"  # model selection: its mean over the two tasks (reference code)
 
 
 def eval_section_config() -> ml_collections.ConfigDict:
@@ -265,9 +265,10 @@ def make_validation_fn(task_data: TaskData, model_cfg: T5Config, eval_cfg: ml_co
     results = evaluate_queries(params, model_cfg, queries, ("sampled",), num_beams=num_beams,
                                batch_size=batch_size, mesh=mesh, desc=f"validation step {step}", ties=ties)
     per_task = {task: results[task]["sampled"] for task in TASKS}
-    out = {f"val/{task}_{name}": value for task, metrics in per_task.items() for name, value in metrics.items()}
-    out["val/ndcg5_mean"] = mean_metrics({t: per_task[t] for t in selection_tasks}, SELECTION_METRIC)
-    out["val/ndcg10_mean"] = mean_metrics({t: per_task[t] for t in selection_tasks}, "NDCG@10")
+    out = {validation_metric(task, name): value for task, metrics in per_task.items()
+           for name, value in metrics.items()}
+    out.update({name: mean_metrics({t: per_task[t] for t in selection_tasks}, metric)
+                for name, metric in VALIDATION_MEANS.items()})
     return out
 
   return validate

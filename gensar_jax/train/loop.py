@@ -189,13 +189,11 @@ def _write_eval_history(workdir: epath.Path, history: list[dict]) -> None:
 
 
 def best_evaluation(history: list[dict], metric: str, mode: str) -> dict | None:
-  """The entry of `history` with the best `metric` ("max" or "min"; ties keep the earlier one), or None when
-  no entry has the metric."""
-  scored = [entry for entry in history if metric in entry]
-  if not scored:
-    return None
-  sign = 1 if mode == "max" else -1
-  return max(scored, key=lambda entry: sign * entry[metric])      # max keeps the first of equal keys
+  """The entry of `history` with the best `metric` ("max" or "min"; exact ties keep the earlier step: the rule
+  of `checkpoint.best_step`, so it names the step the kept best checkpoint holds), or None when no entry has
+  the metric."""
+  step = checkpoint_lib.best_step(((entry["step"], entry[metric]) for entry in history if metric in entry), mode)
+  return None if step is None else next(entry for entry in history if entry["step"] == step and metric in entry)
 
 
 def evaluations_since_best(history: list[dict], metric: str, mode: str) -> int | None:
@@ -336,6 +334,11 @@ def train(config: ml_collections.ConfigDict, model_cfg: T5Config, train_iter: It
                                             seconds_per_step, per_step * (stop_step - step), mfu))
       if is_eval:
         eval_metrics = {k: float(v) for k, v in eval_fn(state.params, step).items()}
+        if train_cfg.best_metric not in eval_metrics:    # else no best checkpoint, no early stopping
+          writer.close()
+          progress.close()
+          raise ValueError(f"train.best_metric={train_cfg.best_metric!r}: the validation at step {step} does not "
+                           f"report it; it reports {sorted(eval_metrics)}")
         writer.write(step, eval_metrics)
         logger.info("step %d: eval %s", step, ", ".join(f"{k}={v:.4f}" for k, v in sorted(eval_metrics.items())))
         history.append({"step": step, "seconds": round(time.perf_counter() - run_start, 1),
