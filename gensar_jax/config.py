@@ -390,6 +390,7 @@ VALUE_RULES = (
     ("reproduce.suite", _listed("gensar_jax.reproduce", "SUITES")),
     ("reproduce.identifier_lengths", _level_pairs()),
     ("plan.topology", _text()),
+    ("plan.compilation_cache", _text()),
     *((f"plan.{key}", _whole_at_least(1)) for key in (
         "num_items", "num_users", "rec_train_rows", "rec_validation_rows", "rec_test_rows", "search_train_rows",
         "search_validation_rows", "search_test_rows")),
