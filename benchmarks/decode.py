@@ -26,6 +26,7 @@ import numpy as np
 from benchmarks import harness
 from gensar_jax.decode import trie as trie_lib
 from gensar_jax.decode.beam_search import constrained_beam_search
+from gensar_jax.model.decoding import T5Decoding
 from gensar_jax.model.t5 import T5, T5Config, init_params
 
 SP_VOCAB = 32128                       # t5-small's vocabulary, then 3 behaviour + 6 x 256 ID tokens
@@ -98,7 +99,7 @@ def hf_generate(model, tokens, candidates, codes, num_beams):
 
 def ours_candidates(params, config, tokens, candidates, codes, num_beams):
   tables = trie_lib.build_candidate_tries(candidates, codes, BEHAVIOUR, OFFSETS, CODEBOOK)
-  return constrained_beam_search(params, config, tokens, tables, num_beams)
+  return constrained_beam_search(params, T5Decoding(config), tokens, tables, num_beams)
 
 
 def make_batches(spec: dict):
@@ -140,14 +141,14 @@ def make_reference(spec: dict) -> harness.Workload:
 
 def make_ours(spec: dict) -> harness.Workload:
   """Our jitted constrained beam search (per-batch trie tables built inside the timed call)."""
-  from gensar_jax.decode.beam_search import _search
+  from gensar_jax.decode.beam_search import search
   config = model_config(spec["model"])
   _, params = hf_model_and_params(config, seed=0)   # the same weights as the reference side
   codes, batches = make_batches(spec)
   tokens, candidates = batches[0]
   tables = trie_lib.build_candidate_tries(candidates, codes, BEHAVIOUR, OFFSETS, CODEBOOK)
-  compiled = _search.lower(params, jax.numpy.asarray(tokens), tables, config=config,
-                           num_beams=spec["beams"]).compile()
+  compiled = search.lower(params, jax.numpy.asarray(tokens), tables, decoder=T5Decoding(config),
+                          num_beams=spec["beams"]).compile()
   _, compile_s = timed(ours_candidates, params, config, tokens, candidates, codes, spec["beams"])
   take = cycling(batches)
 
@@ -186,11 +187,11 @@ def make_catalogue(spec: dict) -> harness.Workload:
   tables = trie_lib.build_catalogue_trie(codes, BEHAVIOUR, OFFSETS, CODEBOOK)
   build_s = time.perf_counter() - start
   tables = jax.device_put(tables)
-  _, compile_s = timed(constrained_beam_search, params, config, batches[0], tables, spec["beams"])
+  _, compile_s = timed(constrained_beam_search, params, T5Decoding(config), batches[0], tables, spec["beams"])
   take = cycling(batches)
 
   def run():
-    jax.block_until_ready(constrained_beam_search(params, config, take(), tables, spec["beams"]))
+    jax.block_until_ready(constrained_beam_search(params, T5Decoding(config), take(), tables, spec["beams"]))
   return harness.Workload(run, {"queries_per_call": spec["batch"], "build_seconds": build_s,
                                 "table_bytes": int(tables.nbytes), "compile_seconds": compile_s})
 

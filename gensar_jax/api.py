@@ -28,6 +28,7 @@ from gensar_jax.data.task_data import TaskData, load_task_data
 from gensar_jax.decode import trie as trie_lib
 from gensar_jax.decode.beam_search import constrained_beam_search
 from gensar_jax.io_utils import DataError, as_path, read_json
+from gensar_jax.model.decoding import T5Decoding
 from gensar_jax.model.export import load_model
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class GenSAR:
       raise ValueError(f"k={k!r}: expected a whole number of results >= 1")
     start = time.perf_counter()
     tokens = self.data.builder.to_features(inputs, np.zeros(0, np.int32))["encoder_input_tokens"][None]
-    out = constrained_beam_search(self.params, self.model_cfg, tokens, self._tries[task], max(self.num_beams, k))
+    out = constrained_beam_search(self.params, T5Decoding(self.model_cfg), tokens, self._tries[task], max(self.num_beams, k))
     items, scores = np.asarray(out.items)[0], np.asarray(out.item_scores)[0]
     catalog = self.data.prepared.dataset.catalog
     results = [Retrieved(int(i), catalog.item_ids[i], catalog.titles[i], float(s))

@@ -22,7 +22,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 logger = logging.getLogger(__name__)
 
-MESH_AXES = ("data", "fsdp", "model")
+DATA_AXIS = "data"  # the mesh axis decoding spreads its queries over
+MESH_AXES = (DATA_AXIS, "fsdp", "model")
 
 DEFAULT_LOGICAL_AXIS_RULES = (
     ("batch", ("data", "fsdp")),
@@ -235,6 +236,15 @@ def logical_to_shardings(logical_specs, mesh: Mesh, rules) -> Any:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+def data_sharding(mesh: Mesh, batch: int, what: str = "batch") -> NamedSharding:
+  """Leading axis over the mesh's data axis, the rest replicated (decoding's queries); `what` (`batch` rows)
+  names the value in the error raised when the axis does not divide `batch`."""
+  size = mesh.shape[DATA_AXIS]
+  if batch % size:
+    raise ValueError(f"{what} {batch} is not divisible by the mesh's '{DATA_AXIS}' axis ({size})")
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
 def batch_sharding(mesh: Mesh, rules, ndim: int = 2) -> NamedSharding:

@@ -24,14 +24,12 @@ import ml_collections
 
 from gensar_jax import stages
 from gensar_jax.config import section_with_defaults
+from gensar_jax.eval.metrics import PROTOCOLS, TABLE_METRICS, TASKS
 from gensar_jax.io_utils import DataError, atomic_path, fingerprint, is_uri, read_json, write_json, write_text
 
 log = logging.getLogger(__name__)
 
 SUITES = ("main", "ablations", "all")
-TASKS = ("rec", "search")
-PROTOCOLS = ("sampled", "full")
-TABLE_METRICS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
 TASK_TITLES = {"rec": "Recommendation", "search": "Search"}
 MISSING = "–"
 # Config sections every method must share: same data, embeddings, baselines and evaluation protocol.

@@ -9,6 +9,7 @@ import pytest
 
 from gensar_jax.decode import trie as trie_lib
 from gensar_jax.decode.beam_search import constrained_beam_search
+from gensar_jax.model.decoding import T5Decoding
 from gensar_jax.model.t5 import T5, T5Config, init_params
 
 SP_VOCAB = 20
@@ -97,7 +98,7 @@ def test_exhaustive_beam_equals_teacher_forcing_on_candidate_lists(params):
   candidates[1, -2:] = -1                      # shorter list
   tables = trie_lib.build_candidate_tries(candidates, codes, BEHAVIOUR, OFFSETS, CODEBOOK)
   enc = encoder_tokens(3)
-  out = constrained_beam_search(params, CONFIG, enc, tables, num_beams=8)
+  out = constrained_beam_search(params, T5Decoding(CONFIG), enc, tables, num_beams=8)
   check_against_reference(params, enc, out, codes, candidates, num_beams=8)
   # Items sharing an identifier: adjacent, ascending, same score.
   row = list(np.asarray(out.items[0]))
@@ -118,7 +119,7 @@ def test_without_behaviour_token_the_trie_starts_at_the_first_code(params):
   candidates = np.stack([rng.permutation(20)[:9] for _ in range(2)])
   tables = trie_lib.build_candidate_tries(candidates, codes, trie_lib.NO_BEHAVIOUR_TOKEN, OFFSETS, CODEBOOK)
   enc = encoder_tokens(2, seed=11)
-  out = constrained_beam_search(params, CONFIG, enc, tables, num_beams=9)
+  out = constrained_beam_search(params, T5Decoding(CONFIG), enc, tables, num_beams=9)
   assert out.sequences.shape == (2, 9, 4)
   for b in range(2):
     rows = sorted(set(candidates[b].tolist()))
@@ -138,7 +139,7 @@ def test_level_with_fewer_prefixes_than_beams(params):
   codes = np.array([[1, 0, 2, 3], [1, 0, 2, 0], [1, 3, 3, 3], [1, 3, 3, 3]])
   tables = trie_lib.build_catalogue_trie(codes, BEHAVIOUR, OFFSETS, CODEBOOK)
   enc = encoder_tokens(2)
-  out = constrained_beam_search(params, CONFIG, enc, tables, num_beams=5)
+  out = constrained_beam_search(params, T5Decoding(CONFIG), enc, tables, num_beams=5)
   check_against_reference(params, enc, out, codes, [np.arange(4)] * 2, num_beams=5)
   assert np.all(np.asarray(out.items)[:, 4:] == -1)
   assert np.all(np.isneginf(np.asarray(out.sequence_scores)[:, 3:]))
@@ -151,7 +152,7 @@ def test_narrow_beam_keeps_the_best_hypotheses(params):
   codes = rng.integers(0, CODEBOOK, size=(40, 4))
   tables = trie_lib.build_catalogue_trie(codes, BEHAVIOUR, OFFSETS, CODEBOOK)
   enc = encoder_tokens(2, seed=3)
-  out = constrained_beam_search(params, CONFIG, enc, tables, num_beams=3)
+  out = constrained_beam_search(params, T5Decoding(CONFIG), enc, tables, num_beams=3)
   check_against_reference(params, enc, out, codes, [np.arange(40)] * 2, num_beams=3)
 
 
@@ -164,7 +165,7 @@ def test_decoded_ids_are_candidates_property(params, seed, num_items, num_beams)
   model_params = jax.tree.map(lambda p: p * rng.uniform(0.5, 3.0), params)   # random logits
   tables = trie_lib.build_candidate_tries(candidates, codes, BEHAVIOUR, OFFSETS, CODEBOOK)
   enc = encoder_tokens(2, seed=seed % 1000)
-  out = constrained_beam_search(model_params, CONFIG, enc, tables, num_beams=num_beams)
+  out = constrained_beam_search(model_params, T5Decoding(CONFIG), enc, tables, num_beams=num_beams)
   check_against_reference(model_params, enc, out, codes, candidates, num_beams)
 
 
@@ -178,8 +179,8 @@ def _sharded_matches_single_device(params, catalogue: bool):
     tables = trie_lib.build_catalogue_trie(codes, BEHAVIOUR, OFFSETS, CODEBOOK)
   else:
     tables = trie_lib.build_candidate_tries(candidates, codes, BEHAVIOUR, OFFSETS, CODEBOOK)
-  single = constrained_beam_search(params, CONFIG, enc, tables, num_beams=4)
-  sharded = constrained_beam_search(params, CONFIG, enc, tables, num_beams=4, mesh=mesh)
+  single = constrained_beam_search(params, T5Decoding(CONFIG), enc, tables, num_beams=4)
+  sharded = constrained_beam_search(params, T5Decoding(CONFIG), enc, tables, num_beams=4, mesh=mesh)
   assert len(sharded.items.sharding.device_set) == 8
   np.testing.assert_array_equal(np.asarray(sharded.items), np.asarray(single.items))
   np.testing.assert_allclose(np.asarray(sharded.item_scores), np.asarray(single.item_scores), atol=1e-5)
@@ -198,9 +199,9 @@ def test_bad_arguments_are_rejected(params):
   codes = np.zeros((2, 4), np.int32)
   tables = trie_lib.build_candidate_tries(np.array([[0], [1], [0]]), codes, BEHAVIOUR, OFFSETS, CODEBOOK)
   with pytest.raises(ValueError, match="3 tries for a batch of 2"):
-    constrained_beam_search(params, CONFIG, encoder_tokens(2), tables)
+    constrained_beam_search(params, T5Decoding(CONFIG), encoder_tokens(2), tables)
   with pytest.raises(ValueError, match="encoder_tokens"):
-    constrained_beam_search(params, CONFIG, np.zeros(5, np.int32), tables)
+    constrained_beam_search(params, T5Decoding(CONFIG), np.zeros(5, np.int32), tables)
 
 
 def hf_tiny_t5(config, seed):
@@ -231,7 +232,7 @@ def test_parity_with_hugging_face_generate():
   enc = encoder_tokens(3, length=9, seed=5)
   num_beams = 6
   tables = trie_lib.build_candidate_tries(candidates, codes, BEHAVIOUR, OFFSETS, CODEBOOK)
-  ours = constrained_beam_search(params, CONFIG, enc, tables, num_beams=num_beams)
+  ours = constrained_beam_search(params, T5Decoding(CONFIG), enc, tables, num_beams=num_beams)
 
   # prefix_allowed_tokens_fn over per-example dicts {decoded prefix: allowed next tokens}.
   allowed = []
@@ -265,7 +266,7 @@ def test_bfloat16_compute_decodes_valid_ids_with_close_scores(params):
   candidates = rng.integers(0, 20, size=(2, 8))
   tables = trie_lib.build_candidate_tries(candidates, codes, BEHAVIOUR, OFFSETS, CODEBOOK)
   enc = encoder_tokens(2, seed=6)
-  bf16 = constrained_beam_search(params, CONFIG.replace(dtype="bfloat16"), enc, tables, num_beams=8)
+  bf16 = constrained_beam_search(params, T5Decoding(CONFIG.replace(dtype="bfloat16")), enc, tables, num_beams=8)
   for b in range(2):
     found = np.asarray(bf16.items[b])
     found = found[found >= 0]

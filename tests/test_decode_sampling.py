@@ -7,6 +7,7 @@ import pytest
 
 from gensar_jax.decode.sampling import filter_logits, generate_text
 from gensar_jax.model.hf_import import params_from_hf_state_dict
+from gensar_jax.model.decoding import T5Decoding
 from gensar_jax.model.t5 import T5, T5Config
 
 VOCAB = 40
@@ -64,7 +65,7 @@ def reference_greedy(params, enc):
 def test_greedy_matches_step_by_step_teacher_forcing_and_hf(params, hf_model):
   torch = pytest.importorskip("torch")
   enc = encoder_tokens(6, seed=0)
-  out = generate_text(params, CONFIG, enc, MAX_LENGTH)
+  out = generate_text(params, T5Decoding(CONFIG), enc, MAX_LENGTH)
   tokens = np.asarray(out.tokens)[:, 0]
   expected, expected_log_probs = reference_greedy(params, enc)
   lengths = np.asarray(out.lengths)[:, 0]
@@ -86,13 +87,13 @@ def test_greedy_matches_step_by_step_teacher_forcing_and_hf(params, hf_model):
 
 def test_top_k_one_sampling_is_greedy_and_seeds_reproduce(params):
   enc = encoder_tokens(4, seed=1)
-  greedy = generate_text(params, CONFIG, enc, MAX_LENGTH)
-  sampled = generate_text(params, CONFIG, enc, MAX_LENGTH, method="sample", num_samples=3, top_k=1,
+  greedy = generate_text(params, T5Decoding(CONFIG), enc, MAX_LENGTH)
+  sampled = generate_text(params, T5Decoding(CONFIG), enc, MAX_LENGTH, method="sample", num_samples=3, top_k=1,
                           temperature=0.7, rng=jax.random.key(3))
   np.testing.assert_array_equal(np.asarray(sampled.tokens),
                                 np.repeat(np.asarray(greedy.tokens), 3, axis=1))
-  a = generate_text(params, CONFIG, enc, MAX_LENGTH, method="sample", num_samples=3, rng=jax.random.key(4))
-  b = generate_text(params, CONFIG, enc, MAX_LENGTH, method="sample", num_samples=3, rng=jax.random.key(4))
+  a = generate_text(params, T5Decoding(CONFIG), enc, MAX_LENGTH, method="sample", num_samples=3, rng=jax.random.key(4))
+  b = generate_text(params, T5Decoding(CONFIG), enc, MAX_LENGTH, method="sample", num_samples=3, rng=jax.random.key(4))
   np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
   assert len({tuple(t) for t in np.asarray(a.tokens).reshape(-1, MAX_LENGTH)}) > 3, "samples should differ"
 
@@ -131,7 +132,7 @@ def test_filter_logits_matches_numpy(temperature, top_k, top_p):
 def test_first_token_frequencies_follow_the_filtered_distribution(params):
   enc = encoder_tokens(1, seed=3)
   num_samples = 3000
-  out = generate_text(params, CONFIG, enc, 1, method="sample", num_samples=num_samples, temperature=1.5,
+  out = generate_text(params, T5Decoding(CONFIG), enc, 1, method="sample", num_samples=num_samples, temperature=1.5,
                       top_p=0.9, rng=jax.random.key(5))
   first_logits = np.asarray(T5(CONFIG).apply({"params": params}, jnp.asarray(enc), jnp.zeros((1, 1), jnp.int32)))[0, 0]
   expected = numpy_filtered_probs(first_logits, 1.5, 0, 0.9)
@@ -144,25 +145,25 @@ def test_first_token_frequencies_follow_the_filtered_distribution(params):
 def test_bad_arguments_are_rejected(params):
   enc = encoder_tokens(2, seed=0)
   with pytest.raises(ValueError, match="needs rng"):
-    generate_text(params, CONFIG, enc, 4, method="sample")
+    generate_text(params, T5Decoding(CONFIG), enc, 4, method="sample")
   with pytest.raises(ValueError, match="num_samples=2"):
-    generate_text(params, CONFIG, enc, 4, num_samples=2)
+    generate_text(params, T5Decoding(CONFIG), enc, 4, num_samples=2)
   with pytest.raises(ValueError, match="method"):
-    generate_text(params, CONFIG, enc, 4, method="beam")
+    generate_text(params, T5Decoding(CONFIG), enc, 4, method="beam")
   with pytest.raises(ValueError, match="top_p"):
-    generate_text(params, CONFIG, enc, 4, method="sample", top_p=0.0, rng=jax.random.key(0))
+    generate_text(params, T5Decoding(CONFIG), enc, 4, method="sample", top_p=0.0, rng=jax.random.key(0))
 
 
 def test_batched_generation_equals_one_call(params):
   from gensar_jax.decode.sampling import generate_text_batched
   enc = encoder_tokens(5, seed=6)
-  whole = generate_text(params, CONFIG, enc, MAX_LENGTH)
-  batched = generate_text_batched(params, CONFIG, enc, MAX_LENGTH, batch_size=2)
+  whole = generate_text(params, T5Decoding(CONFIG), enc, MAX_LENGTH)
+  batched = generate_text_batched(params, T5Decoding(CONFIG), enc, MAX_LENGTH, batch_size=2)
   for field in ("tokens", "lengths", "log_probs"):
     np.testing.assert_allclose(getattr(batched, field), np.asarray(getattr(whole, field)), atol=1e-5)
-  sampled = generate_text_batched(params, CONFIG, enc, MAX_LENGTH, batch_size=2, method="sample",
+  sampled = generate_text_batched(params, T5Decoding(CONFIG), enc, MAX_LENGTH, batch_size=2, method="sample",
                                   num_samples=2, seed=1)
   assert sampled.tokens.shape == (5, 2, MAX_LENGTH)
-  again = generate_text_batched(params, CONFIG, enc, MAX_LENGTH, batch_size=2, method="sample",
+  again = generate_text_batched(params, T5Decoding(CONFIG), enc, MAX_LENGTH, batch_size=2, method="sample",
                                 num_samples=2, seed=1)
   np.testing.assert_array_equal(sampled.tokens, again.tokens)

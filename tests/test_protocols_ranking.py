@@ -9,6 +9,7 @@ from gensar_jax.decode import trie as trie_lib
 from gensar_jax.decode.beam_search import constrained_beam_search
 from gensar_jax.eval import protocols
 from gensar_jax.io_utils import DataError
+from gensar_jax.model.decoding import T5Decoding
 from gensar_jax.model.t5 import T5, T5Config, init_params
 
 SP_VOCAB = 16
@@ -89,7 +90,7 @@ def test_target_outside_the_beams_is_a_miss(setup):
                                         candidates, num_beams=2, batch_size=4)
   # The same queries decoded directly: rank = position among the two beams' items, else -1.
   tables = trie_lib.build_candidate_tries(candidates, codes, behaviour, offsets, CODEBOOK)
-  items = np.asarray(constrained_beam_search(params, CONFIG, enc, tables, num_beams=2).items)
+  items = np.asarray(constrained_beam_search(params, T5Decoding(CONFIG), enc, tables, num_beams=2).items)
   expected = [list(items[q]).index(t) if t in items[q] else -1 for q, t in enumerate(targets)]
   np.testing.assert_array_equal(ranks, expected)
   assert (ranks == -1).any() and (ranks >= 0).any() and ranks.max() <= 1

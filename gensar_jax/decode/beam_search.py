@@ -8,9 +8,11 @@ it (allowed scores are not renormalized), a hypothesis' score is the sum of its 
 (behaviour token included). Per step only the children of each beam's trie node enter the top-k,
 never the whole vocabulary.
 
-Work per query: the encoder and the cross-attention keys/values run once and are shared by the
-beams; the decoder self-attention uses a KV cache; the first two positions (start -> behaviour
-token -> first code) run with a single hypothesis and the cache is tiled to the beams afterwards.
+The search knows no model: it calls a `tokens_to_logits(tokens, position, cache)` function on the
+decoder's cache (as flax's and t5x's decoders do; `model.decoding.T5Decoding` makes both for a T5, whose
+encoder and cross-attention keys/values run once per query and are shared by the beams). The first two
+positions (start -> behaviour token -> first code) run with a single hypothesis and the cache is tiled to
+the beams afterwards.
 Where a level has fewer valid prefixes than beams, the extra beams hold `-inf` and are reported as
 padding (item -1), so the search is exact whenever `num_beams` >= the number of identifiers.
 """
@@ -21,12 +23,12 @@ import functools
 import flax.struct
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec
+import numpy as np
+from jax.sharding import NamedSharding
 
+from gensar_jax import parallel
+from gensar_jax.decode import TokensToLogits
 from gensar_jax.decode.trie import TrieTables
-from gensar_jax.model.t5 import T5, T5Config, init_decoder_cache
-
-DATA_AXIS = "data"
 
 
 @flax.struct.dataclass
@@ -90,29 +92,31 @@ def _gather_beams(tree, parent: jax.Array):
   return jax.tree.map(gather, tree)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "num_beams"))
-def _search(params, encoder_tokens: jax.Array, tables: TrieTables, config: T5Config,
-            num_beams: int) -> BeamSearchOutput:
-  model = T5(config)
-  apply = functools.partial(model.apply, {"params": params})
-  batch = encoder_tokens.shape[0]
-  num_levels = tables.num_levels
-  encoded = apply(encoder_tokens, method=T5.encode)
-  cross_kv = apply(encoded, method=T5.precompute_cross_kv)
-  encoder_mask = encoder_tokens != config.pad_id
+def decode_length(tables: TrieTables) -> int:
+  """Decoder positions of one identifier: [behaviour token +] one per level (the cache's length)."""
+  return int(tables.has_behaviour_token) + tables.num_levels
 
-  def step(tokens, position, cache):
-    return apply(cross_kv, encoder_mask, tokens, jnp.int32(position), cache, method=T5.decode_step)
+
+def beam_search(tokens_to_logits: TokensToLogits, cache, tables: TrieTables, start_id: int,
+                num_beams: int) -> BeamSearchOutput:
+  """The search, traceable (`search` jits it).
+
+  tokens_to_logits: tokens int32[B, K] at `position`, cache -> (logits float32[B, K, V], cache).
+  cache: the decoder's state for one hypothesis per query (axis 1 of every leaf, size 1) and at least
+    `decode_length(tables)` positions; the search tiles and reorders it along axis 1.
+  start_id: the decoder's start token.
+  """
+  batch = jax.tree.leaves(cache)[0].shape[0]
+  num_levels = tables.num_levels
 
   # The first positions with one hypothesis: start -> [forced behaviour token ->] first code.
   prefix = int(tables.has_behaviour_token)
-  cache = init_decoder_cache(config, batch, 1, num_levels + prefix, dtype=config.compute_dtype)
-  logits, cache = step(jnp.full((batch, 1), config.decoder_start_id, jnp.int32), 0, cache)
+  logits, cache = tokens_to_logits(jnp.full((batch, 1), start_id, jnp.int32), 0, cache)
   tokens = []
   start_scores = jnp.zeros((batch, 1), jnp.float32)
   if prefix:
     start_scores = logits[:, :, tables.behaviour_token] - jax.nn.logsumexp(logits, axis=-1)
-    logits, cache = step(jnp.full((batch, 1), tables.behaviour_token, jnp.int32), 1, cache)
+    logits, cache = tokens_to_logits(jnp.full((batch, 1), tables.behaviour_token, jnp.int32), 1, cache)
     tokens.append(jnp.full((batch, num_beams), tables.behaviour_token, jnp.int32))
   scores, _, code, nodes = _expand(logits, start_scores, jnp.zeros((batch, 1), jnp.int32),
                                    tables.child_codes[0], tables.child_starts[0], tables.token_offsets[0],
@@ -120,7 +124,7 @@ def _search(params, encoder_tokens: jax.Array, tables: TrieTables, config: T5Con
   cache = jax.tree.map(lambda x: jnp.repeat(x, num_beams, axis=1), cache)
   tokens.append(jnp.where(code >= 0, code + tables.token_offsets[0], -1))
   for level in range(1, num_levels):
-    logits, cache = step(jnp.maximum(tokens[-1], 0), level + prefix, cache)
+    logits, cache = tokens_to_logits(jnp.maximum(tokens[-1], 0), level + prefix, cache)
     scores, parent, code, nodes = _expand(logits, scores, nodes, tables.child_codes[level],
                                           tables.child_starts[level], tables.token_offsets[level], num_beams)
     if level + 1 < num_levels:
@@ -148,13 +152,49 @@ def _search(params, encoder_tokens: jax.Array, tables: TrieTables, config: T5Con
       sequences=sequences, sequence_scores=scores)
 
 
-def constrained_beam_search(params, config: T5Config, encoder_tokens, tables: TrieTables,
-                            num_beams: int = 30, mesh: jax.sharding.Mesh | None = None) -> BeamSearchOutput:
+@functools.partial(jax.jit, static_argnames=("decoder", "num_beams"))
+def search(params, encoder_tokens: jax.Array, tables: TrieTables, decoder, num_beams: int) -> BeamSearchOutput:
+  """The jitted program: encoder once per query, then `beam_search` with the decoder's `tokens_to_logits`.
+
+  decoder: a hashable model binding (`model.decoding.T5Decoding`) with `start_id`, `encode(params, tokens)`,
+    `init_cache(batch, num_hyps, max_len)` and `tokens_to_logits(params, encoded)`.
+  """
+  tokens_to_logits = decoder.tokens_to_logits(params, decoder.encode(params, encoder_tokens))
+  cache = decoder.init_cache(encoder_tokens.shape[0], 1, decode_length(tables))
+  return beam_search(tokens_to_logits, cache, tables, decoder.start_id, num_beams)
+
+
+def input_shardings(mesh: jax.sharding.Mesh, batch: int, tables: TrieTables) -> tuple[NamedSharding, TrieTables]:
+  """(encoder tokens' sharding, tables' shardings: a `TrieTables` of shardings) of `search` over `mesh`:
+  queries over the data axis (which must divide `batch`), per-query tables with their queries, a shared
+  trie replicated."""
+  by_query = parallel.data_sharding(mesh, batch)
+  replicated = parallel.replicated(mesh)
+  per_query = by_query if tables.num_tries == batch and batch > 1 else replicated
+  table_shardings = tables.replace(
+      child_codes=(per_query,) * tables.num_levels, child_starts=(per_query,) * tables.num_levels,
+      leaf_item_ptr=per_query, leaf_items=per_query, behaviour_token=replicated, token_offsets=replicated)
+  return by_query, table_shardings
+
+
+def abstract_inputs(mesh: jax.sharding.Mesh, batch: int, input_len: int,
+                    tables: TrieTables) -> tuple[jax.ShapeDtypeStruct, TrieTables]:
+  """`search`'s (encoder_tokens, tables) as `ShapeDtypeStruct`s laid out by `input_shardings`: what
+  `search.lower(params, *abstract_inputs(...), decoder=..., num_beams=...)` compiles."""
+  token_sharding, table_shardings = input_shardings(mesh, batch, tables)
+  abstract_tables = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=s),
+                                 tables, table_shardings)
+  return jax.ShapeDtypeStruct((batch, input_len), jnp.int32, sharding=token_sharding), abstract_tables
+
+
+def constrained_beam_search(params, decoder, encoder_tokens, tables: TrieTables, num_beams: int = 30,
+                            mesh: jax.sharding.Mesh | None = None) -> BeamSearchOutput:
   """Top identifiers (and their items) per query under trie constraints.
 
   Args:
-    params: T5 parameters (`T5(config)`).
-    encoder_tokens: int32[B, S], padded with `config.pad_id`.
+    params: the model's parameters.
+    decoder: the model bound for decoding (`model.decoding.T5Decoding(config)`).
+    encoder_tokens: int32[B, S], padded with `decoder.pad_id`.
     tables: a catalogue trie (T = 1, shared) or per-example candidate tries (T = B).
     num_beams: beam width (reference: 30).
     mesh: when given, queries (and per-example tables) are sharded over its `data` axis; B must
@@ -170,16 +210,7 @@ def constrained_beam_search(params, config: T5Config, encoder_tokens, tables: Tr
   if num_beams < 1:
     raise ValueError(f"num_beams must be positive, got {num_beams}")
   if mesh is not None:
-    data_size = mesh.shape[DATA_AXIS]
-    if batch % data_size:
-      raise ValueError(f"batch {batch} is not divisible by the mesh's '{DATA_AXIS}' axis ({data_size})")
-    by_query = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    encoder_tokens = jax.device_put(encoder_tokens, by_query)
-    per_query = by_query if tables.num_tries == batch and batch > 1 else replicated
-    shardings = tables.replace(
-        child_codes=(per_query,) * tables.num_levels, child_starts=(per_query,) * tables.num_levels,
-        leaf_item_ptr=per_query, leaf_items=per_query, behaviour_token=replicated, token_offsets=replicated)
-    tables = jax.device_put(tables, shardings)
-  return _search(params, encoder_tokens, tables, config=config, num_beams=num_beams)
-
+    token_sharding, table_shardings = input_shardings(mesh, batch, tables)
+    encoder_tokens = jax.device_put(encoder_tokens, token_sharding)
+    tables = jax.device_put(tables, table_shardings)
+  return search(params, encoder_tokens, tables, decoder=decoder, num_beams=num_beams)

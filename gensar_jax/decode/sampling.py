@@ -1,8 +1,9 @@
 """Unconstrained decoding of text (queries, descriptions, doc2query): greedy and sampled, jitted.
 
-Same machinery as the constrained search: the encoder and cross-attention keys/values run once per
-input and are shared by its `num_samples` hypotheses, the decoder self-attention uses a KV cache, and
-a `lax.while_loop` stops as soon as every hypothesis has emitted EOS (or at `max_length`).
+Same machinery as the constrained search: a `tokens_to_logits` function and its cache stand for the model
+(`model.decoding.T5Decoding` runs a T5's encoder once per input, shared by its `num_samples` hypotheses,
+and its decoder with a KV cache), and a `lax.while_loop` stops as soon as every hypothesis has emitted EOS
+(or at `max_length`).
 """
 from __future__ import annotations
 
@@ -13,30 +14,12 @@ import time
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from gensar_jax import parallel
-from gensar_jax.model.t5 import T5, T5Config, init_decoder_cache
-
-DATA_AXIS = "data"
+from gensar_jax.decode import TokensToLogits
 logger = logging.getLogger(__name__)
-
-
-def text_generation_config() -> ml_collections.ConfigDict:
-  """Defaults for text outputs (pseudo-queries, descriptions); `sample` with these values."""
-  config = ml_collections.ConfigDict()
-  config.max_length = 32          # generated tokens per output, EOS included
-  config.method = "sample"        # "greedy" or "sample"
-  config.num_samples = 20         # outputs per input (reference doc2query: 20 per item)
-  config.temperature = 1.0
-  config.top_k = 0                # 0 = no top-k filter
-  config.top_p = 1.0              # 1.0 = no nucleus filter
-  config.batch_size = 64
-  config.seed = 0
-  return config
 
 
 @flax.struct.dataclass
@@ -71,21 +54,21 @@ def filter_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0, t
   return logits
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_length", "num_samples", "greedy", "temperature",
-                                             "top_k", "top_p"))
-def _generate(params, encoder_tokens: jax.Array, rng: jax.Array, config: T5Config, max_length: int,
-              num_samples: int, greedy: bool, temperature: float, top_k: int, top_p: float) -> TextOutput:
-  model = T5(config)
-  apply = functools.partial(model.apply, {"params": params})
-  batch = encoder_tokens.shape[0]
-  encoded = apply(encoder_tokens, method=T5.encode)
-  cross_kv = apply(encoded, method=T5.precompute_cross_kv)
-  encoder_mask = encoder_tokens != config.pad_id
+def sample(tokens_to_logits: TokensToLogits, cache, rng: jax.Array, *, start_id: int, pad_id: int, eos_id: int,
+           max_length: int, greedy: bool, temperature: float = 1.0, top_k: int = 0,
+           top_p: float = 1.0) -> TextOutput:
+  """The decoding loop, traceable (`generate` jits it).
+
+  tokens_to_logits: tokens int32[B, N] at `position`, cache -> (logits float32[B, N, V], cache).
+  cache: the decoder's state for the N hypotheses of each input (axis 1 of every leaf) and at least
+    `max_length` positions.
+  """
+  batch, num_samples = jax.tree.leaves(cache)[0].shape[:2]
   shape = (batch, num_samples)
 
   def body(carry):
     position, last, tokens, done, lengths, log_probs, cache, rng = carry
-    logits, cache = apply(cross_kv, encoder_mask, last, position, cache, method=T5.decode_step)
+    logits, cache = tokens_to_logits(last, position, cache)
     model_log_probs = jax.nn.log_softmax(logits, axis=-1)
     if greedy:
       chosen = jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -93,32 +76,56 @@ def _generate(params, encoder_tokens: jax.Array, rng: jax.Array, config: T5Confi
       rng, key = jax.random.split(rng)
       chosen = jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
     chosen_log_prob = jnp.take_along_axis(model_log_probs, chosen[..., None], axis=-1)[..., 0]
-    chosen = jnp.where(done, config.pad_id, chosen)
+    chosen = jnp.where(done, pad_id, chosen)
     log_probs = log_probs + jnp.where(done, 0.0, chosen_log_prob)
     lengths = lengths + (~done).astype(jnp.int32)
     tokens = jax.lax.dynamic_update_index_in_dim(tokens, chosen, position, axis=2)
-    done = done | (chosen == config.eos_id)
+    done = done | (chosen == eos_id)
     return position + 1, chosen, tokens, done, lengths, log_probs, cache, rng
 
   def cond(carry):
     position, done = carry[0], carry[3]
     return (position < max_length) & ~jnp.all(done)
 
-  carry = (jnp.int32(0), jnp.full(shape, config.decoder_start_id, jnp.int32),
-           jnp.full(shape + (max_length,), config.pad_id, jnp.int32), jnp.zeros(shape, bool),
-           jnp.zeros(shape, jnp.int32), jnp.zeros(shape, jnp.float32),
-           init_decoder_cache(config, batch, num_samples, max_length, dtype=config.compute_dtype), rng)
+  carry = (jnp.int32(0), jnp.full(shape, start_id, jnp.int32),
+           jnp.full(shape + (max_length,), pad_id, jnp.int32), jnp.zeros(shape, bool),
+           jnp.zeros(shape, jnp.int32), jnp.zeros(shape, jnp.float32), cache, rng)
   _, _, tokens, _, lengths, log_probs, _, _ = jax.lax.while_loop(cond, body, carry)
   return TextOutput(tokens=tokens, lengths=lengths, log_probs=log_probs)
 
 
-def generate_text(params, config: T5Config, encoder_tokens, max_length: int, *, method: str = "greedy",
+@functools.partial(jax.jit, static_argnames=("decoder", "max_length", "num_samples", "greedy", "temperature",
+                                             "top_k", "top_p"))
+def generate(params, encoder_tokens: jax.Array, rng: jax.Array, decoder, max_length: int, num_samples: int,
+             greedy: bool, temperature: float, top_k: int, top_p: float) -> TextOutput:
+  """The jitted program: encoder once per input, then `sample` over its `num_samples` hypotheses.
+
+  decoder: a hashable model binding (`model.decoding.T5Decoding`) with start/pad/eos ids,
+    `encode(params, tokens)`, `init_cache(batch, num_hyps, max_len)` and `tokens_to_logits(params, encoded)`.
+  """
+  tokens_to_logits = decoder.tokens_to_logits(params, decoder.encode(params, encoder_tokens))
+  cache = decoder.init_cache(encoder_tokens.shape[0], num_samples, max_length)
+  return sample(tokens_to_logits, cache, rng, start_id=decoder.start_id, pad_id=decoder.pad_id,
+                eos_id=decoder.eos_id, max_length=max_length, greedy=greedy, temperature=temperature, top_k=top_k,
+                top_p=top_p)
+
+
+def abstract_inputs(mesh: jax.sharding.Mesh, batch: int, input_len: int) -> tuple[jax.ShapeDtypeStruct, ...]:
+  """`generate`'s (encoder_tokens, rng) as `ShapeDtypeStruct`s: inputs over the mesh's data axis (as
+  `generate_text` places them), the key replicated."""
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  return (jax.ShapeDtypeStruct((batch, input_len), jnp.int32, sharding=parallel.data_sharding(mesh, batch)),
+          jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=parallel.replicated(mesh)))
+
+
+def generate_text(params, decoder, encoder_tokens, max_length: int, *, method: str = "greedy",
                   num_samples: int = 1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                   rng: jax.Array | None = None, mesh: jax.sharding.Mesh | None = None) -> TextOutput:
   """Greedy or sampled text for each input.
 
   Args:
-    encoder_tokens: int32[B, S], padded with `config.pad_id`.
+    decoder: the model bound for decoding (`model.decoding.T5Decoding(config)`).
+    encoder_tokens: int32[B, S], padded with `decoder.pad_id`.
     max_length: most generated tokens per output (EOS included).
     method: "greedy" (argmax; num_samples must be 1) or "sample" (temperature, top-k, top-p).
     num_samples: outputs per input, decoded as hypotheses sharing the input's encoder pass.
@@ -142,16 +149,13 @@ def generate_text(params, config: T5Config, encoder_tokens, max_length: int, *, 
     if not temperature > 0 or not 0 < top_p <= 1 or top_k < 0:
       raise ValueError(f"need temperature > 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}")
   if mesh is not None:
-    if encoder_tokens.shape[0] % mesh.shape[DATA_AXIS]:
-      raise ValueError(f"batch {encoder_tokens.shape[0]} is not divisible by the mesh's '{DATA_AXIS}' axis "
-                       f"({mesh.shape[DATA_AXIS]})")
-    encoder_tokens = jax.device_put(encoder_tokens, NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
-  return _generate(params, encoder_tokens, rng, config=config, max_length=int(max_length),
+    encoder_tokens = jax.device_put(encoder_tokens, parallel.data_sharding(mesh, encoder_tokens.shape[0]))
+  return generate(params, encoder_tokens, rng, decoder=decoder, max_length=int(max_length),
                    num_samples=int(num_samples), greedy=method == "greedy", temperature=float(temperature),
                    top_k=int(top_k), top_p=float(top_p))
 
 
-def generate_text_batched(params, config: T5Config, encoder_tokens: np.ndarray, max_length: int, *,
+def generate_text_batched(params, decoder, encoder_tokens: np.ndarray, max_length: int, *,
                           batch_size: int = 64, method: str = "greedy", num_samples: int = 1,
                           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                           mesh: jax.sharding.Mesh | None = None, name: str = "generate") -> TextOutput:
@@ -168,10 +172,10 @@ def generate_text_batched(params, config: T5Config, encoder_tokens: np.ndarray, 
   start_time = time.perf_counter()
   for index in tqdm(parallel.process_batches(num_batches), desc=name, unit="batch"):
     begin, end = index * batch_size, min((index + 1) * batch_size, num_inputs)
-    batch = np.full((batch_size, encoder_tokens.shape[1]), config.pad_id, np.int32)
+    batch = np.full((batch_size, encoder_tokens.shape[1]), decoder.pad_id, np.int32)
     batch[:end - begin] = encoder_tokens[begin:end]
     rng = jax.random.fold_in(jax.random.key(seed), index) if method == "sample" else None
-    out = generate_text(params, config, batch, max_length, method=method, num_samples=num_samples,
+    out = generate_text(params, decoder, batch, max_length, method=method, num_samples=num_samples,
                         temperature=temperature, top_k=top_k, top_p=top_p, rng=rng, mesh=mesh)
     outputs.append(jax.tree.map(np.asarray, out))
   template = TextOutput(tokens=np.zeros((batch_size, num_samples, max_length), np.int32),

@@ -41,14 +41,13 @@ from gensar_jax.data.splits import SPLIT_NAMES, TRAIN
 from gensar_jax.embed import sasrec, tfidf
 from gensar_jax.embed.stage import load_embeddings, rec_eval_inputs, train_rec_sasrec
 from gensar_jax.embed.text_encoder import load_sentence_encoder
-from gensar_jax.eval.metrics import ranking_metrics, ranks_from_scores
+from gensar_jax.eval.metrics import PROTOCOLS, ranking_metrics, ranks_from_scores
 from gensar_jax.io_utils import DataError
 
 log = logging.getLogger(__name__)
 
 METHOD_TASKS = {"popularity": ("rec", "search"), "bm25": ("search",), "dense": ("search",), "sasrec": ("rec",),
                 "sasrec_bce": ("rec",)}
-PROTOCOLS = ("sampled", "full")
 
 
 def baselines_config() -> ml_collections.ConfigDict:

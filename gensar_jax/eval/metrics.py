@@ -7,6 +7,9 @@ import numpy as np
 
 DEFAULT_CUTOFFS = (1, 5, 10)
 MISS = -1  # rank of a ground truth that was not retrieved at all
+TASKS = ("rec", "search")        # the evaluated tasks: recommendation and personalised search
+PROTOCOLS = ("sampled", "full")  # candidate lists (target + negatives, the paper's) and the whole catalogue
+TABLE_METRICS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")  # the columns of the results tables
 
 
 def ranks_from_scores(scores: np.ndarray, target_column: int = 0) -> np.ndarray:
@@ -103,9 +106,8 @@ def validation_metric(task: str, name: str) -> str:
 # The trainer's validation (`eval.stage.make_validation_fn`): every metric of both main tasks, and these means
 # over `train.selection_tasks` (model selection: "val/ndcg5_mean", the reference's).
 VALIDATION_MEANS = {"val/ndcg5_mean": "NDCG@5", "val/ndcg10_mean": "NDCG@10"}
-VALIDATION_TASKS = ("rec", "search")
 # Every name the validation reports: what `train.best_metric` may name.
-VALIDATION_METRICS = (*(validation_metric(task, name) for task in VALIDATION_TASKS for name in metric_names()),
+VALIDATION_METRICS = (*(validation_metric(task, name) for task in TASKS for name in metric_names()),
                       *VALIDATION_MEANS)
 
 

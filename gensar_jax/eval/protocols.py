@@ -21,13 +21,14 @@ from typing import Sequence
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from gensar_jax import parallel
 from gensar_jax.decode import trie as trie_lib
-from gensar_jax.decode.beam_search import DATA_AXIS, constrained_beam_search
+from gensar_jax.decode.beam_search import constrained_beam_search
 from gensar_jax.eval.metrics import TIE_RULES, ranking_metrics, ranks_by_identifier, ranks_from_retrieved
 from gensar_jax.io_utils import DataError
+from gensar_jax.model.decoding import T5Decoding
 from gensar_jax.model.t5 import T5Config
 
 logger = logging.getLogger(__name__)
@@ -113,9 +114,8 @@ def search_ranks(params, config: T5Config, encoder_tokens: np.ndarray, targets: 
     {"item": ranks, "identifier": ranks}, each int64[n], 0-based, -1 = miss.
   """
   encoder_tokens, targets, candidates = _check_inputs(encoder_tokens, targets, identifier_codes, candidates)
-  if mesh is not None and batch_size % mesh.shape[DATA_AXIS]:
-    raise ValueError(f"batch_size {batch_size} is not divisible by the mesh's '{DATA_AXIS}' axis "
-                     f"({mesh.shape[DATA_AXIS]})")
+  if mesh is not None:
+    parallel.data_sharding(mesh, batch_size, "batch_size")
   num_queries = len(targets)
   if num_queries == 0:
     raise DataError(f"{name}: no queries to evaluate")
@@ -126,7 +126,8 @@ def search_ranks(params, config: T5Config, encoder_tokens: np.ndarray, targets: 
                                                        codebook_size)
     # Placed once (replicated over a mesh), not copied to the device with every batch.
     catalogue_tables = jax.device_put(
-        catalogue_tables, None if mesh is None else NamedSharding(mesh, PartitionSpec()))
+        catalogue_tables, None if mesh is None else parallel.replicated(mesh))
+  decoder = T5Decoding(config)
   start_time = time.perf_counter()
 
   def dispatch(begin: int):
@@ -141,7 +142,7 @@ def search_ranks(params, config: T5Config, encoder_tokens: np.ndarray, targets: 
       batch_candidates[:end - begin] = candidates[begin:end]
       tables = trie_lib.build_candidate_tries(batch_candidates, identifier_codes, behaviour_token, token_offsets,
                                               codebook_size)
-    return begin, end, constrained_beam_search(params, config, tokens, tables, num_beams, mesh)
+    return begin, end, constrained_beam_search(params, decoder, tokens, tables, num_beams, mesh)
 
   ranks = {rule: np.empty(num_queries, np.int64) for rule in TIE_RULES}
   starts = range(0, num_queries, batch_size)

@@ -28,20 +28,16 @@ from gensar_jax.config import section_with_defaults
 from gensar_jax.data.pipeline import eval_features
 from gensar_jax.data.task_data import MAIN_TASKS, TaskData, load_task_data
 from gensar_jax.decode import trie as trie_lib
-from gensar_jax.decode.beam_search import DATA_AXIS
 from gensar_jax.eval import protocols
-from gensar_jax.eval.metrics import (TIE_RULES, VALIDATION_MEANS, VALIDATION_TASKS, mean_metrics, ranking_metrics,
-                                     validation_metric)
+from gensar_jax.eval.metrics import (PROTOCOLS, TABLE_METRICS, TASKS, TIE_RULES, VALIDATION_MEANS, mean_metrics,
+                                     ranking_metrics, validation_metric)
 from gensar_jax.io_utils import DataError, write_json, write_text
 from gensar_jax.model.export import load_model, load_model_extra
 from gensar_jax.model.t5 import T5Config
 
 logger = logging.getLogger(__name__)
 
-TASKS = VALIDATION_TASKS
-PROTOCOLS = ("sampled", "full")
 SPLITS = ("validation", "test")
-TABLE_METRICS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
 
 
 def eval_section_config() -> ml_collections.ConfigDict:
@@ -163,9 +159,9 @@ def rank_queries_all_ties(params, model_cfg: T5Config, queries: EvalQueries, pro
     {"item": int64[n], "identifier": int64[n]}.
   """
   _check_protocols((protocol,))
-  if mesh is not None and batch_size % mesh.shape[DATA_AXIS]:
-    raise ValueError(f"eval.batch_size {batch_size} is not divisible by the mesh's '{DATA_AXIS}' axis "
-                     f"({mesh.shape[DATA_AXIS]})")
+  if mesh is not None and batch_size % mesh.shape[parallel.DATA_AXIS]:
+    raise ValueError(f"eval.batch_size {batch_size} is not divisible by the mesh's '{parallel.DATA_AXIS}' axis "
+                     f"({mesh.shape[parallel.DATA_AXIS]})")
   if queries.behaviour_token >= model_cfg.vocab_size or queries.token_offsets.max() + queries.codebook_size > \
       model_cfg.vocab_size:
     raise DataError(f"model vocab_size {model_cfg.vocab_size} does not cover the identifier tokens (up to id "
@@ -303,9 +299,9 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path, out_dir: Path) ->
   eval_cfg = eval_section(config)
   mesh = parallel.make_mesh(config.parallel.mesh_shape) if "parallel" in config else None
   rules = config.parallel.logical_axis_rules if "parallel" in config else parallel.DEFAULT_LOGICAL_AXIS_RULES
-  if mesh is not None and eval_cfg.batch_size % mesh.shape[DATA_AXIS]:
-    raise ValueError(f"config.eval.batch_size {eval_cfg.batch_size} is not divisible by the mesh's '{DATA_AXIS}' "
-                     f"axis ({mesh.shape[DATA_AXIS]}, config.parallel.mesh_shape)")
+  if mesh is not None and eval_cfg.batch_size % mesh.shape[parallel.DATA_AXIS]:
+    raise ValueError(f"config.eval.batch_size {eval_cfg.batch_size} is not divisible by the mesh's "
+                     f"'{parallel.DATA_AXIS}' axis ({mesh.shape[parallel.DATA_AXIS]}, config.parallel.mesh_shape)")
   model_dir = output_dir(workdir, "train") / "model"
   params, model_cfg = load_model(model_dir, mesh, rules)
   task_data = load_task_data(workdir, config, with_pseudo_queries=False)

@@ -9,12 +9,12 @@ them with `parallel.make_mesh` and the real programs of every stage are lowered 
     length bucket) and `sasrec_train_step` (`embed.sasrec`'s jitted AdamW step), each on one chip;
   - index: `rqvae_train_step` (`identifiers.rqvae_train.make_train_epoch` over one batch), one chip;
   - doc2query: `doc2query_train_step` (`train.step.make_train_step` at doc2query's batch, lengths and
-    SentencePiece vocabulary, on the slice) and `doc2query_sampling` (`decode.sampling._generate`, one
+    SentencePiece vocabulary, on the slice) and `doc2query_sampling` (`decode.sampling.generate`, one
     chip per host);
   - train: `train_step` at the global batch, sequence lengths, dtype and optimizer state of the config,
     under each dropout-mask generator of `plan.dropout_rngs`;
   - validation and test: `beam_search_sampled` / `beam_search_full`, the constrained beam search
-    (`decode.beam_search._search`) over per-query candidate tries and over the catalogue trie of
+    (`decode.beam_search.search`) over per-query candidate tries and over the catalogue trie of
     `plan.num_items` items (random codes of the config's identifier shape).
 
 For each program: per-device memory (`memory_analysis`), FLOPs and bytes (`cost_analysis`), the
@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from gensar_jax import parallel
 from gensar_jax.config import section_with_defaults
@@ -45,7 +44,8 @@ from gensar_jax.data.tokenizer import BEHAVIOUR_TOKENS, levels_from_config
 from gensar_jax.io_utils import as_path, write_json
 from gensar_jax.plan.hlo import (COLLECTIVE_KINDS, collective_traffic, count_while_loops,  # noqa: F401
                                  parse_collectives, shape_bytes, term_breakdown)
-from gensar_jax.model.t5 import T5, T5Config, init_decoder_cache, init_params, t5_config_from_section
+from gensar_jax.model.decoding import T5Decoding
+from gensar_jax.model.t5 import T5Config, init_params, t5_config_from_section
 
 log = logging.getLogger(__name__)
 
@@ -446,18 +446,12 @@ def synthetic_tries(num_items: int, num_levels: int, codebook_size: int, batch: 
 
 
 def lower_beam_search(model_cfg: T5Config, params, tables, mesh, batch: int, input_len: int, num_beams: int):
-  """`beam_search._search.lower(...)`: queries over the mesh's data axis, tables laid out as
-  `constrained_beam_search` lays them (per-query tables with the queries, a shared trie replicated)."""
+  """`beam_search.search.lower(...)` on `beam_search.abstract_inputs`: queries over the mesh's data axis,
+  tables laid out as `constrained_beam_search` lays them."""
   from gensar_jax.decode import beam_search
-  by_query = NamedSharding(mesh, PartitionSpec(beam_search.DATA_AXIS))
-  replicated = parallel.replicated(mesh)
-  per_query = by_query if tables.num_tries == batch and batch > 1 else replicated
-  table_shardings = jax.tree.map(lambda _: replicated, tables).replace(
-      child_codes=(per_query,) * tables.num_levels, child_starts=(per_query,) * tables.num_levels,
-      leaf_item_ptr=per_query, leaf_items=per_query, behaviour_token=replicated, token_offsets=replicated)
-  abstract_tables = abstract(jax.tree.map(np.asarray, tables), table_shardings)
-  tokens = jax.ShapeDtypeStruct((batch, input_len), jnp.int32, sharding=by_query)
-  return beam_search._search.lower(params, tokens, abstract_tables, config=model_cfg, num_beams=num_beams)
+  tokens, abstract_tables = beam_search.abstract_inputs(mesh, batch, input_len, tables)
+  return beam_search.search.lower(params, tokens, abstract_tables, decoder=T5Decoding(model_cfg),
+                                  num_beams=num_beams)
 
 
 def _sampling_args(cfg: ml_collections.ConfigDict) -> dict:
@@ -467,46 +461,39 @@ def _sampling_args(cfg: ml_collections.ConfigDict) -> dict:
 
 
 def lower_sampling(model_cfg: T5Config, doc2query_cfg: ml_collections.ConfigDict, device):
-  """`sampling._generate.lower(...)` on one device, as the doc2query stage runs it (no mesh)."""
+  """`sampling.generate.lower(...)` on one device, as the doc2query stage runs it (no mesh)."""
   from gensar_jax.decode import sampling
   mesh = parallel.make_mesh({"data": 1}, [device])
   params = abstract_params(model_cfg, mesh, ())
-  batch = int(doc2query_cfg.sampling.batch_size)
-  tokens = jax.ShapeDtypeStruct((batch, int(doc2query_cfg.max_input_len)), jnp.int32,
-                                sharding=parallel.replicated(mesh))
-  key = jax.eval_shape(lambda: jax.random.key(0))
-  rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=parallel.replicated(mesh))
-  return sampling._generate.lower(params, tokens, rng, config=model_cfg, **_sampling_args(doc2query_cfg))
+  tokens, rng = sampling.abstract_inputs(mesh, int(doc2query_cfg.sampling.batch_size),
+                                         int(doc2query_cfg.max_input_len))
+  return sampling.generate.lower(params, tokens, rng, decoder=T5Decoding(model_cfg), **_sampling_args(doc2query_cfg))
 
 
 def lower_sampling_step(model_cfg: T5Config, doc2query_cfg: ml_collections.ConfigDict, device):
   """One iteration of the sampling loop (decoder step + filtered categorical draw) at the same shapes:
-  XLA's cost analysis counts `_generate`'s while-loop body once, this measures what each token adds."""
+  XLA's cost analysis counts `generate`'s while-loop body once, this measures what each token adds."""
   from gensar_jax.decode.sampling import filter_logits
   mesh = parallel.make_mesh({"data": 1}, [device])
   rep = parallel.replicated(mesh)
   params = abstract_params(model_cfg, mesh, ())
   batch, hyps = int(doc2query_cfg.sampling.batch_size), int(doc2query_cfg.num_pseudo_queries)
   length, max_length = int(doc2query_cfg.max_input_len), int(doc2query_cfg.max_query_len)
-  dtype = model_cfg.compute_dtype
-  kv = jax.ShapeDtypeStruct((batch, length, model_cfg.num_heads, model_cfg.d_kv), dtype, sharding=rep)
-  cross_kv = tuple((kv, kv) for _ in range(model_cfg.num_decoder_layers))
-  cache = abstract(jax.eval_shape(lambda: init_decoder_cache(model_cfg, batch, hyps, max_length, dtype=dtype)),
-                   jax.tree.map(lambda _: rep, jax.eval_shape(
-                       lambda: init_decoder_cache(model_cfg, batch, hyps, max_length, dtype=dtype))))
-  mask = jax.ShapeDtypeStruct((batch, length), jnp.bool_, sharding=rep)
+  decoder = T5Decoding(model_cfg)
+  tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+  encoded = _on_device(jax.eval_shape(decoder.encode, params, tokens), device)
+  cache = _on_device(jax.eval_shape(lambda: decoder.init_cache(batch, hyps, max_length)), device)
   last = jax.ShapeDtypeStruct((batch, hyps), jnp.int32, sharding=rep)
   key = jax.eval_shape(lambda: jax.random.key(0))
   rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep)
   s = doc2query_cfg.sampling
 
-  def body(params, cross_kv, mask, last, cache, rng):
-    logits, cache = T5(model_cfg).apply({"params": params}, cross_kv, mask, last, jnp.int32(1), cache,
-                                        method=T5.decode_step)
+  def body(params, encoded, last, cache, rng):
+    logits, cache = decoder.tokens_to_logits(params, encoded)(last, 1, cache)
     chosen = jax.random.categorical(rng, filter_logits(logits, float(s.temperature), int(s.top_k), float(s.top_p)))
     return chosen, jax.nn.log_softmax(logits, axis=-1).max(axis=-1), cache
 
-  return jax.jit(body).lower(params, cross_kv, mask, last, cache, rng)
+  return jax.jit(body).lower(params, encoded, last, cache, rng)
 
 
 def _one_device_mesh(device) -> jax.sharding.Mesh:
@@ -639,8 +626,8 @@ def validations(num_steps: int, eval_every: int) -> int:
 def training_budget(config: ml_collections.ConfigDict, examples: int) -> dict:
   """Steps of the config's training run (`train.num_steps`, else `train.num_epochs` epochs), as the
   train stage counts them, and its validations."""
-  from gensar_jax.train.stage import _steps
-  num_steps, _ = _steps(config.train, examples)
+  from gensar_jax.train.stage import planned_steps
+  num_steps, _ = planned_steps(config.train, examples)
   batch = int(config.train.batch_size)
   return {"epoch_examples": examples, "global_batch": batch, "steps_per_epoch": max(examples // batch, 1),
           "num_steps": num_steps, "validations": validations(num_steps, int(config.train.eval_every))}
@@ -663,7 +650,7 @@ def stage_calls(config: ml_collections.ConfigDict, counts: Mapping[str, int], ho
   """
   from gensar_jax.eval.stage import TASKS
   from gensar_jax.identifiers.rqvae import identifiers_config
-  from gensar_jax.train.stage import _steps
+  from gensar_jax.train.stage import planned_steps
   # Text encoder (`SentenceEncoder.encode`) and doc2query sampling (`generate_text_batched`): fixed-size
   # batches of the items, the last one padded; each host takes its share of the catalogue.
   items, per_host = counts["items"], _batches(counts["items"], hosts)
@@ -675,10 +662,10 @@ def stage_calls(config: ml_collections.ConfigDict, counts: Mapping[str, int], ho
   sas_steps = int(sas.epochs) * _batches(counts["users"], int(sas.batch_size))
   # RQ-VAE (`rqvae_train.epoch_batches`): ceil(items / batch) steps per epoch, both views in one model.
   rq_steps = int(ids.epochs) * _batches(items, int(ids.batch_size))
-  # doc2query and train: the stages' own step count (`train.stage._steps`).
-  d2q_steps, _ = _steps(d2q.train, counts["search_train"])
+  # doc2query and train: the stages' own step count (`train.stage.planned_steps`).
+  d2q_steps, _ = planned_steps(d2q.train, counts["search_train"])
   examples = epoch_examples(config, counts)
-  train_steps, _ = _steps(config.train, examples)
+  train_steps, _ = planned_steps(config.train, examples)
   # Validation (`eval.stage.make_validation_fn`): eval.validation_rows rows of each task, sampled protocol;
   # test (`eval.stage.run_eval`): every eval.split row of each task (eval.limit), once per protocol.
   num_validations = validations(train_steps, int(config.train.eval_every))
@@ -855,10 +842,10 @@ def _compile_train_program(name: str, target: Target) -> tuple[dict, int]:
                               int(config.tasks.max_input_len), int(config.tasks.max_target_len))
   # doc2query_train_step: the same step with doc2query's train section, batch, lengths and the SentencePiece
   # vocabulary (the doc2query model only ever reads and writes text).
-  from gensar_jax.train.stage import _steps
+  from gensar_jax.train.stage import planned_steps
   d2q = config.doc2query
   train_cfg = ml_collections.ConfigDict(d2q.train.to_dict())
-  train_cfg.num_steps = _steps(d2q.train, target.counts["search_train"])[0]
+  train_cfg.num_steps = planned_steps(d2q.train, target.counts["search_train"])[0]
   model_cfg = t5_config_from_section(config.model, int(config.data.vocab_size))
   return compile_train_step(name, target, model_cfg, train_cfg, int(d2q.train.batch_size), int(d2q.max_input_len),
                             int(d2q.max_query_len))

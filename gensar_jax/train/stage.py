@@ -27,6 +27,7 @@ from gensar_jax.data.tokenizer import EOS_ID, levels_from_config
 from gensar_jax.decode.sampling import generate_text_batched
 from gensar_jax.eval.stage import make_validation_fn
 from gensar_jax.io_utils import read_json, save_arrays, write_json
+from gensar_jax.model.decoding import T5Decoding
 from gensar_jax.model.export import save_model
 from gensar_jax.model.hf_import import build_model
 from gensar_jax.model.t5 import T5, T5Config, init_params
@@ -38,7 +39,7 @@ from gensar_jax.train.step import weighted_cross_entropy
 log = logging.getLogger(__name__)
 
 
-def _steps(train_cfg: ml_collections.ConfigDict, epoch_len: int) -> tuple[int, int]:
+def planned_steps(train_cfg: ml_collections.ConfigDict, epoch_len: int) -> tuple[int, int]:
   """(num_steps, num_epochs): train.num_steps if > 0, else train.num_epochs over the epoch's batches."""
   steps_per_epoch = max(epoch_len // int(train_cfg.batch_size), 1)
   num_steps = int(train_cfg.num_steps) if int(train_cfg.num_steps) > 0 else int(train_cfg.num_epochs) * steps_per_epoch
@@ -104,7 +105,7 @@ def run_train(config: ml_collections.ConfigDict, workdir: Path, out_dir: Path) -
   seed = int(config.seed)
   model_cfg, params = build_model(config.model, td.vocab_size, jax.random.key(seed))
   source = td.mixture(config.tasks.sizes.to_dict(), 1, seed)
-  num_steps, num_epochs = _steps(config.train, source.epoch_len)
+  num_steps, num_epochs = planned_steps(config.train, source.epoch_len)
   source = td.mixture(config.tasks.sizes.to_dict(), num_epochs, seed)
   batch = int(config.train.batch_size)
   it = loop_iterator(source, batch, config.tasks)
@@ -193,27 +194,35 @@ class _HostRows:
     return self.source[batch * self.global_batch + self.offset + row]
 
 
-def run_doc2query(config: ml_collections.ConfigDict, workdir: Path, out_dir: Path) -> dict:
-  """Trains item text -> query on the search training sessions, samples pseudo-queries for every item
-  (each process its share of the catalogue's batches)."""
-  t0 = time.time()
-  cfg = config.doc2query
-  # Only text is read here: the identifier tables do not matter (placeholders), and the model's
-  # vocabulary is the SentencePiece one, so it can only ever generate text.
+def doc2query_texts(workdir: Path, config: ml_collections.ConfigDict):
+  """The task data doc2query reads: item texts and queries only. The identifier tables do not matter
+  (placeholders), and the model's vocabulary is the SentencePiece one, so it can only ever generate text."""
   num_items = int(read_json(output_dir(workdir, "prepare") / "stats.json")["items"])
   _, semantic_levels, collab_levels = levels_from_config(config.identifiers)
   no_codes = {"semantic": np.zeros((num_items, len(semantic_levels)), np.int32),
               "collab": np.zeros((num_items, len(collab_levels)), np.int32)}
-  td = load_task_data(workdir, config, codes=no_codes, with_pseudo_queries=False)
+  return load_task_data(workdir, config, codes=no_codes, with_pseudo_queries=False)
+
+
+def doc2query_pairs(td, cfg: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+  """(item texts int32[n, doc2query.max_input_len], queries int32[n, doc2query.max_query_len]) of the search
+  training sessions, padded."""
   search = td.prepared.samples["search"]
   rows = search.split_rows(0)
   length = int(cfg.max_input_len)
   texts = stack_padded([td.builder.encoder_text(td.builder.item_text_ids[i], length) for i in search.item[rows]],
                        length)
   queries = stack_padded([td.builder.query_ids[q] for q in search.query[rows]], int(cfg.max_query_len))
-  epoch_len = len(rows)
+  return texts, queries
+
+
+def train_doc2query(config: ml_collections.ConfigDict, td, texts: np.ndarray, queries: np.ndarray,
+                    out_dir: Path) -> tuple[T5Config, object, dict]:
+  """Trains item text -> query on the pairs (each process its rows of every batch) and exports the selected
+  parameters to `<out_dir>/model`: (model config, selected params, training stats)."""
+  cfg = config.doc2query
   run_config = ml_collections.ConfigDict({"train": cfg.train, "parallel": config.parallel})
-  num_steps, num_epochs = _steps(cfg.train, epoch_len)
+  num_steps, num_epochs = planned_steps(cfg.train, len(texts))
   source = _PairSource(texts, queries, num_epochs, int(config.seed))
   rows = int(cfg.train.batch_size) // jax.process_count()
   ds = grain.MapDataset.source(_HostRows(source, int(cfg.train.batch_size), jax.process_index(), jax.process_count()))
@@ -222,23 +231,39 @@ def run_doc2query(config: ml_collections.ConfigDict, workdir: Path, out_dir: Pat
   probe = probe_ds.batch(int(cfg.train.batch_size))[0]
   model_cfg, params = build_model(config.model, td.tokenizer.sp_vocab_size, jax.random.key(int(config.seed) + 17))
   mesh = parallel.make_mesh(config.parallel.mesh_shape)
-  log.info("doc2query: %d (item text, query) pairs, %d steps", epoch_len, num_steps)
+  log.info("doc2query: %d (item text, query) pairs, %d steps", len(texts), num_steps)
   selected, stats = _fit(run_config, model_cfg, params, it, num_steps, out_dir, None, mesh, probe, "doc2query")
   save_model(out_dir / "model", selected, model_cfg)
+  return model_cfg, selected, stats
 
+
+def sample_pseudo_queries(params, model_cfg: T5Config, td, cfg: ml_collections.ConfigDict) -> np.ndarray:
+  """`doc2query.num_pseudo_queries` queries per catalogue item as `doc2query.sampling` says (each process its
+  share of the batches): int32[items, num_pseudo_queries, max_query_len], EOS and what follows it zeroed."""
+  length = int(cfg.max_input_len)
   catalog_texts = stack_padded([td.builder.encoder_text(ids, length) for ids in td.builder.item_text_ids], length)
   s = cfg.sampling
-  out = generate_text_batched(selected, model_cfg, catalog_texts, int(cfg.max_query_len),
+  out = generate_text_batched(params, T5Decoding(model_cfg), catalog_texts, int(cfg.max_query_len),
                               batch_size=int(s.batch_size), method=s.method, num_samples=int(cfg.num_pseudo_queries),
                               temperature=float(s.temperature), top_k=int(s.top_k), top_p=float(s.top_p),
                               seed=int(s.seed), name="pseudo-queries")
-  tokens = np.where(np.arange(out.tokens.shape[-1]) < (out.lengths[..., None] - 1), out.tokens, 0).astype(np.int32)
+  return np.where(np.arange(out.tokens.shape[-1]) < (out.lengths[..., None] - 1), out.tokens, 0).astype(np.int32)
+
+
+def run_doc2query(config: ml_collections.ConfigDict, workdir: Path, out_dir: Path) -> dict:
+  """The `doc2query` stage: trains item text -> query on the search training sessions, samples pseudo-queries
+  for every item, writes `<out_dir>/pseudo_queries.npz` and the stats."""
+  t0 = time.time()
+  td = doc2query_texts(workdir, config)
+  texts, queries = doc2query_pairs(td, config.doc2query)
+  model_cfg, selected, stats = train_doc2query(config, td, texts, queries, out_dir)
+  tokens = sample_pseudo_queries(selected, model_cfg, td, config.doc2query)
   examples = {td.prepared.dataset.catalog.titles[i]: [td.tokenizer.decode(q) for q in tokens[i, :3]]
               for i in range(min(3, len(tokens)))}
   if parallel.is_primary():
     save_arrays(out_dir / "pseudo_queries.npz", tokens=tokens)
   distinct = len({td.tokenizer.decode(q) for q in tokens.reshape(-1, tokens.shape[-1])[:5000]})
-  stats.update(pairs=epoch_len, items=int(tokens.shape[0]), per_item=int(tokens.shape[1]),
+  stats.update(pairs=len(texts), items=int(tokens.shape[0]), per_item=int(tokens.shape[1]),
                distinct_in_first_5000=distinct, examples=examples, seconds=round(time.time() - t0, 1))
   _write_results(out_dir, stats, config)
   log.info("doc2query: %d items x %d pseudo-queries; probe loss %.3f -> %.3f", tokens.shape[0], tokens.shape[1],
