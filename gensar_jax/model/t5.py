@@ -287,6 +287,19 @@ class Attention(nn.Module):
     context = jnp.einsum("bhts,bshk->bthk", weights, value.astype(self.config.compute_dtype))
     return _constrain(self.output(context), ("batch", "length", "embed"))
 
+  def attend_step(self, query_input: Array, key: Array, value: Array, mask: Array, bias: Array | None) -> Array:
+    """One decoder position for K hypotheses (no dropout). query_input: [B, K, D]; key/value: [B, K, L, H, d_kv]
+    (one per hypothesis: the self-attention cache) or [B, L, H, d_kv] (shared by the hypotheses: the encoder's
+    for cross-attention); mask: bool broadcastable to [B, K, H, L]; bias: [H, L] or None -> [B, K, D]."""
+    dtype = self.config.compute_dtype
+    keys = "bjlhd" if key.ndim == 5 else "blhd"
+    scores = jnp.einsum(f"bjhd,{keys}->bjhl", self.query(query_input), key.astype(dtype)).astype(jnp.float32)
+    if bias is not None:
+      scores = scores + bias[None, None].astype(jnp.float32)
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    return self.output(jnp.einsum(f"bjhl,{keys}->bjhd", weights, value.astype(dtype)))
+
   def __call__(self, query_input: Array, key_input: Array, mask: Array | None, bias: Array | None,
                deterministic: bool) -> Array:
     key, value = self.key_value(key_input)
@@ -392,29 +405,16 @@ class DecoderLayer(nn.Module):
     """One position for K hypotheses. x: [B, K, D]; cross_k/v: [B, S, H, d_kv] (shared by the K
     hypotheses); cross_mask: bool[B, S]; cache k/v: [B, K, L, H, d_kv]; self_bias: [H, L] (keys beyond
     `step` are masked here)."""
-    dtype = self.config.compute_dtype
     h = self.pre_self_attention_layer_norm(x)
     attn = self.self_attention
-    q, k, v = attn.query(h), attn.project(h, attn.k), attn.project(h, attn.v)  # [B, K, H, d_kv]
+    k, v = attn.project(h, attn.k), attn.project(h, attn.v)  # [B, K, H, d_kv]
     cache_k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k[:, :, None].astype(cache["k"].dtype), step, 2)
     cache_v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v[:, :, None].astype(cache["v"].dtype), step, 2)
-    max_len = cache_k.shape[2]
-    scores = jnp.einsum("bjhd,bjlhd->bjhl", q, cache_k.astype(dtype)).astype(jnp.float32)
-    scores = scores + self_bias[None, None].astype(jnp.float32)
-    visible = jnp.arange(max_len) <= step
-    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    context = jnp.einsum("bjhl,bjlhd->bjhd", weights, cache_v.astype(dtype))
-    x = x + attn.output(context)
+    visible = jnp.arange(cache_k.shape[2]) <= step
+    x = x + attn.attend_step(h, cache_k, cache_v, visible, self_bias)
 
     h = self.pre_cross_attention_layer_norm(x)
-    cross = self.encoder_decoder_attention
-    q = cross.query(h)
-    scores = jnp.einsum("bjhd,bshd->bjhs", q, cross_k.astype(dtype)).astype(jnp.float32)
-    scores = jnp.where(cross_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    context = jnp.einsum("bjhs,bshd->bjhd", weights, cross_v.astype(dtype))
-    x = x + cross.output(context)
+    x = x + self.encoder_decoder_attention.attend_step(h, cross_k, cross_v, cross_mask[:, None, None, :], None)
 
     h = self.pre_mlp_layer_norm(x)
     x = x + self.mlp(h, True)
