@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -477,16 +478,17 @@ def load_config(name_or_path: str, overrides: Iterable[str] = (), check: bool = 
   path = resolve_config_path(name_or_path)
   spec = importlib.util.spec_from_file_location(f"gensar_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  # A config imports the configs beside it by name (`from common import base_config`).
+  sys.path.insert(0, str(path.parent))
+  try:
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  finally:
+    sys.path.remove(str(path.parent))
   if not config.get("name"):
     config.name = path.stem
   config = apply_overrides(config, overrides)
   return check_config(config) if check else config
-
-
-def config_to_dict(config: ml_collections.ConfigDict) -> dict:
-  return config.to_dict()
 
 
 def section_with_defaults(config: ml_collections.ConfigDict, name: str,

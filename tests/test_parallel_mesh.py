@@ -11,7 +11,7 @@ from gensar_jax.model.t5 import T5, T5Config, init_params
 from gensar_jax.train import state as state_lib
 from gensar_jax.train import step as step_lib
 from gensar_jax.train.checkpoint import Checkpointer, abstract_like
-from gensar_jax.train.loop import toy_copy_dataset
+from toy_data import toy_copy_dataset
 
 VOCAB = 32
 RULES = parallel.DEFAULT_LOGICAL_AXIS_RULES

@@ -44,7 +44,8 @@ def worker(out_dir: str) -> None:
   import jax
   from jax.experimental import multihost_utils
 
-  from gensar_jax.train.loop import toy_copy_dataset, train
+  from gensar_jax.train.loop import train
+  from toy_data import toy_copy_dataset
   assert jax.process_count() == 2 and jax.device_count() == 2, (jax.process_count(), jax.device_count())
   config, model_cfg = _setup()
   batches = iter(toy_copy_dataset(VOCAB, BATCH, seed=3, process_index=jax.process_index(),
@@ -68,7 +69,8 @@ def test_two_processes_match_one_process(tmp_path):
   import jax
 
   from gensar_jax import parallel
-  from gensar_jax.train.loop import toy_copy_dataset, train
+  from gensar_jax.train.loop import train
+  from toy_data import toy_copy_dataset
   config, model_cfg = _setup()
   mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
   single = train(config, model_cfg, iter(toy_copy_dataset(VOCAB, BATCH, seed=3)), STEPS, tmp_path / "single",

@@ -10,7 +10,8 @@ from gensar_jax import parallel
 from gensar_jax.model.t5 import T5Config
 from gensar_jax.train import checkpoint as checkpoint_lib
 from gensar_jax.train import state as state_lib
-from gensar_jax.train.loop import best_evaluation, evaluations_since_best, toy_copy_dataset, train
+from gensar_jax.train.loop import best_evaluation, evaluations_since_best, train
+from toy_data import toy_copy_dataset
 
 VOCAB = 24
 

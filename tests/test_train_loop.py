@@ -16,7 +16,8 @@ from gensar_jax.model.t5 import T5Config
 from gensar_jax.train import state as state_lib
 from gensar_jax.train import loop as loop_lib
 from gensar_jax.train.loop import (TrainingDivergedError, evaluations_since_best, format_progress,
-                                   read_eval_history, toy_copy_dataset, train)
+                                   read_eval_history, train)
+from toy_data import toy_copy_dataset
 
 VOCAB = 24
 
