@@ -5,11 +5,7 @@ need about a quarter. On 40 GB cards use --set train.grad_accum_steps=8.
 Effective batch 8192 as the reference. Launch with launch/slurm_gpu.sbatch. `gensar plan --config
 configs/gpu_8x.py` compiles it for 8 H100s on any machine (needs `pip install jax-cuda12-plugin`).
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from electronics import pod_config  # noqa: E402
+from electronics import pod_config
 
 
 # Dropout masks from threefry, the only generator that runs at these shapes: 2048 rows per micro-batch make

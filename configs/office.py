@@ -1,10 +1,8 @@
 """Real data: Amazon Office Products 2014 5-core (LC-Rec JSON in ../shared/data/amazon_office_2014),
 search sessions from Ai et al. style queries on the category paths (the paper's Amazon recipe)."""
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import base_config, cpu_budget  # noqa: E402
+from common import base_config, cpu_budget
 
 SHARED_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 

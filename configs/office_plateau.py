@@ -11,11 +11,7 @@ was recycled (`results/office/plateau_horizon20_partial.json`, drawn beside this
   gensar run --config configs/office_plateau.py --workdir runs/office_plateau
   python -m benchmarks.plateau_report --workdir runs/office_plateau   # results/office/learning_curve.png
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import office  # noqa: E402
+import office
 
 EPOCH_EXAMPLES = 72_523   # rows of one Office training epoch (nrip all, nsip 30k, 1k of the others)
 EPOCHS = 5

@@ -1,10 +1,6 @@
 """The default main job: a synthetic world whose collaborative structure only partly follows text
 semantics, sized to run end to end on a 2-core CPU."""
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from common import base_config, cpu_budget  # noqa: E402
+from common import base_config, cpu_budget
 
 
 def get_config():

@@ -1,9 +1,5 @@
 """Tiny synthetic world for unit tests: prepares in a few seconds."""
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from common import base_config  # noqa: E402
+from common import base_config
 
 
 def get_config():

@@ -7,11 +7,7 @@ bfloat16, 512 rows on one TensorCore made the TPU compiler ask for 59 GB of temp
 core's 15.25 GB (attention probabilities of 512-token inputs and the 33.5k-token logits are the bulk,
 about 0.1 GB per row); launch with launch/tpu_pod.sh, which runs the plan first.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from electronics import pod_config  # noqa: E402
+from electronics import pod_config
 
 
 # Dropout masks from threefry, the only generator that runs at these shapes: 2048 rows per micro-batch make

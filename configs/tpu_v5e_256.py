@@ -4,11 +4,7 @@ bfloat16.
 Effective batch 8192 as the reference. `gensar plan --config configs/tpu_v5e_256.py` compiles it for
 the slice on any machine; launch with launch/tpu_pod.sh, which runs the plan first.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from electronics import pod_config  # noqa: E402
+from electronics import pod_config
 
 
 # Dropout masks from threefry: the hash is the cheaper generator on v5e (1.5274 s against 1.5364 s per step in

@@ -8,11 +8,7 @@ its plan (results/plan/tpu_v5e_8.json) costs the same as the v5e-64's within the
 less than v5e-256 or v4-32, and one host needs no multi-host launch (about half a day). Its train step is
 tight (over 90% of HBM): `gensar plan` before launching (launch/tpu_pod.sh runs it).
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from electronics import pod_config  # noqa: E402
+from electronics import pod_config
 
 
 # Dropout masks from the counter hash: on v5e the plan's train step is 1.5274 s with it against 1.5364 s with

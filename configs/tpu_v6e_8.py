@@ -7,11 +7,7 @@ configs/tpu_v5e_8.py). Its own plan is results/plan/tpu_v6e_8.json.
 Effective batch 8192 as the reference. `gensar plan --config configs/tpu_v6e_8.py` compiles it for the
 slice on any machine; launch with launch/tpu_pod.sh (one worker), which runs the plan first.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from electronics import pod_config  # noqa: E402
+from electronics import pod_config
 
 
 # Dropout masks from the counter hash: on v6e the plan's train step of 1+1 layers (this preset's rows and
