@@ -253,7 +253,7 @@ def _loss_fn(params, module, tokens, targets, negatives, dropout_key, loss="soft
 
 
 @functools.lru_cache(maxsize=8)
-def _training_fns(arch_items: tuple, hyper_items: tuple):
+def training_fns(arch_items: tuple, hyper_items: tuple):
   """(module, optimizer, jitted train step) for one architecture and set of hyper-parameters.
 
   Cached so that repeated trainings (seeds, tests) reuse the compiled step.
@@ -378,7 +378,7 @@ def train_sasrec(train_sequences: Sequence[np.ndarray], num_items: int, cfg: ml_
       raise DataError("train_sequences: a user has every item in the catalogue; loss=bce has no negative to draw")
   else:
     seen = np.zeros((inputs.shape[0], 1), np.int32)   # read by loss=bce only
-  module, optimizer, train_step = _training_fns(tuple(sorted(arch.items())), tuple(sorted(hyper.items())))
+  module, optimizer, train_step = training_fns(tuple(sorted(arch.items())), tuple(sorted(hyper.items())))
   key = jax.random.PRNGKey(seed)
   init_key, key = jax.random.split(key)
   params = module.init(init_key, jnp.zeros((1, arch["max_len"]), jnp.int32))["params"]

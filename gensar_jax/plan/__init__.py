@@ -553,14 +553,14 @@ def sasrec_width(sasrec_cfg: ml_collections.ConfigDict, plan_cfg: ml_collections
 
 
 def lower_sasrec_step(sasrec_cfg: ml_collections.ConfigDict, num_items: int, width: int, device):
-  """The embed stage's SASRec train step (`sasrec._training_fns`' jitted AdamW step) on one device for a
+  """The embed stage's SASRec train step (`sasrec.training_fns`' jitted AdamW step) on one device for a
   batch of windows int32[embed.sasrec.batch_size, width]."""
   from gensar_jax.embed import sasrec
   arch = {"num_items": int(num_items), "hidden_dim": int(sasrec_cfg.hidden_dim),
           "num_blocks": int(sasrec_cfg.num_blocks), "num_heads": int(sasrec_cfg.num_heads),
           "max_len": int(sasrec_cfg.max_len)}
   hyper = sasrec.training_hyper(sasrec_cfg)
-  module, optimizer, train_step = sasrec._training_fns(tuple(sorted(arch.items())), tuple(sorted(hyper.items())))
+  module, optimizer, train_step = sasrec.training_fns(tuple(sorted(arch.items())), tuple(sorted(hyper.items())))
   params = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, arch["max_len"]), jnp.int32))
                           ["params"])
   opt_state = jax.eval_shape(optimizer.init, params)
