@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from gensar_jax.model.hf_import import params_from_hf_state_dict
 import flax.linen as nn
 
-from gensar_jax.model.t5 import (T5, Dropout, T5Config, hash_keep_mask, init_decoder_cache, init_params,
+from gensar_jax.model.t5 import (T5, Attention, Dropout, T5Config, hash_keep_mask, init_decoder_cache, init_params,
                                relative_position_bucket)
 
 VOCAB = 61
@@ -130,6 +130,28 @@ def test_reordering_cache_along_hypotheses_equals_reordered_prefixes():
   got, _ = run(new_hyps, reordered, 2)
   expected, _ = run(new_hyps, init_decoder_cache(cfg, 2, 3, 4), 0)
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_attend_step_equals_full_attention_for_shared_and_per_hypothesis_keys():
+  """`Attention.attend_step` (the one-position path of the decoder) gives `Attention.attend`'s output, with
+  keys shared by the hypotheses (cross-attention) and with one copy per hypothesis (the self-attention cache)."""
+  cfg = T5Config.tiny(VOCAB, dropout_rate=0.0)
+  rng = np.random.default_rng(3)
+  batch, hyps, length = 2, 3, 5
+  queries = jnp.asarray(rng.normal(size=(batch, hyps, cfg.d_model)), jnp.float32)
+  keys_in = jnp.asarray(rng.normal(size=(batch, length, cfg.d_model)), jnp.float32)
+  mask = jnp.asarray([[True] * 5, [True, True, True, False, False]])[:, None, None, :]
+  bias = jnp.asarray(rng.normal(size=(cfg.num_heads, length)), jnp.float32)
+  attention = Attention(cfg)
+  variables = attention.init(jax.random.key(0), queries, keys_in, None, None, True)
+  key, value = attention.apply(variables, keys_in, method=Attention.key_value)
+  full = attention.apply(variables, queries, key, value, mask, jnp.broadcast_to(bias[:, None], (cfg.num_heads, hyps,
+                         length)), True, method=Attention.attend)
+  shared = attention.apply(variables, queries, key, value, mask, bias, method=Attention.attend_step)
+  tiled = [jnp.repeat(x[:, None], hyps, axis=1) for x in (key, value)]
+  per_hypothesis = attention.apply(variables, queries, *tiled, mask, bias, method=Attention.attend_step)
+  np.testing.assert_allclose(np.asarray(shared), np.asarray(full), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(per_hypothesis), np.asarray(full), atol=1e-5)
 
 
 def test_dropout_active_only_when_not_deterministic():
