@@ -203,6 +203,7 @@ SPEED_ONLY_KEYS = ("tasks.pipeline_workers",)
 LATE_FIELD_DEFAULTS = {"train.dropout_rng": "threefry", "train.early_stopping_patience": 0, "model.attention": "dense",
                        "doc2query.train.dropout_rng": "threefry", "doc2query.train.early_stopping_patience": 0,
                        "train.loss_chunks": 1, "doc2query.train.loss_chunks": 1,
+                       "train.loss_normalizer": "batch_tokens", "doc2query.train.loss_normalizer": "batch_tokens",
                        "embed.sasrec.loss": "softmax", "embed.sasrec.bce_negatives": 1}
 
 
