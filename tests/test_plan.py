@@ -498,3 +498,27 @@ def test_slice_hosts():
   assert plan.slice_hosts("v5e:8x8", 64) == 16 and plan.slice_hosts("v6e:2x4", 8) == 1
   assert plan.slice_hosts("v4:2x2x4", 16) == 4 and plan.slice_hosts("h100:2x8", 16) == 2
   assert plan.slice_hosts("h100:8", 8) == 1
+
+
+@needs_libtpu
+def test_a_second_plan_loads_its_programs_from_the_plan_cache(tmp_path, monkeypatch):
+  """What the plan reads from a compile is cached by program: the second plan of the same config compiles
+  nothing (a compile would raise here) and reports the same figures."""
+  from gensar_jax.config import load_config
+  config = load_config("tiny")
+  config.plan = plan.plan_config()
+  config.plan.update(dict(topology="v5e:2x2", dropout_rngs=(), compilation_cache=str(tmp_path / "cache")))
+  first = plan.plan(config, tmp_path / "a", programs=("train_step", "beam_search_sampled"))
+  assert len(list((tmp_path / "cache").glob("*.json.gz"))) == 2
+
+  def no_compile(*args, **kwargs):
+    raise AssertionError("compiled although the plan cache holds the program")
+  monkeypatch.setattr(jax.stages.Lowered, "compile", no_compile)
+  second = plan.plan(config, tmp_path / "b", programs=("train_step", "beam_search_sampled"))
+  for name in ("train_step", "beam_search_sampled"):
+    a, b = (dict(r["programs"][name]) for r in (first, second))
+    a.pop("compile_seconds"), b.pop("compile_seconds")
+    assert a == b
+  config.plan.compilation_cache = "off"
+  with pytest.raises(AssertionError, match="compiled although"):
+    plan.plan(config, tmp_path / "c", programs=("train_step",))

@@ -15,6 +15,7 @@ import ml_collections
 from gensar_jax.config import section_with_defaults
 from gensar_jax.data.tokenizer import levels_from_config
 from gensar_jax.model.t5 import T5Config, t5_config_from_section
+from gensar_jax.plan import cache
 from gensar_jax.plan.analysis import analyze, compile_failure, cpu_cost, error_result, roofline
 from gensar_jax.plan.chips import GPU_COMPILER_OPTIONS, GPUS, Chip
 from gensar_jax.plan.lowering import (abstract_params, lower_beam_search, lower_rqvae_step, lower_sampling,
@@ -49,26 +50,15 @@ class Target:
 
 # ------------------------------------------------------------------------------------------ compiling
 
-def _timed_compile(name: str, lower: Callable[[], Any], options: dict | None = None) -> tuple[Any, float]:
-  """(compiled program, seconds). The compiled object carries its lowering's unoptimized HLO text
-  (`unoptimized_hlo`, for the FLOPs of `term_breakdown`)."""
+def _timed_compile(name: str, lower: Callable[[], Any], target: Target) -> tuple[Any, float]:
+  """(what the plan reads from the compiled program, a `cache.CompiledAnalysis`; seconds), from the plan
+  cache when this program was compiled before for the same devices."""
   t0 = time.perf_counter()
   log.info("plan: compiling %s ...", name)
-  lowered = lower()
-  compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
+  analysis, cached = cache.compile_or_load(lower(), target.options, target.devices)
   seconds = time.perf_counter() - t0
-  log.info("plan: %s compiled in %.1fs", name, seconds)
-  return _WithLowering(compiled, lowered.as_text(dialect="hlo", debug_info=True)), seconds
-
-
-class _WithLowering:
-  """A compiled program and the unoptimized HLO text of its lowering."""
-
-  def __init__(self, compiled, unoptimized_hlo: str):
-    self._compiled, self.unoptimized_hlo = compiled, unoptimized_hlo
-
-  def __getattr__(self, name):
-    return getattr(self._compiled, name)
+  log.info("plan: %s %s in %.1fs", name, "loaded from the plan cache" if cached else "compiled", seconds)
+  return analysis, seconds
 
 
 def _analyze_one_device(compiled, target: Target, lower_on: Callable[[Any], Any]) -> dict:
@@ -79,7 +69,7 @@ def _analyze_one_device(compiled, target: Target, lower_on: Callable[[Any], Any]
 
 def _compile_on_one_device(name: str, target: Target, lower: Callable[[Any], Any], note: dict) -> dict:
   """Compiles `lower(device)` on the slice's first device and analyses it; `note` is added to the result."""
-  compiled, seconds = _timed_compile(name, lambda: lower(target.devices[0]), target.options)
+  compiled, seconds = _timed_compile(name, lambda: lower(target.devices[0]), target)
   result = _analyze_one_device(compiled, target, lower)
   result.update(note, compile_seconds=round(seconds, 1))
   return result
@@ -97,7 +87,7 @@ def compile_train_step(name: str, target: Target, model_cfg: T5Config, train_cfg
                         "(compile devices)", target.chip), rows
   def lower(on_mesh):
     return lower_train_step(model_cfg, train_cfg, on_mesh, target.rules, batch, input_len, target_len)
-  compiled, seconds = _timed_compile(name, lambda: lower(target.mesh), target.options)
+  compiled, seconds = _timed_compile(name, lambda: lower(target.mesh), target)
   result = analyze(compiled, target.chip, len(target.devices), repeat=float(train_cfg.grad_accum_steps),
                    per_chip=target.chip.tensorcores,
                    fallback_cost=lambda: cpu_cost(lambda cpu: lower(one_device_mesh(cpu)), len(target.devices)))
@@ -150,9 +140,9 @@ def _compile_doc2query_sampling(name: str, target: Target) -> tuple[dict, int]:
   config, chip, device = target.config, target.chip, target.devices[0]
   d2q = config.doc2query
   d2q_cfg = t5_config_from_section(config.model, int(config.data.vocab_size))
-  compiled, seconds = _timed_compile(name, lambda: lower_sampling(d2q_cfg, d2q, device), target.options)
+  compiled, seconds = _timed_compile(name, lambda: lower_sampling(d2q_cfg, d2q, device), target)
   step_compiled, step_seconds = _timed_compile(name + " (one token)", lambda: lower_sampling_step(
-      d2q_cfg, d2q, device), target.options)
+      d2q_cfg, d2q, device), target)
   result = _analyze_one_device(compiled, target, lambda cpu: lower_sampling(d2q_cfg, d2q, cpu))
   token = _analyze_one_device(step_compiled, target, lambda cpu: lower_sampling_step(d2q_cfg, d2q, cpu))
   extra = int(d2q.max_query_len) - 1     # loop iterations beyond the one XLA counted (upper bound)
@@ -185,7 +175,7 @@ def _compile_beam_search(name: str, target: Target, sampled: bool) -> tuple[dict
     params = abstract_params(model_cfg, on_mesh, target.rules)
     return lower_beam_search(model_cfg, params, tables, on_mesh, eval_batch, int(config.tasks.max_input_len),
                              num_beams)
-  compiled, seconds = _timed_compile(name, lambda: lower(target.mesh), target.options)
+  compiled, seconds = _timed_compile(name, lambda: lower(target.mesh), target)
   result = analyze(compiled, chip, len(target.devices), per_chip=chip.tensorcores,
                    fallback_cost=lambda: cpu_cost(lambda cpu: lower(one_device_mesh(cpu)), len(target.devices)))
   result["compile_seconds"] = round(seconds, 1)

@@ -20,7 +20,8 @@ from gensar_jax.plan.budget import dataset_counts, epoch_examples, estimate, tra
 from gensar_jax.plan.chips import GPUS
 from gensar_jax.plan.dropout import compare_dropout_rngs
 from gensar_jax.plan.programs import PLACEMENT, PROGRAMS, Target, compile_program
-from gensar_jax.plan.topology import libtpu_available, plan_mesh, slice_hosts, topology_devices, use_compilation_cache
+from gensar_jax.plan import cache
+from gensar_jax.plan.topology import libtpu_available, plan_mesh, slice_hosts, topology_devices
 
 
 def plan_config() -> ml_collections.ConfigDict:
@@ -48,8 +49,8 @@ def plan_config() -> ml_collections.ConfigDict:
   # SASRec trains on windows cut to length buckets; its step is compiled at this width (0: the bucket
   # holding the mean training window, rec_train_rows / num_users - 1 items).
   c.sasrec_window = 0
-  # JAX's persistent compilation cache: a second plan of the same programs loads them instead of
-  # compiling. "" uses $GENSAR_COMPILATION_CACHE, else ~/.cache/gensar/xla; "off" disables it.
+  # The plan's cache of compiled programs (`plan.cache`): a second plan of the same programs loads what it
+  # needs instead of compiling. "" uses $GENSAR_COMPILATION_CACHE, else ~/.cache/gensar/plan; "off" disables it.
   c.compilation_cache = ""
   return c
 
@@ -73,7 +74,7 @@ def plan(config: ml_collections.ConfigDict, workdir: Path | None = None, topolog
   unknown = [p for p in programs if p not in PROGRAMS]
   if unknown:
     raise ValueError(f"unknown program(s) {unknown}; expected a subset of {PROGRAMS}")
-  use_compilation_cache(plan_cfg.compilation_cache)
+  cache.use(plan_cfg.compilation_cache)
   devices, chip = topology_devices(topology)
   mesh, mesh_shape = plan_mesh(config, devices, chip)
   rules = parallel.rules_tuple(config.parallel.logical_axis_rules)

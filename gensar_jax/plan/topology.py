@@ -1,9 +1,8 @@
 """Where a plan compiles: the slice's compile devices without hardware (libtpu's topology description, or the CUDA
-plugin's for GPUs), its hosts, the config's mesh on those devices, and JAX's persistent compilation cache."""
+plugin's for GPUs), its hosts and the config's mesh on those devices."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import jax
 import ml_collections
@@ -19,24 +18,6 @@ LIBTPU_QUIET_ENV = {"TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": "v5litepo
 
 class LibtpuMissing(ValueError):
   """libtpu (the TPU compiler) is not installed: `pip install -e ".[tpu]"`."""
-
-
-def compilation_cache_dir(setting: str) -> str | None:
-  """The persistent compilation cache directory for `plan.compilation_cache` (None when "off")."""
-  if setting == "off":
-    return None
-  return setting or os.environ.get("GENSAR_COMPILATION_CACHE") or str(Path.home() / ".cache" / "gensar" / "xla")
-
-
-def use_compilation_cache(setting: str) -> None:
-  """Points JAX's persistent compilation cache at `compilation_cache_dir(setting)`, caching every program
-  whatever its compile time or size (deviceless TPU programs included)."""
-  directory = compilation_cache_dir(setting)
-  if directory is None:
-    return
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def quiet_libtpu() -> None:
