@@ -85,13 +85,13 @@ def plan_row(plan: dict) -> str:
            _collectives(train) if train else "-",
            _duration(est.get("step_s")),
            f"{est['mfu']:.0%}" if est.get("mfu") is not None else "-",
-           plan["model"].get("dropout_rng", "threefry")]
+           plan["model"].get("dropout_rng", "threefry"), plan["model"].get("attention", "dense")]
   return "| " + " | ".join(cells) + " |"
 
 
 HEADER = ("preset", "slice", "rows/chip (micro x accum)", "train step peak GiB / HBM (fits)",
           "validation beam search peak GiB", "train TFLOP/chip/step", "train step collectives", "est. step", "MFU",
-          "dropout masks")
+          "dropout masks", "attention")
 
 STAGE_NAMES = ("embed", "index", "doc2query", "train", "validation", "test")
 PIPELINE_HEADER = ("preset", *STAGE_NAMES, "whole pipeline (days)", "chip-hours", "list price")

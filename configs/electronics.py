@@ -55,7 +55,7 @@ def get_config():
 
 
 def pod_config(name: str, topology: str, devices: int, grad_accum_steps: int = 1, eval_batch_size: int = 256,
-               dropout_rng: str = "threefry"):
+               dropout_rng: str | None = None):
   """This setup on a slice or node for `gensar plan` and the launch scripts: a data-parallel mesh over
   `devices` devices, the reference's effective batch of 8192 in bfloat16, `grad_accum_steps` micro-batches,
   dropout masks from `dropout_rng` (the generator `gensar plan` finds cheapest on the preset's chip)."""
@@ -66,7 +66,8 @@ def pod_config(name: str, topology: str, devices: int, grad_accum_steps: int = 1
   config.train.batch_size = 8192
   config.train.bf16 = True
   config.train.grad_accum_steps = grad_accum_steps
-  config.train.dropout_rng = dropout_rng
+  if dropout_rng is not None:
+    config.train.dropout_rng = dropout_rng
   config.eval.batch_size = eval_batch_size
   config.plan = plan_config()
   config.plan.topology = topology

@@ -302,6 +302,7 @@ VALUE_RULES = (
         (f"{section}.label_smoothing", ((lambda v: 0 <= v < 1), "in [0, 1)")),
         (f"{section}.grad_accum_steps", _at_least(1)),
         (f"{section}.loss_chunks", _at_least(1)),
+        (f"{section}.loss_normalizer", _one_of("expected_tokens", "batch_tokens")),
         (f"{section}.log_every", _at_least(1)),
         (f"{section}.eval_every", _at_least(0)),
         (f"{section}.checkpoint_every", _at_least(1)),

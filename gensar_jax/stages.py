@@ -121,18 +121,20 @@ def raw_input_files(stage: Stage, config: ml_collections.ConfigDict) -> list[epa
   return source_files(config.data)
 
 
-def model_files(stage: Stage, config: ml_collections.ConfigDict) -> list[epath.Path]:
+def model_files(stage: Stage, config: ml_collections.ConfigDict) -> dict[str, epath.Path]:
   """The files of the model directories a stage reads (`inputs.MODEL_SETTINGS`, each resolved by
-  `inputs.model_dir_read`: a hub name to its snapshot in the HF cache): their contents enter its fingerprint,
-  so a checkpoint replaced at the same path or hub name makes the stage stale. Raises DataError naming the
-  setting when its directory is missing."""
+  `inputs.model_dir_read`: a hub name to its snapshot in the HF cache), as {"<setting>:<path in the
+  directory>": file}: their contents enter its fingerprint, so a checkpoint replaced at the same path or hub
+  name makes the stage stale, while the directory's location (a virtual environment, the HF cache) does not
+  matter. Raises DataError naming the setting when its directory is missing."""
   from gensar_jax import inputs
-  files = []
+  files = {}
   for setting, readers in inputs.MODEL_SETTINGS.items():
     if stage.name in readers:
       directory = inputs.model_dir_read(config, setting)
       if directory is not None:
-        files += directory_files(directory, setting)
+        prefix = len(os.fspath(as_path(directory)).rstrip("/")) + 1
+        files.update({f"{setting}:{os.fspath(path)[prefix:]}": path for path in directory_files(directory, setting)})
   return files
 
 
@@ -174,22 +176,23 @@ def _size_and_mtime_ns(path: epath.Path) -> tuple[int, int]:
 _HASHED: dict[tuple[str, int, int], str] = {}   # (path, size, mtime_ns) -> sha256, hashed by this process
 
 
-def file_records(paths: list[epath.Path], known: dict | None = None) -> dict[str, dict]:
-  """{path: {size, mtime_ns, sha256}}; a file whose size and mtime match `known` (or a file this process
-  hashed already) keeps its recorded hash."""
+def file_records(paths: list[epath.Path] | dict[str, epath.Path], known: dict | None = None) -> dict[str, dict]:
+  """{name: {size, mtime_ns, sha256}} of files given as paths (named by their path) or as {name: path}; a file
+  whose size and mtime match its entry in `known` (or a file this process hashed already) keeps that hash."""
+  named = paths if isinstance(paths, dict) else {os.fspath(path): path for path in paths}
   out = {}
-  for path in paths:
+  for name, path in named.items():
     size, mtime_ns = _size_and_mtime_ns(path)
-    old = (known or {}).get(os.fspath(path))
-    key = (os.fspath(path), size, mtime_ns)
+    old = (known or {}).get(name)
+    seen = (os.fspath(path), size, mtime_ns)
     if old and old.get("size") == size and old.get("mtime_ns") == mtime_ns:
       digest = old["sha256"]
-    elif key in _HASHED:
-      digest = _HASHED[key]
+    elif seen in _HASHED:
+      digest = _HASHED[seen]
     else:
       digest = _sha256(path)
-    _HASHED[key] = digest
-    out[os.fspath(path)] = {"size": size, "mtime_ns": mtime_ns, "sha256": digest}
+    _HASHED[seen] = digest
+    out[name] = {"size": size, "mtime_ns": mtime_ns, "sha256": digest}
   return out
 
 
@@ -200,6 +203,7 @@ SPEED_ONLY_KEYS = ("tasks.pipeline_workers",)
 LATE_FIELD_DEFAULTS = {"train.dropout_rng": "threefry", "train.early_stopping_patience": 0, "model.attention": "dense",
                        "doc2query.train.dropout_rng": "threefry", "doc2query.train.early_stopping_patience": 0,
                        "train.loss_chunks": 1, "doc2query.train.loss_chunks": 1,
+                       "train.loss_normalizer": "batch_tokens", "doc2query.train.loss_normalizer": "batch_tokens",
                        "embed.sasrec.loss": "softmax", "embed.sasrec.bce_negatives": 1}
 
 
@@ -260,7 +264,9 @@ def stage_record(stage: Stage, config: ml_collections.ConfigDict, workdir: epath
   workdir = as_path(workdir)
   values = json.loads(to_json({key: _config_value(config, key) for key in stage.config_keys}))   # as recorded
   previous = read_record(workdir / stage.name) or {}
-  inputs = file_records(raw_input_files(stage, config) + model_files(stage, config), previous.get("inputs"))
+  files = {os.fspath(path): path for path in raw_input_files(stage, config)}
+  files.update(model_files(stage, config))
+  inputs = file_records(files, previous.get("inputs"))
   deps = {}
   for dep in stage.deps:
     record = read_record(workdir / dep)

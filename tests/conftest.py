@@ -7,6 +7,8 @@ if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# `gensar plan`'s cache of compiled programs: a fresh one per test session, never the user's.
+os.environ["GENSAR_COMPILATION_CACHE"] = __import__("tempfile").mkdtemp(prefix="gensar-plan-cache-")
 
 from pathlib import Path  # noqa: E402
 

@@ -7,6 +7,7 @@ import pytest
 
 from gensar_jax import parallel
 from gensar_jax.model import fused_attention as fa
+from gensar_jax.model import hash_dropout
 from gensar_jax.model.t5 import T5, T5Config, init_params
 
 # float32 on CPU: the kernel and the reference sum in different orders.
@@ -149,13 +150,23 @@ def test_fused_refuses_threefry_dropout():
     _model_loss(cfg, params, x, y)
 
 
-def test_mask_indices_beyond_uint32_are_refused():
-  """Like `hash_keep_mask`: a global [B, H, T, S] of 2**32 elements or more would repeat masks."""
-  q = jax.ShapeDtypeStruct((2 ** 14, 8, 256, 8), jnp.bfloat16)
-  k = jax.ShapeDtypeStruct((2 ** 14, 8, 128, 8), jnp.bfloat16)
-  mask = jax.ShapeDtypeStruct((2 ** 14, 128), jnp.bool_)
-  with pytest.raises(ValueError, match="2\\*\\*32"):
-    jax.eval_shape(lambda q, k, m: fa.fused_attention(q, k, k, None, m, 0.1, jnp.zeros((2,), jnp.int32)), q, k, mask)
+def test_hash_index_blocks_beyond_uint32():
+  """Arrays of 2**32 elements or more: rows are grouped in blocks of whole rows under 2**32 elements; the
+  index within a block restarts and the block number enters through the second seed word."""
+  row_size = 3 * 2 ** 30                        # one row per block
+  assert hash_dropout.rows_per_block(row_size) == 1
+  first, block = hash_dropout.row_words(jnp.arange(3), row_size)
+  np.testing.assert_array_equal(np.asarray(first), [0, 0, 0])
+  np.testing.assert_array_equal(np.asarray(block), np.array([0, 1, 2], np.uint64) * hash_dropout.GOLDEN % 2 ** 32)
+  first, block = hash_dropout.row_words(jnp.arange(6), 2 ** 30)   # four rows per block
+  np.testing.assert_array_equal(np.asarray(first), np.array([0, 1, 2, 3, 0, 1], np.uint64) * 2 ** 30)
+  assert np.asarray(block)[:4].tolist() == [0] * 4 and np.asarray(block)[4] == hash_dropout.GOLDEN
+  seeds = hash_dropout.seeds_from_key(jax.random.key(0))
+  same_index = hash_dropout.keep_bits(jnp.arange(1000, dtype=jnp.uint32), block[0], *seeds)
+  next_block = hash_dropout.keep_bits(jnp.arange(1000, dtype=jnp.uint32), block[4], *seeds)
+  assert np.mean(np.asarray(same_index) == np.asarray(next_block)) < 0.01
+  with pytest.raises(ValueError, match="per row"):
+    hash_dropout.rows_per_block(2 ** 32)
 
 
 def test_blocks_beyond_the_vmem_budget_are_refused():

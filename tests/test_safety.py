@@ -274,22 +274,24 @@ def test_speed_only_settings_leave_the_fingerprint_alone(tmp_path, dependency_re
 
 
 def test_late_fields_at_their_default_leave_the_fingerprint_alone(tmp_path, dependency_records):
-  """train.dropout_rng / early_stopping_patience are absent from the recorded results' fingerprints: at the
-  values that reproduce those results they are left out, so recorded runs stay current; any other value is
-  recorded."""
+  """Fields absent from the recorded results' fingerprints (`stages.LATE_FIELD_DEFAULTS`) are left out of a
+  record while they hold the value that reproduces those results, so recorded runs stay current; any other
+  value, a changed default included (train.dropout_rng is "hash" now), is recorded."""
   train = stages.STAGES["train"]
   dependency_records("train")
   record = lambda overrides: stages.stage_record(train, load_config("tiny", overrides), tmp_path)  # noqa: E731
+  late = record(["train.dropout_rng=threefry", "train.loss_normalizer=batch_tokens"])
+  assert "dropout_rng" not in late["config"]["train"] and "early_stopping_patience" not in late["config"]["train"]
+  assert "loss_normalizer" not in late["config"]["train"]
   base = record([])
-  assert "dropout_rng" not in base["config"]["train"] and "early_stopping_patience" not in base["config"]["train"]
-  hashed = record(["train.dropout_rng=hash"])
-  assert hashed["config"]["train"]["dropout_rng"] == "hash" and hashed["fingerprint"] != base["fingerprint"]
+  assert base["config"]["train"]["dropout_rng"] == "hash" and base["fingerprint"] != late["fingerprint"]
+  assert base["config"]["train"]["loss_normalizer"] == "expected_tokens"
   assert record(["train.early_stopping_patience=3"])["fingerprint"] != base["fingerprint"]
   doc2query = stages.STAGES["doc2query"]
   dependency_records("doc2query")
   d2q = lambda overrides: stages.stage_record(doc2query, load_config("tiny", overrides), tmp_path)  # noqa: E731
-  assert "dropout_rng" not in d2q([])["config"]["doc2query"]["train"]
-  assert d2q(["doc2query.train.dropout_rng=hash"])["fingerprint"] != d2q([])["fingerprint"]
+  assert "dropout_rng" not in d2q(["doc2query.train.dropout_rng=threefry"])["config"]["doc2query"]["train"]
+  assert d2q([])["fingerprint"] != d2q(["doc2query.train.dropout_rng=threefry"])["fingerprint"]
 
 
 # ------------------------------------------------------------------------------ damaged and duplicated input

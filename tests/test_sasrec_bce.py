@@ -101,6 +101,6 @@ def test_bce_loss_falls_and_differs_from_softmax(caplog):
 
 @pytest.mark.parametrize("loss", ["softmax", "bce"])
 def test_plan_lowers_the_train_step_of_either_loss(loss):
-  from gensar_jax.plan import lower_sasrec_step
+  from gensar_jax.plan.lowering import lower_sasrec_step
   lowered = lower_sasrec_step(_tiny_cfg(loss=loss), NUM_ITEMS, 8, jax.devices()[0])
   assert lowered.compile() is not None

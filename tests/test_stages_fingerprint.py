@@ -61,7 +61,7 @@ def _with(config, leaf, value):
 def no_outside_files(monkeypatch):
   """Config values alone: no raw files or model directories are read (their contents are tested below)."""
   monkeypatch.setattr(stages, "raw_input_files", lambda stage, config: [])
-  monkeypatch.setattr(stages, "model_files", lambda stage, config: [])
+  monkeypatch.setattr(stages, "model_files", lambda stage, config: {})
 
 
 @pytest.mark.parametrize("config_name", ["tiny", "office", "electronics"])
@@ -128,8 +128,8 @@ def test_a_model_directory_is_fingerprinted_by_content(setting, stage_names, tmp
   for name in stage_names:
     workdir = dependency_records(name)
     before = _record(name, config, workdir)
-    assert set(before["inputs"]) == {str(model / f) for f in ("config.json", "model.safetensors", "spiece.model",
-                                                              "1_Pooling/config.json")}
+    assert set(before["inputs"]) == {f"{setting}:{f}" for f in ("config.json", "model.safetensors", "spiece.model",
+                                                                "1_Pooling/config.json")}
     # Hidden files (e.g. `hf download`'s .cache/) are not the checkpoint.
     (model / ".cache").mkdir(exist_ok=True)
     (model / ".cache" / "download.lock").write_text(name)
@@ -142,14 +142,14 @@ def test_a_model_directory_is_fingerprinted_by_content(setting, stage_names, tmp
     (model / "model.safetensors").write_bytes(b"weights-2")
     after = _record(name, config, workdir)
     assert after["fingerprint"] != before["fingerprint"], name
-    assert any(f"input file {model / 'model.safetensors'} changed" in change
+    assert any(f"input file {setting}:model.safetensors changed" in change
                for change in stages.diff_records(before, after))
     _write_checkpoint(model, b"weights-1")
   # Stages that do not read the setting are not affected by it.
   others = [n for n in stages.STAGES if n not in stage_names and n != "prepare"]
   for name in others:
     workdir = dependency_records(name)
-    assert not any(path.startswith(str(model)) for path in _record(name, config, workdir)["inputs"])
+    assert not any(key.startswith(setting) for key in _record(name, config, workdir)["inputs"])
 
 
 def test_a_hub_name_is_fingerprinted_by_its_snapshot_in_the_cache(tmp_path, dependency_records, monkeypatch):
@@ -164,7 +164,7 @@ def test_a_hub_name_is_fingerprinted_by_its_snapshot_in_the_cache(tmp_path, depe
   config = load_config("tiny", ["model.pretrained_dir=someone/t5-mini"])
   workdir = dependency_records("train")
   before = _record("train", config, workdir)
-  assert str(snapshot / "model.safetensors") in before["inputs"]
+  assert before["inputs"]["model.pretrained_dir:model.safetensors"]["size"] == len(b"weights-1")
   (snapshot / "model.safetensors").write_bytes(b"weights-2")
   assert _record("train", config, workdir)["fingerprint"] != before["fingerprint"]
 
@@ -178,7 +178,7 @@ def test_the_default_encoder_is_fingerprinted_when_installed(tmp_path, dependenc
   config = load_config("tiny", ["embed.text.model_dir="])
   workdir = dependency_records("embed")
   installed = _record("embed", config, workdir)
-  assert str(packaged / "model.safetensors") in installed["inputs"]
+  assert "embed.text.model_dir:model.safetensors" in installed["inputs"]
 
   def missing():
     raise FileNotFoundError("not installed")
@@ -204,3 +204,18 @@ def test_outside_files_are_hashed_once(tmp_path, dependency_records, monkeypatch
   _record("train", config, workdir)
   _record("doc2query", config, dependency_records("doc2query"))
   assert sorted(hashed) == sorted(set(hashed)) and len(hashed) <= 4
+
+
+def test_a_model_directory_moved_elsewhere_keeps_the_fingerprint(tmp_path, dependency_records, monkeypatch):
+  """Files are named within their directory: the same checkpoint in another virtual environment or HF cache
+  (the setting's value unchanged) leaves the outputs fresh."""
+  from gensar_jax.embed import text_encoder
+  config = load_config("tiny", ["embed.text.model_dir="])
+  workdir = dependency_records("embed")
+  fingerprints = []
+  for place in ("venv1", "venv2"):
+    packaged = tmp_path / place / "model"
+    _write_checkpoint(packaged, b"minilm")
+    monkeypatch.setattr(text_encoder, "default_model_dir", lambda packaged=packaged: packaged)
+    fingerprints.append(_record("embed", config, workdir)["fingerprint"])
+  assert fingerprints[0] == fingerprints[1]

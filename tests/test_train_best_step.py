@@ -1,5 +1,6 @@
 """One best-step rule: the checkpoint kept as best, `Checkpointer.best_step` and the loop's `best_evaluation`
-(early stopping, the reported step) all pick the earliest of exactly tied best scores."""
+(early stopping, the reported step) all pick the earliest of exactly tied best scores, as the authors' HF
+Trainer does (`load_best_model_at_end`: the best checkpoint is replaced only on a strict improvement)."""
 import numpy as np
 import pytest
 
@@ -17,7 +18,8 @@ VOCAB = 24
 
 
 def _replayed_best(scored, mode):
-  """Written independently: scan in step order, replace the best only on a strict improvement."""
+  """HF Trainer's rule, replayed: scan the evaluations in step order and replace the best only when
+  `np.greater` (`np.less` for "min") holds against it."""
   best = None
   for step, value in sorted(scored):
     if best is None or (value > best[1] if mode == "max" else value < best[1]):

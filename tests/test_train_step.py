@@ -166,3 +166,52 @@ def test_chunked_cross_entropy_equals_whole_logits_loss_and_gradients(smoothing)
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-6)
   with pytest.raises(ValueError, match="loss_chunks=3"):
     step_lib.chunked_cross_entropy(lambda h: h, jnp.zeros((3, 8, 4)), targets, weights, smoothing, 3)
+
+
+def _task_shares(batches, tasks, target_tokens, tokens_per_example):
+  """Each task's share of an epoch's objective when every target token's loss is 1: the sum over batches of
+  its tokens in the batch / the batch's loss denominator."""
+  share = np.zeros(tasks.max() + 1)
+  for rows in batches:
+    denom = float(step_lib.loss_denominator(jnp.float32(target_tokens[rows].sum()), len(rows), tokens_per_example))
+    np.add.at(share, tasks[rows], target_tokens[rows] / denom)
+  return share / share.sum()
+
+
+def test_expected_token_normalisation_keeps_task_shares_under_length_bucketing():
+  """Sorting windows by length gathers a task's short examples into a few batches: with a per-batch token mean
+  its tokens then weigh more there, with the expected-token constant every token weighs the same."""
+  from gensar_jax.data.pipeline import window_batches
+  rng = np.random.default_rng(0)
+  batch, n = 64, 64 * 32
+  tasks = rng.choice(3, n, p=[0.6, 0.3, 0.1])                      # e.g. nrip, nsqp, id2desc
+  target_tokens = np.array([8, 12, 60])[tasks] + rng.integers(0, 4, n)
+  input_len = np.array([200, 150, 20])[tasks] + rng.integers(0, 50, n)
+  random_batches = rng.permutation(n).reshape(-1, batch)
+  bucketed = np.concatenate([w * 8 * batch + window_batches(input_len[w * 8 * batch:(w + 1) * 8 * batch], batch, 0, w)
+                             for w in range(n // (8 * batch))])
+  per_batch = [_task_shares(b, tasks, target_tokens, None) for b in (random_batches, bucketed)]
+  expected = target_tokens.mean()
+  constant = [_task_shares(b, tasks, target_tokens, expected) for b in (random_batches, bucketed)]
+  assert np.abs(per_batch[0] - per_batch[1]).max() > 0.01          # the per-batch mean moves the shares
+  np.testing.assert_allclose(constant[0], constant[1], rtol=1e-12)   # the constant does not
+  np.testing.assert_allclose(constant[0], np.bincount(tasks, target_tokens) / target_tokens.sum(), rtol=1e-12)
+
+
+def test_expected_target_tokens_is_the_mean_loss_weight_of_the_epoch():
+  from gensar_jax.data.pipeline import expected_target_tokens
+
+  class Builder:
+    def to_features(self, inputs, targets):
+      return {"decoder_loss_weights": np.ones(len(targets) + 1, np.float32)}   # targets + EOS
+
+  class Source:
+    builder, epoch_len = Builder(), 10
+    def examples(self, indices):
+      return [(np.zeros(3), np.zeros(int(i) % 4), 0) for i in indices]
+
+  assert expected_target_tokens(Source()) == np.mean([i % 4 + 1 for i in range(10)])
+  assert expected_target_tokens(Source(), sample=6) == pytest.approx(
+      np.mean([i % 4 + 1 for i in np.sort(np.random.default_rng([0, 11]).choice(10, 6, replace=False))]))
+  assert float(step_lib.loss_denominator(jnp.float32(0.0), 8, None)) == 1.0
+  assert float(step_lib.loss_denominator(jnp.float32(50.0), 8, 2.5)) == 20.0

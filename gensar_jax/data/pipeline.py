@@ -131,6 +131,18 @@ class MixtureSource:
     return f"MixtureSource(epochs={self.num_epochs}, epoch_len={self.epoch_len}, sizes={self.sizes})"
 
 
+def expected_target_tokens(source, sample: int = 4096, seed: int = 0) -> float:
+  """Mean loss-weighted target tokens per example of epoch 0 of `source` (a `MixtureSource`), over a seeded
+  sample of `sample` of its examples (all of them when the epoch is smaller): the constant the train step's
+  "expected_tokens" loss normalisation multiplies by the global batch."""
+  epoch = source.epoch_len
+  indices = np.arange(epoch) if epoch <= sample else np.sort(
+      np.random.default_rng([seed, 11]).choice(epoch, sample, replace=False))
+  tokens = [float(np.sum(source.builder.to_features(inputs, targets)["decoder_loss_weights"]))
+            for inputs, targets, _ in source.examples(indices)]
+  return float(np.mean(tokens))
+
+
 def example_features(builder: ExampleBuilder, index: int, inputs: np.ndarray, targets: np.ndarray, task: int,
                      input_width: int | None = None, target_width: int | None = None) -> dict[str, np.ndarray]:
   """One example's training features (`ExampleBuilder.to_features` at the given pad widths) plus its

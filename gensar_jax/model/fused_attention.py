@@ -11,8 +11,8 @@ and writes dq, dk, dv and the bias gradient, summed over the examples in the ker
 short here (T, S <= 512), so a whole row fits and no online softmax is needed; `check_fits` refuses
 shapes whose block would not.
 
-Dropout: the keep mask of element (b, h, t, s) is `t5.hash_keep_mask`'s counter hash of its flat index
-in the global [B, H, T, S] array, so the kernel drops exactly the elements dense attention with
+Dropout: the keep mask of element (b, h, t, s) is `hash_dropout`'s counter hash of its index in the
+global [B, H, T, S] array, so the kernel drops exactly the elements dense attention with
 `dropout_rng="hash"` drops, on any sharding. The kernel runs per device under `shard_map`; each
 device offsets its indices by its first global example and head.
 
@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
+
+from gensar_jax.model import hash_dropout
 
 Array = jax.Array
 
@@ -45,29 +47,21 @@ def check_fits(query_len: int, key_len: int) -> None:
                      "use model.attention='dense' for sequences this long")
 
 
-def _fmix32(h: Array) -> Array:
-  """murmur3's 32-bit finalizer on uint32 (the same function as `t5._fmix32`)."""
-  h = h ^ (h >> 16)
-  h = h * jnp.uint32(0x85EBCA6B)
-  h = h ^ (h >> 13)
-  h = h * jnp.uint32(0xC2B2AE35)
-  return h ^ (h >> 16)
-
-
 def _keep_mask(params_ref, shape: tuple[int, int], num_heads: int, rate: float) -> Array:
-  """bool[T, S] keep mask of this kernel instance's (example, head) block; params_ref holds
-  (seed0, seed1, first global example, first global head) as int32."""
+  """bool[T, S] keep mask of this kernel instance's (example, head) block (`hash_dropout`'s bits of its
+  global indices). params_ref: int32 (seed0, seed1, first global head, then per local example the first
+  index of its row within its block, then per local example its block word)."""
   t_len, s_len = shape
-  example = (params_ref[2] + pl.program_id(1)).astype(jnp.uint32)
-  head = (params_ref[3] + pl.program_id(0)).astype(jnp.uint32)
-  base = (example * jnp.uint32(num_heads) + head) * jnp.uint32(t_len * s_len)
+  example = pl.program_id(1)
+  batch = (params_ref.shape[0] - 3) // 2
+  head = (params_ref[2] + pl.program_id(0)).astype(jnp.uint32)
+  first = params_ref[3 + example].astype(jnp.uint32) + head * jnp.uint32(t_len * s_len)
   rows = jax.lax.broadcasted_iota(jnp.uint32, shape, 0)
   cols = jax.lax.broadcasted_iota(jnp.uint32, shape, 1)
-  index = base + rows * jnp.uint32(s_len) + cols
-  seed0 = params_ref[0].astype(jnp.uint32)
-  seed1 = params_ref[1].astype(jnp.uint32)
-  bits = _fmix32(_fmix32(index ^ seed0) + seed1)
-  return bits >= jnp.uint32(min(round(rate * 2.0 ** 32), 2 ** 32 - 1))
+  bits = hash_dropout.keep_bits(first + rows * jnp.uint32(s_len) + cols,
+                                params_ref[3 + batch + example].astype(jnp.uint32),
+                                params_ref[0].astype(jnp.uint32), params_ref[1].astype(jnp.uint32))
+  return bits >= hash_dropout.threshold(rate)
 
 
 def _dot(a: Array, b: Array, contract: tuple[int, int]) -> Array:
@@ -213,8 +207,8 @@ _local_attention.defvjp(_local_forward, _local_backward)
 
 
 def dropout_seeds(key: Array) -> Array:
-  """int32[2]: the two words `t5.hash_keep_mask` draws from `key`."""
-  return jax.lax.bitcast_convert_type(jax.random.bits(key, (2,), jnp.uint32), jnp.int32)
+  """int32[2]: the two seed words `hash_dropout.hash_keep_mask` draws from `key`."""
+  return jax.lax.bitcast_convert_type(hash_dropout.seeds_from_key(key), jnp.int32)
 
 
 def fused_attention(query: Array, key: Array, value: Array, bias: Array | None, key_mask: Array,
@@ -232,15 +226,15 @@ def fused_attention(query: Array, key: Array, value: Array, bias: Array | None, 
   rate = float(dropout_rate)
   if rate and seeds is None:
     raise ValueError("fused_attention: dropout_rate > 0 needs the dropout seeds")
-  if rate and batch * heads * t_len * key.shape[2] >= 2 ** 32:
-    raise ValueError(f"hash dropout: {batch * heads * t_len * key.shape[2]} attention elements; the uint32 index "
-                     "supports fewer than 2**32 (more micro-batches, train.grad_accum_steps, make them smaller)")
   seeds = jnp.zeros((2,), jnp.int32) if seeds is None else seeds
   mask = key_mask.astype(jnp.float32)[:, None, :]
 
   def local(seeds, q, k, v, bias, mask):
-    offsets = jnp.stack([_axis_offset(batch_axes, q.shape[0]), _axis_offset(head_axis, q.shape[1])])
-    params = jnp.concatenate([seeds, offsets.astype(jnp.int32)])
+    rows = _axis_offset(batch_axes, q.shape[0]) + jnp.arange(q.shape[0])
+    first, block_word = hash_dropout.row_words(rows, heads * t_len * key.shape[2])
+    as_int32 = lambda x: jax.lax.bitcast_convert_type(x, jnp.int32)  # noqa: E731
+    params = jnp.concatenate([seeds, _axis_offset(head_axis, q.shape[1])[None].astype(jnp.int32),
+                              as_int32(first), as_int32(block_word)])
     return _local_attention(params, q, k, v, bias, mask, rate, heads)
 
   if not batch_axes and not head_axis:

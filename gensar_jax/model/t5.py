@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from gensar_jax.model import fused_attention
+from gensar_jax.model.hash_dropout import hash_keep_mask  # noqa: F401 -- the dense masks, named here too
 
 Array = jax.Array
 SelfCache = tuple  # per decoder layer: {"k": [B, K, max_len, H, d_kv], "v": same}
@@ -34,28 +35,6 @@ CrossKV = tuple  # per decoder layer: (k, v), each [B, S, H, d_kv]
 
 DROPOUT_RNGS = ("threefry", "hash")
 ATTENTIONS = ("dense", "fused")
-
-
-def _fmix32(h: Array) -> Array:
-  """murmur3's 32-bit finalizer: a bijection of uint32 whose output bits each depend on every input bit."""
-  h = h ^ (h >> 16)
-  h = h * jnp.uint32(0x85EBCA6B)
-  h = h ^ (h >> 13)
-  h = h * jnp.uint32(0xC2B2AE35)
-  return h ^ (h >> 16)
-
-
-def hash_keep_mask(key: Array, shape: tuple[int, ...], rate: float) -> Array:
-  """bool[shape], True with probability 1 - rate: a counter-based hash of each element's flat index keyed by
-  two words drawn from `key` (like the Philox dropout of GPU frameworks, with fewer operations per element).
-  The index is an iota, so under SPMD sharding every shard hashes its own global indices."""
-  size = int(np.prod(shape))
-  if size >= 2**32:
-    raise ValueError(f"hash dropout: {size} elements; the uint32 index supports fewer than 2**32")
-  seeds = jax.random.bits(key, (2,), jnp.uint32)
-  index = jax.lax.iota(jnp.uint32, size).reshape(shape)
-  bits = _fmix32(_fmix32(index ^ seeds[0]) + seeds[1])
-  return bits >= jnp.uint32(min(round(rate * 2.0**32), 2**32 - 1))
 
 
 class Dropout(nn.Dropout):

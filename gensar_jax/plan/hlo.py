@@ -183,11 +183,20 @@ def _op_name(instruction: dict) -> str:
   return match.group(1) if match else ""
 
 
-def term_of(instruction: dict) -> str:
-  """The breakdown term of one top-level instruction (see TERMS)."""
+def term_of(instruction: dict, instructions: dict | None = None, depth: int = 4) -> str:
+  """The breakdown term of one top-level instruction (see TERMS). An instruction the compiler added without
+  an op_name (an asynchronous copy or slice of an activation, a layout copy) takes the term of the first
+  operand, up to `depth` producers back, that has one (`instructions`: {name: instruction})."""
   if instruction["opcode"].replace("-start", "").replace("-done", "") in COLLECTIVE_KINDS:
     return "collectives"
   path = _op_name(instruction)
+  if not path and instructions and depth:
+    for operand in instruction["operands"]:
+      producer = instructions.get(operand)
+      if producer is not None:
+        term = term_of(producer, instructions, depth - 1)
+        if term != "other" or _op_name(producer):
+          return term
   for term, needles in _TERM_PATTERNS:
     if any(needle in path for needle in needles):
       return term
@@ -243,7 +252,8 @@ def term_breakdown(hlo_text: str, repeat: float = 1.0, unoptimized_hlo: str | No
   out = {term: {"bytes": 0.0, "flops": 0.0} for term in TERMS}
   sizes: dict[str, list] = {term: [] for term in TERMS}
   computations, entry = parse_module(hlo_text)
-  types = {i["name"]: i["type"] for instructions in computations.values() for i in instructions}
+  by_name = {i["name"]: i for instructions in computations.values() for i in instructions}
+  types = {name: i["type"] for name, i in by_name.items()}
   for instruction, times in _top_level(computations, entry, repeat):
     opcode = instruction["opcode"]
     if opcode in _FREE or opcode.endswith("-start"):
@@ -253,11 +263,12 @@ def term_breakdown(hlo_text: str, repeat: float = 1.0, unoptimized_hlo: str | No
         continue
       cost = _custom_cost(instruction["attrs"])
       if cost is not None:
-        out[term_of(instruction)]["bytes"] += cost[1] * times
+        out[term_of(instruction, by_name)]["bytes"] += cost[1] * times
         continue
     size = shape_bytes(instruction["type"]) + sum(shape_bytes(types.get(o, "")) for o in instruction["operands"])
-    out[term_of(instruction)]["bytes"] += size * times
-    sizes[term_of(instruction)].append((size * times, instruction))
+    term = term_of(instruction, by_name)
+    out[term]["bytes"] += size * times
+    sizes[term].append((size * times, instruction))
   for term, entries in sizes.items():
     entries.sort(key=lambda e: -e[0])
     out[term]["largest"] = [{"name": i["name"], "opcode": i["opcode"], "bytes": b, "op_name": _op_name(i)}

@@ -21,7 +21,7 @@ import numpy as np
 
 from gensar_jax import parallel
 from gensar_jax.stages import output_dir
-from gensar_jax.data.pipeline import host_block, make_train_iterator
+from gensar_jax.data.pipeline import expected_target_tokens, host_block, make_train_iterator
 from gensar_jax.data.task_data import load_task_data, stack_padded
 from gensar_jax.data.tokenizer import EOS_ID, levels_from_config
 from gensar_jax.decode.sampling import generate_text_batched
@@ -117,6 +117,11 @@ def run_train(config: ml_collections.ConfigDict, workdir: Path, out_dir: Path) -
   log.info("train: %d steps of %d examples (%.2f epochs of %d examples), vocabulary %d, model d=%d %d+%d layers",
            num_steps, batch, num_steps * batch / source.epoch_len, source.epoch_len, td.vocab_size,
            model_cfg.d_model, model_cfg.num_encoder_layers, model_cfg.num_decoder_layers)
+  if config.train.get("loss_normalizer", "batch_tokens") == "expected_tokens":
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.train.loss_tokens_per_example = expected_target_tokens(source, seed=seed)
+    log.info("train: loss normalised by %d x %.3f expected target tokens per example", batch,
+             config.train.loss_tokens_per_example)
   selected, stats = _fit(config, model_cfg, params, it, num_steps, out_dir, eval_fn, mesh, probe, "train")
   save_model(out_dir / "model", selected, model_cfg, extra={"selected_step": stats["selected_step"]})
   stats.update(epoch_examples=source.epoch_len, batch_size=batch, seconds=round(time.time() - t0, 1),
@@ -149,6 +154,7 @@ def doc2query_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 64
   c.train.eval_every = 0
   c.train.learning_rate = 1e-3
+  c.train.loss_normalizer = "batch_tokens"   # its (text -> query) batches are drawn at random, never bucketed
   c.sampling = ml_collections.ConfigDict(dict(method="sample", temperature=1.0, top_k=0, top_p=0.9, batch_size=64,
                                               seed=0))
   return c

@@ -33,11 +33,17 @@ def train_config() -> ml_collections.ConfigDict:
   # The loss over this many slices of the target positions, each slice's logits recomputed in the backward
   # pass (`step.chunked_cross_entropy`): 1 = the whole [B, T, V] logits at once.
   config.loss_chunks = 1
+  # What the summed token losses of a step are divided by: "expected_tokens" (global batch x the mixture's
+  # mean target tokens per example, measured once by the stage: every token weighs the same whatever batch
+  # it lands in, so length bucketing leaves each task's share of the objective as random batches give it)
+  # or "batch_tokens" (the step's own target tokens: a per-batch token mean).
+  config.loss_normalizer = "expected_tokens"
   config.bf16 = False  # bfloat16 compute (params and optimizer state stay float32)
   config.grad_accum_steps = 1  # micro-batches per step (the global batch is split row-strided)
-  # Dropout mask generator (T5Config.dropout_rng): "threefry" (flax/jax.random, the masks of every earlier
-  # run) or "hash" (a counter hash: same keep probability, other masks, a cheaper step on CPU).
-  config.dropout_rng = "threefry"
+  # Dropout mask generator (T5Config.dropout_rng): "hash" (`model.hash_dropout`: a counter hash of each
+  # element's index, the masks fused attention draws too, several times cheaper than threefry on CPU) or
+  # "threefry" (flax's nn.Dropout: jax.random.bernoulli). Same keep probability, other masks.
+  config.dropout_rng = "hash"
   config.log_every = 50
   config.eval_every = 1000
   config.checkpoint_every = 1000

@@ -53,6 +53,18 @@ def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.A
   return jnp.sum(nll * weights), jnp.sum(weights), jnp.sum(correct * weights)
 
 
+LOSS_NORMALIZERS = ("expected_tokens", "batch_tokens")
+
+
+def loss_denominator(weight_sum: jax.Array, global_batch: int, tokens_per_example: float | None) -> jax.Array:
+  """What a step's summed token losses (and gradients) are divided by: global_batch x tokens_per_example
+  when given (a constant: each token weighs the same in every batch), else the batch's own target tokens
+  (at least 1)."""
+  if tokens_per_example:
+    return jnp.asarray(global_batch * tokens_per_example, jnp.float32)
+  return jnp.maximum(weight_sum, 1.0)
+
+
 def chunked_cross_entropy(logits_fn: Callable[[jax.Array], jax.Array], hidden: jax.Array, targets: jax.Array,
                           weights: jax.Array, label_smoothing: float, chunks: int
                           ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -93,8 +105,8 @@ def make_train_step(model_cfg: T5Config, train_cfg: ml_collections.ConfigDict, o
                     mesh: Mesh, rules, shardings: TrainState) -> Callable[[TrainState, Mapping], tuple]:
   """Returns `step(state, batch) -> (new_state, metrics)`, one `jax.jit` with explicit in/out shardings.
 
-  The state is donated. Metrics (replicated float32 scalars): loss (mean over weighted target tokens),
-  accuracy, tokens, grad_norm, learning_rate. Dropout keys derive from (seed, step), so a resumed run
+  The state is donated. Metrics (replicated float32 scalars): loss (summed token losses over
+  `loss_denominator`), accuracy (over the batch's target tokens), tokens, grad_norm, learning_rate. Dropout keys derive from (seed, step), so a resumed run
   draws the same masks.
   """
   model = T5(model_cfg)
@@ -106,6 +118,10 @@ def make_train_step(model_cfg: T5Config, train_cfg: ml_collections.ConfigDict, o
   replicated = parallel.replicated(mesh)
 
   loss_chunks = int(train_cfg.get("loss_chunks", 1))
+  # train.loss_normalizer="expected_tokens" divides by a constant the stage measures and passes as
+  # train.loss_tokens_per_example; a step built without it (plans, benchmarks) divides by the batch's tokens.
+  tokens_per_example = (float(train_cfg.get("loss_tokens_per_example", 0.0))
+                        if train_cfg.get("loss_normalizer", "batch_tokens") == "expected_tokens" else None)
 
   def loss_sums(params, batch, rng):
     targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"].astype(jnp.float32)
@@ -140,12 +156,12 @@ def make_train_step(model_cfg: T5Config, train_cfg: ml_collections.ConfigDict, o
       zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
       init = (zeros, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
       (grads, loss_sum, weight_sum, correct), _ = jax.lax.scan(body, init, (jnp.arange(accum), micro))
-    denom = jnp.maximum(weight_sum, 1.0)
+    denom = loss_denominator(weight_sum, batch["decoder_target_tokens"].shape[0], tokens_per_example)
     with jax.named_scope("optimizer_update"):  # a term of `gensar plan`'s breakdown
       grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
       updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss_sum / denom, "accuracy": correct / denom, "tokens": weight_sum,
+    metrics = {"loss": loss_sum / denom, "accuracy": correct / jnp.maximum(weight_sum, 1.0), "tokens": weight_sum,
                "grad_norm": optax.tree.norm(grads), "learning_rate": schedule_fn(state.step)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
