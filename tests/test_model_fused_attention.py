@@ -173,3 +173,15 @@ def test_blocks_beyond_the_vmem_budget_are_refused():
   fa.check_fits(512, 512)
   with pytest.raises(ValueError, match="model.attention='dense'"):
     fa.check_fits(2048, 2048)
+
+
+def test_hash_blocks_of_a_large_array_are_the_row_formula():
+  """The blocked index (arrays of 2**32 elements or more) and the flat one agree on arrays below 2**32: block
+  0, index r * row_size + i (the mask of a small array from the row formula, written out)."""
+  shape, rate = (6, 3, 50), 0.3
+  key = jax.random.key(5)
+  seeds = hash_dropout.seeds_from_key(key)
+  first, block = hash_dropout.row_words(jnp.arange(shape[0]), 150)
+  index = first[:, None, None] + jnp.arange(150, dtype=jnp.uint32).reshape(1, 3, 50)
+  by_rows = hash_dropout.keep_bits(index, block[:, None, None], *seeds) >= hash_dropout.threshold(rate)
+  np.testing.assert_array_equal(np.asarray(by_rows), np.asarray(hash_dropout.hash_keep_mask(key, shape, rate)))

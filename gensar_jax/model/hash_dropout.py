@@ -66,6 +66,9 @@ def hash_keep_mask(key: Array, shape: tuple[int, ...], rate: float) -> Array:
   seeds = seeds_from_key(key)
   if not shape:
     return keep_bits(jnp.uint32(0), jnp.uint32(0), seeds[0], seeds[1]) >= threshold(rate)
+  if int(np.prod(shape)) < 2 ** 32:    # one block: the flat index (fewer operations per element)
+    return keep_bits(jax.lax.iota(jnp.uint32, int(np.prod(shape))).reshape(shape), jnp.uint32(0), seeds[0],
+                     seeds[1]) >= threshold(rate)
   row_size = int(np.prod(shape[1:]))
   first, block_word = row_words(jax.lax.broadcasted_iota(jnp.uint32, shape, 0), row_size)
   within_row = jax.lax.iota(jnp.uint32, row_size).reshape((1,) + tuple(shape[1:]))
