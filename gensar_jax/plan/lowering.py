@@ -26,36 +26,19 @@ def abstract(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def train_batch_spec(batch: int, input_len: int, target_len: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """The train step's batch: int32 tokens [B, S] / [B, T], float32 loss weights [B, T]."""
-  return {"encoder_input_tokens": jax.ShapeDtypeStruct((batch, input_len), jnp.int32),
-          "decoder_input_tokens": jax.ShapeDtypeStruct((batch, target_len), jnp.int32),
-          "decoder_target_tokens": jax.ShapeDtypeStruct((batch, target_len), jnp.int32),
-          "decoder_loss_weights": jax.ShapeDtypeStruct((batch, target_len), jnp.float32)}
-
-
 def lower_train_step(model_cfg: T5Config, train_cfg: ml_collections.ConfigDict, mesh, rules, batch: int,
                      input_len: int, target_len: int):
-  """`make_train_step(...).jitted.lower(...)` with abstract state and batch: the program a run compiles."""
+  """`make_train_step(...).jitted.lower(...)` on `step.abstract_inputs`: the program a run compiles."""
   from gensar_jax.train import state as state_lib
   from gensar_jax.train import step as step_lib
   model_cfg = state_lib.model_config_for_training(model_cfg, train_cfg)
   optimizer = state_lib.make_optimizer(train_cfg)
   shardings = state_lib.state_shardings(model_cfg, optimizer, mesh, rules)
-  shapes = jax.eval_shape(lambda: _fresh_state(model_cfg, optimizer))
-  state = abstract(shapes, shardings)
-  batch_sharding = parallel.batch_sharding(mesh, rules, 2)
-  batch_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
-                for k, v in train_batch_spec(batch, input_len, target_len).items()}
+  state, batch_spec = step_lib.abstract_inputs(model_cfg, optimizer, shardings, mesh, rules, batch, input_len,
+                                               target_len)
   step = step_lib.make_train_step(model_cfg, train_cfg, optimizer, mesh, rules, shardings)
   with parallel.mesh_and_rules(mesh, rules):
     return step.jitted.lower(state, batch_spec)
-
-
-def _fresh_state(model_cfg: T5Config, optimizer):
-  from gensar_jax.train.state import TrainState
-  params = init_params(model_cfg, jax.random.key(0))
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
 
 def abstract_params(model_cfg: T5Config, mesh, rules) -> Any:

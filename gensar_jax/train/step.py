@@ -101,6 +101,27 @@ def _split_microbatches(batch: dict, num: int) -> dict:
   return {k: split(v) for k, v in batch.items()}
 
 
+def abstract_inputs(model_cfg: T5Config, optimizer: optax.GradientTransformation, shardings: TrainState, mesh: Mesh,
+                    rules, batch: int, input_len: int, target_len: int) -> tuple[TrainState, dict]:
+  """The step's arguments without data, laid out as `make_train_step` declares them: (state of
+  ShapeDtypeStructs with `shardings`, batch {key: ShapeDtypeStruct}: int32 tokens [batch, input_len] /
+  [batch, target_len], float32 loss weights [batch, target_len], over the mesh's batch axes)."""
+  from gensar_jax.model.t5 import init_params
+
+  def fresh():
+    params = init_params(model_cfg, jax.random.key(0))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+  state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), jax.eval_shape(fresh),
+                       shardings)
+  rows = parallel.batch_sharding(mesh, rules, 2)
+  shapes = {"encoder_input_tokens": ((batch, input_len), jnp.int32),
+            "decoder_input_tokens": ((batch, target_len), jnp.int32),
+            "decoder_target_tokens": ((batch, target_len), jnp.int32),
+            "decoder_loss_weights": ((batch, target_len), jnp.float32)}
+  return state, {k: jax.ShapeDtypeStruct(shape, dtype, sharding=rows) for k, (shape, dtype) in shapes.items()}
+
+
 def make_train_step(model_cfg: T5Config, train_cfg: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
                     mesh: Mesh, rules, shardings: TrainState) -> Callable[[TrainState, Mapping], tuple]:
   """Returns `step(state, batch) -> (new_state, metrics)`, one `jax.jit` with explicit in/out shardings.
