@@ -284,14 +284,14 @@ def test_dropout_advice_names_the_cheaper_generator():
 
 
 def test_a_generator_that_cannot_trace_is_reported_not_raised(monkeypatch):
-  # A mask generator whose tracing fails (here: the hash's per-row index limit, forced) is recorded with its
-  # error; the comparison goes on with the others (nothing is compiled or allocated for it).
+  # A mask generator whose tracing fails (here: the hash's per-row index limit, forced on every mask) is
+  # recorded with its error; the comparison goes on with the others (nothing is compiled or allocated for it).
   from gensar_jax.config import load_config
-  from gensar_jax.model import hash_dropout
+  from gensar_jax.model import t5
 
-  def too_long(row_size):
-    raise ValueError(f"hash dropout: rows of {row_size} elements; the uint32 index supports fewer than 2**32")
-  monkeypatch.setattr(hash_dropout, "rows_per_block", too_long)
+  def too_long(key, shape, rate):
+    raise ValueError(f"hash dropout: rows of {shape} elements; the uint32 index supports fewer than 2**32")
+  monkeypatch.setattr(t5, "hash_keep_mask", too_long)
   config = load_config("tiny", ["train.dropout_rng=threefry"])
   model_cfg = _tiny_model()
   cpu = jax.devices("cpu")[:1]
