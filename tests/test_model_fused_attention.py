@@ -185,3 +185,9 @@ def test_hash_blocks_of_a_large_array_are_the_row_formula():
   index = first[:, None, None] + jnp.arange(150, dtype=jnp.uint32).reshape(1, 3, 50)
   by_rows = hash_dropout.keep_bits(index, block[:, None, None], *seeds) >= hash_dropout.threshold(rate)
   np.testing.assert_array_equal(np.asarray(by_rows), np.asarray(hash_dropout.hash_keep_mask(key, shape, rate)))
+
+
+def test_decoding_runs_dense_attention():
+  from gensar_jax.model.decoding import T5Decoding
+  cfg = T5Config.tiny(100, attention="fused")
+  assert T5Decoding(cfg).config.attention == "dense" and T5Decoding(cfg) == T5Decoding(cfg.replace(attention="dense"))

@@ -29,8 +29,17 @@ class T5Encoded:
 
 @dataclasses.dataclass(frozen=True)
 class T5Decoding:
-  """A T5 as the decoders see it: token ids, the encoder pass, the cache and `tokens_to_logits`."""
+  """A T5 as the decoders see it: token ids, the encoder pass, the cache and `tokens_to_logits`.
+
+  Decoding runs dense attention whatever `config.attention` says: the fused kernel's gain is the
+  probabilities a training step keeps for its backward pass, which one encoder pass per batch does not
+  keep, and the decoding programs are partitioned by XLA's SPMD partitioner, which cannot split a Pallas
+  call (the train step runs the kernel per device under `shard_map`, on the mesh the stage sets)."""
   config: T5Config
+
+  def __post_init__(self):
+    if self.config.attention != "dense":
+      object.__setattr__(self, "config", self.config.replace(attention="dense"))
 
   @property
   def start_id(self) -> int:
