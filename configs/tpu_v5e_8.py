@@ -13,8 +13,7 @@ from electronics import pod_config
 
 # Dropout masks from the counter hash: on v5e the plan's train step is 1.5274 s with it against 1.5364 s with
 # threefry (99.7 against 110.8 TFLOP and 1240 against 1248 GB per chip and step; results/plan/dropout_rng/
-# tpu_v5e_8.json, both compiled at this preset's full shapes). Its masks of 1024 rows per micro-batch stay
-# under the hash's 2**32 elements.
+# tpu_v5e_8.json, both compiled at this preset's full shapes).
 # Fused attention (the probabilities stay on chip; it draws the hash masks): the plan's train step moves 746
 # instead of 1240 GB per chip and step, 0.92 instead of 1.53 s, MFU 55% instead of 33%, peak 11.2 instead of
 # 14.6 GiB (results/plan/attention/tpu_v5e_8-{dense,fused}.json, docs/pods.md).

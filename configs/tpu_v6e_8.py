@@ -14,9 +14,14 @@ from electronics import pod_config
 # lengths) is 168.99 ms with it against 184.02 ms with threefry (23.7 against 26.0 TFLOP and 271 against 295
 # GB per chip and step; results/plan/tpu_v6e_8.json, plan.dropout_compare_layers=1: a full-depth threefry
 # step takes hours to compile on a CPU). Full depth, the hash step is 742 ms; a full-depth threefry plan of
-# this preset (same jax and libtpu) estimated 843 ms. 1024 rows per micro-batch stay under the hash's 2**32.
+# this preset (same jax and libtpu) estimated 843 ms.
+#
+# Fused attention: the plan's train step moves 817 instead of 1205 GB per chip and step, 505 instead of 742 ms,
+# MFU 21% instead of 16%, peak 11.2 instead of 14.9 GiB (results/plan/attention/tpu_v6e_8-{dense,fused}.json,
+# docs/pods.md); v6e's FLOP/s per byte of HBM bandwidth leaves its step memory-bound all the same.
 def get_config():
   config = pod_config("tpu_v6e_8", "v6e:2x4", 8, grad_accum_steps=8,   # 128 rows per chip per micro-batch
                       dropout_rng="hash")
+  config.model.attention = "fused"
   config.plan.dropout_compare_layers = 1   # the comparison's steps at 1+1 layers (see above)
   return config
