@@ -1,29 +1,19 @@
 """Every config field has a value rule (`config.VALUE_RULES`), so a typo is refused when the config is loaded,
 never deep inside a stage; `train.best_metric` must be a metric the validation reports."""
 import pytest
-import ml_collections
 
-from gensar_jax import config as config_lib
 from gensar_jax.config import CONFIG_DIR, VALUE_RULES, load_config
 from gensar_jax.eval import metrics
+from workdir_fixtures import config_leaves
 
 SHIPPED = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "common" and not p.stem.startswith("_"))
-
-
-def _leaves(node, prefix=""):
-  for key in node:
-    value = node[key]
-    if isinstance(value, ml_collections.ConfigDict):
-      yield from _leaves(value, f"{prefix}{key}.")
-    else:
-      yield f"{prefix}{key}"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_field_of_every_shipped_config_has_a_rule_and_passes_it(name):
   config = load_config(name)            # checked: every field holds an allowed value
   ruled = {key for key, _ in VALUE_RULES}
-  missing = sorted(set(_leaves(config)) - ruled)
+  missing = sorted(set(config_leaves(config)) - ruled)
   assert not missing, f"configs/{name}.py: fields without a rule in config.VALUE_RULES: {missing}"
 
 
@@ -32,7 +22,7 @@ def test_rules_name_no_field_a_config_lacks():
   takes any T5Config shape field."""
   import dataclasses
   from gensar_jax.model.t5 import T5Config
-  every = set().union(*(_leaves(load_config(name, check=False)) for name in SHIPPED))
+  every = set().union(*(config_leaves(load_config(name, check=False)) for name in SHIPPED))
   shape_fields = {f"model.shape.{field.name}" for field in dataclasses.fields(T5Config)}
   assert sorted({key for key, _ in VALUE_RULES} - every - shape_fields) == []
 

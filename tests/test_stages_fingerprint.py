@@ -9,20 +9,12 @@ import pytest
 from gensar_jax import stages
 from gensar_jax.config import load_config
 from gensar_jax.io_utils import DataError
+from workdir_fixtures import config_leaves
 
 # Fields no stage reads: the run's name, `gensar plan`, `gensar reproduce` and its baselines.
 READ_BY_NO_STAGE = ("name", "plan", "reproduce", "baselines")
 # Fields that change how fast a stage runs, never what it writes (grain workers build the same batches).
 SPEED_ONLY = ("tasks.pipeline_workers",)
-
-
-def _leaves(node, prefix=""):
-  for key in node:
-    value = node[key]
-    if isinstance(value, ml_collections.ConfigDict):
-      yield from _leaves(value, f"{prefix}{key}.")
-    else:
-      yield f"{prefix}{key}"
 
 
 def _under(leaf: str, key: str) -> bool:
@@ -70,7 +62,7 @@ def test_every_field_a_stage_reads_changes_its_fingerprint(config_name, tmp_path
   config = load_config(config_name)
   for name in stages.STAGES:
     dependency_records(name)
-  leaves = list(_leaves(config))
+  leaves = list(config_leaves(config))
   for name, stage in stages.STAGES.items():
     base = stages.stage_fingerprint(stage, config, tmp_path)
     read = [leaf for leaf in leaves if any(_under(leaf, key) for key in stage.config_keys)]
@@ -100,7 +92,7 @@ def test_speed_only_fields_are_the_listed_ones():
 def test_every_field_is_read_by_a_stage_or_listed_as_read_by_none(config_name):
   config = load_config(config_name)
   keys = [key for stage in stages.STAGES.values() for key in stage.config_keys] + list(READ_BY_NO_STAGE)
-  orphans = [leaf for leaf in _leaves(config) if not any(_under(leaf, key) for key in keys)]
+  orphans = [leaf for leaf in config_leaves(config) if not any(_under(leaf, key) for key in keys)]
   assert orphans == []
 
 

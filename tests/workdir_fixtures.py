@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import ml_collections
 
 
 def committed_stage(workdir: Path, name: str, linked_to: Path | None = None) -> Path:
@@ -20,3 +21,13 @@ def committed_stage(workdir: Path, name: str, linked_to: Path | None = None) -> 
             "output": output.name}
   (stage_dir / "fingerprint.json").write_text(json.dumps(record))
   return output
+
+
+def config_leaves(node, prefix=""):
+  """Dotted names of every non-section field of a ConfigDict, e.g. "train.batch_size"."""
+  for key in node:
+    value = node[key]
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from config_leaves(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}"

@@ -276,40 +276,36 @@ def term_breakdown(hlo_text: str, repeat: float = 1.0, unoptimized_hlo: str | No
   if unoptimized_hlo:
     computations, entry = parse_module(unoptimized_hlo)
     types = {i["name"]: i["type"] for instructions in computations.values() for i in instructions}
+    runs = _times(computations, entry, repeat)
     for name, instructions in computations.items():
       for instruction in instructions:
         if instruction["opcode"] == "dot":
-          times = _times(computations, entry, repeat).get(name, 1.0)
-          out[term_of(instruction)]["flops"] += _dot_flops(instruction, types) * times / num_devices
+          out[term_of(instruction)]["flops"] += _dot_flops(instruction, types) * runs.get(name, 1.0) / num_devices
         elif instruction["opcode"] == "custom-call":
           cost = _custom_cost(instruction["attrs"])
           if cost is not None:
-            out[term_of(instruction)]["flops"] += cost[0] * _times(computations, entry, repeat).get(name, 1.0)
+            out[term_of(instruction)]["flops"] += cost[0] * runs.get(name, 1.0)
   return out
 
 
 def _times(computations: dict, entry: str, repeat: float) -> dict[str, float]:
   """{computation: times it runs} over while bodies (outermost x `repeat`), calls and branches."""
-  key = (id(computations), entry, repeat)
-  if _TIMES_CACHE.get("key") != key:
-    times: dict[str, float] = {entry: 1.0}
-    stack = [(entry, 1.0, 0)]
-    while stack:
-      name, count, depth = stack.pop()
-      for instruction in computations.get(name, []):
-        attrs = instruction["attrs"]
-        if instruction["opcode"] == "while":
-          callees, inner, next_depth = (_called(attrs, "body") + _called(attrs, "condition"),
-                                        count * (repeat if depth == 0 else 1.0), depth + 1)
-        else:
-          callees, inner, next_depth = (_called(attrs, "to_apply") + _called(attrs, "branch_computations")
-                                        + _called(attrs, "calls"), count, depth)
-        for callee in callees:
-          if callee not in times:
-            times[callee] = inner
-            stack.append((callee, inner, next_depth))
-    _TIMES_CACHE.update(key=key, times=times)
-  return _TIMES_CACHE["times"]
+  times: dict[str, float] = {entry: 1.0}
+  stack = [(entry, 1.0, 0)]
+  while stack:
+    name, count, depth = stack.pop()
+    for instruction in computations.get(name, []):
+      attrs = instruction["attrs"]
+      if instruction["opcode"] == "while":
+        callees, inner, next_depth = (_called(attrs, "body") + _called(attrs, "condition"),
+                                      count * (repeat if depth == 0 else 1.0), depth + 1)
+      else:
+        callees, inner, next_depth = (_called(attrs, "to_apply") + _called(attrs, "branch_computations")
+                                      + _called(attrs, "calls"), count, depth)
+      for callee in callees:
+        if callee not in times:
+          times[callee] = inner
+          stack.append((callee, inner, next_depth))
+  return times
 
 
-_TIMES_CACHE: dict = {}
