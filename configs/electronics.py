@@ -12,7 +12,7 @@ semantic encoder is BAAI/bge-base-en-v1.5, the backbone the pretrained google-t5
 into the Hugging Face cache on first use (`hf download <name>` beforehand on a machine without the hub;
 `embed.text.model_dir` / `model.pretrained_dir` also take a local directory or a gs:// URI).
 """
-from common import base_config
+from gensar_jax.config import base_config
 
 # Hugging Face hub names (gensar_jax/inputs.py resolve_model_dir); a model that cannot be had is a clear error.
 BGE_MODEL = "BAAI/bge-base-en-v1.5"

@@ -2,7 +2,9 @@
 search sessions from Ai et al. style queries on the category paths (the paper's Amazon recipe)."""
 import os
 
-from common import base_config, cpu_budget
+from common import cpu_budget
+
+from gensar_jax.config import base_config
 
 SHARED_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 

@@ -1,6 +1,8 @@
 """The default main job: a synthetic world whose collaborative structure only partly follows text
 semantics, sized to run end to end on a 2-core CPU."""
-from common import base_config, cpu_budget
+from common import cpu_budget
+
+from gensar_jax.config import base_config
 
 
 def get_config():

@@ -1,5 +1,5 @@
 """Tiny synthetic world for unit tests: prepares in a few seconds."""
-from common import base_config
+from gensar_jax.config import base_config
 
 
 def get_config():

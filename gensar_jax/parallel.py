@@ -20,6 +20,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from gensar_jax.config_schema import Field, Section, satisfies, whole_at_least
+
 logger = logging.getLogger(__name__)
 
 DATA_AXIS = "data"  # the mesh axis decoding spreads its queries over
@@ -39,13 +41,21 @@ DEFAULT_LOGICAL_AXIS_RULES = (
 _distributed_initialized = False
 
 
+# The `parallel` section, read by the doc2query and train stages.
+PARALLEL_SCHEMA = Section(dict(
+    # -1 takes the remaining devices; the product must equal the number of devices.
+    mesh_shape=Section({axis: Field(size, satisfies(lambda v: v == -1 or whole_at_least(1)(v),
+                                                    "-1 (the remaining devices) or >= 1"))
+                        for axis, size in zip(MESH_AXES, (-1, 1, 1))}),
+    logical_axis_rules=Field(DEFAULT_LOGICAL_AXIS_RULES, satisfies(
+        lambda v: isinstance(v, tuple) and all(isinstance(r, tuple) and len(r) == 2 and isinstance(r[0], str) for r in v),
+        "a tuple of (logical axis name, mesh axes) pairs")),
+))
+
+
 def parallel_config() -> ml_collections.ConfigDict:
-  """Defaults of the `parallel` config section."""
-  config = ml_collections.ConfigDict()
-  # -1 takes the remaining devices; the product must equal the number of devices.
-  config.mesh_shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
-  config.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
-  return config
+  """Defaults of the `parallel` section."""
+  return PARALLEL_SCHEMA.defaults()
 
 
 def maybe_initialize_distributed() -> bool:

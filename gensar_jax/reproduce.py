@@ -24,6 +24,7 @@ import ml_collections
 
 from gensar_jax import stages
 from gensar_jax.config import section_with_defaults
+from gensar_jax.config_schema import Field, Rule, Section, one_of, satisfies, whole_at_least
 from gensar_jax.eval.metrics import PROTOCOLS, TABLE_METRICS, TASKS
 from gensar_jax.io_utils import DataError, atomic_path, fingerprint, is_uri, read_json, write_json, write_text
 
@@ -36,12 +37,22 @@ MISSING = "–"
 SHARED_SECTIONS = ("seed", "data", "embed", "baselines", "eval")
 
 
+def _level_pairs() -> Rule:
+  pair = lambda p: isinstance(p, tuple) and len(p) == 2 and whole_at_least(0)(p[0]) and whole_at_least(1)(p[1])
+  return satisfies(lambda v: isinstance(v, tuple) and bool(v) and all(pair(p) for p in v),
+                   "a non-empty tuple of (shared levels >= 0, specific levels >= 1) pairs of whole numbers")
+
+
+# The `reproduce` section (`gensar reproduce`; read by no stage).
+REPRODUCE_SCHEMA = Section(dict(
+    suite=Field("main", one_of(*SUITES)),   # the CLI's --suite overrides it
+    identifier_lengths=Field(((1, 1), (2, 2), (3, 3)), _level_pairs()),   # (L_m, L_n) of the identifier-length table
+))
+
+
 def reproduce_config() -> ml_collections.ConfigDict:
-  """Defaults of the `reproduce` config section (the CLI's --suite overrides `suite`)."""
-  c = ml_collections.ConfigDict()
-  c.suite = "main"                                   # main | ablations | all
-  c.identifier_lengths = ((1, 1), (2, 2), (3, 3))    # (L_m, L_n) of the identifier-length table
-  return c
+  """Defaults of the `reproduce` section."""
+  return REPRODUCE_SCHEMA.defaults()
 
 
 def reproduce_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -35,6 +35,8 @@ import ml_collections
 from etils import epath
 
 from gensar_jax import parallel
+from gensar_jax.config import root_schema
+from gensar_jax.config_schema import ABSENT
 from gensar_jax.io_utils import (DataError, as_path, check_writable, fingerprint, is_uri, read_json, remove_tree,
                                   to_json, write_json)
 
@@ -44,13 +46,17 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class Stage:
   name: str
-  config_keys: tuple[str, ...]            # config sections or dotted fields the stage reads
   deps: tuple[str, ...]
   # (config, workdir, out_dir) -> stats: reads its inputs through `output_dir(workdir, dep)`, writes out_dir.
   run: Callable[[ml_collections.ConfigDict, epath.Path, epath.Path], dict]
   summary: str
   # "primary": process 0 runs it while the others wait; "all": every process runs it (see module doc).
   processes: str = "all"
+
+  @property
+  def config_keys(self) -> tuple[str, ...]:
+    """The config sections and dotted fields the stage reads, as the config schema declares them."""
+    return root_schema().stage_keys(self.name)
 
 
 def _prepare(config, workdir, out_dir):
@@ -86,24 +92,19 @@ def _eval(config, workdir, out_dir):
 # Order matters: `run` executes stages in this order.
 STAGES: dict[str, Stage] = {s.name: s for s in [
     # Host-side work (parsing, splits, BM25 negatives, SentencePiece): process 0 alone.
-    Stage("prepare", ("seed", "data"), (), _prepare,
+    Stage("prepare", (), _prepare,
           "raw data -> events, histories, splits, negatives, tokenizer, ArrayRecord samples", "primary"),
-    Stage("embed", ("seed", "embed"), ("prepare",), _embed,
+    Stage("embed", ("prepare",), _embed,
           "semantic (text encoder) and collaborative (SASRec) item embeddings"),
     # The RQ-VAE is a few small matrices over N x d embeddings: its steps are latency-bound on one chip, and
     # data parallelism over hosts would add a cross-host all-reduce per step that costs more than the step.
-    Stage("index", ("identifiers",), ("embed",), _index, "RQ-VAE dual identifiers with collision resolution",
-          "primary"),
+    Stage("index", ("embed",), _index, "RQ-VAE dual identifiers with collision resolution", "primary"),
     # doc2query reads item text and queries only (its vocabulary is the SentencePiece one).
-    Stage("doc2query", ("seed", "tasks.max_text_tokens", "model", "doc2query", "parallel"), ("prepare",),
-          _doc2query,
+    Stage("doc2query", ("prepare",), _doc2query,
           "item text -> query model and pseudo-queries for ad-hoc search"),
-    # Of the eval section, training reads only what its validation hook uses.
-    Stage("train", ("seed", "tasks", "model", "train", "parallel", "eval.num_beams", "eval.validation_rows",
-                    "eval.ties.sampled"),
-          ("prepare", "index", "doc2query"),
-          _train, "multi-task T5 training with validation-based model selection"),
-    Stage("eval", ("eval",), ("train",), _eval, "constrained beam search evaluation (sampled + full catalogue)"),
+    Stage("train", ("prepare", "index", "doc2query"), _train,
+          "multi-task T5 training with validation-based model selection"),
+    Stage("eval", ("train",), _eval, "constrained beam search evaluation (sampled + full catalogue)"),
 ]}
 
 
@@ -196,15 +197,16 @@ def file_records(paths: list[epath.Path] | dict[str, epath.Path], known: dict | 
   return out
 
 
-# Fields that change how fast a stage runs, never what it writes: left out of the records and fingerprints.
-SPEED_ONLY_KEYS = ("tasks.pipeline_workers",)
-# Fields absent from the recorded results' fingerprints, at the value that reproduces those results: left out
-# of records and fingerprints while they hold it, so recorded runs stay fresh (any other value is recorded).
-LATE_FIELD_DEFAULTS = {"train.dropout_rng": "threefry", "train.early_stopping_patience": 0, "model.attention": "dense",
-                       "doc2query.train.dropout_rng": "threefry", "doc2query.train.early_stopping_patience": 0,
-                       "train.loss_chunks": 1, "doc2query.train.loss_chunks": 1,
-                       "train.loss_normalizer": "batch_tokens", "doc2query.train.loss_normalizer": "batch_tokens",
-                       "embed.sasrec.loss": "softmax", "embed.sasrec.bce_negatives": 1}
+def speed_only_keys() -> tuple[str, ...]:
+  """Fields that change how fast a stage runs, never what it writes: left out of records and fingerprints."""
+  return tuple(key for key, field in root_schema().leaves() if field.speed_only)
+
+
+def unrecorded_values() -> dict[str, object]:
+  """{field: value}: fields absent from recorded results' fingerprints, at the value that reproduces those
+  results; left out of records and fingerprints while they hold it, so recorded runs stay fresh (any other
+  value is recorded)."""
+  return {key: field.unrecorded for key, field in root_schema().leaves() if field.unrecorded is not ABSENT}
 
 
 def _drop_field(value: dict, path: str, only_if=None, check: bool = False) -> None:
@@ -226,10 +228,10 @@ def _config_value(config: ml_collections.ConfigDict, key: str):
   if not isinstance(value, ml_collections.ConfigDict):
     return value
   value = value.to_dict()
-  for field in SPEED_ONLY_KEYS:
+  for field in speed_only_keys():
     if field.startswith(key + "."):
       _drop_field(value, field[len(key) + 1:])
-  for field, default in LATE_FIELD_DEFAULTS.items():
+  for field, default in unrecorded_values().items():
     if field.startswith(key + "."):
       _drop_field(value, field[len(key) + 1:], default, check=True)
   return value

@@ -136,8 +136,8 @@ def test_epoch_tasks_drawn_with_replacement():
   desc = rows[tasks == TASKS.index("desc2id")]
   assert len(nsip) == 40 and len(np.unique(nsip)) < 40 and nsip.max() < 50    # repeats: 40 draws of 50
   assert len(desc) == 40 and len(np.unique(desc)) == 40
-  with pytest.raises(ValueError, match="tasks.with_replacement"):
-    pipeline.MixtureSource(None, {}, available, sizes, 1, 0, with_replacement=("search",))
+  with pytest.raises(ValueError, match=r"tasks.with_replacement=\('search',\): expected a subset of"):
+    load_config("tiny", ["tasks.with_replacement=search"])      # refused when the config loads
 
 
 def _batches(it, n):

@@ -9,7 +9,7 @@ import pytest
 from workdir_fixtures import committed_stage
 
 from gensar_jax import parallel
-from gensar_jax.config import load_config
+from gensar_jax.config import check_config, load_config
 from gensar_jax.data.task_data import load_task_data
 from gensar_jax.eval import stage
 from gensar_jax.data.pipeline import subset_rows
@@ -302,8 +302,8 @@ def test_validation_fn_reports_sampled_validation_metrics_and_their_means(model)
   search_only = stage.make_validation_fn(task_data, model_cfg, eval_cfg, selection_tasks=("search",))(params, 0)
   assert search_only["val/ndcg5_mean"] == pytest.approx(metrics["val/search_NDCG@5"])
   assert search_only["val/ndcg10_mean"] == pytest.approx(metrics["val/search_NDCG@10"])
-  with pytest.raises(ValueError, match="train.selection_tasks"):
-    stage.make_validation_fn(task_data, model_cfg, eval_cfg, selection_tasks=("feed",))
+  with pytest.raises(ValueError, match=r"train.selection_tasks=\('feed',\): expected a non-empty subset"):
+    load_config("tiny", ["train.selection_tasks=feed"])         # refused when the config loads
 
 
 def test_validation_rows_are_the_most_recent_where_the_source_has_timestamps(model):
@@ -320,20 +320,20 @@ def test_validation_rows_are_the_most_recent_where_the_source_has_timestamps(mod
   np.testing.assert_array_equal(queries.targets, samples.item[expected])
 
 
-def test_eval_section_rejects_unknown_fields_and_protocols():
+def test_the_loader_refuses_unknown_eval_fields_protocols_and_tie_rules():
+  """The eval stage reads `eval` as the loader checked it (`check_config`); it does not check again."""
   config = load_config("tiny")
-  config.eval = stage.eval_section_config()
   config.eval.protocols = ("sampled", "everything")
   with pytest.raises(ValueError, match="eval.protocols"):
-    stage.eval_section(config)
-  config.eval = stage.eval_section_config()
+    check_config(config)
+  config = load_config("tiny")
   config.eval.beams = 3
-  with pytest.raises(ValueError, match="beams"):
-    stage.eval_section(config)
-  config.eval = stage.eval_section_config()
+  with pytest.raises(ValueError, match="eval.beams: no such field"):
+    check_config(config)
+  config = load_config("tiny")
   config.eval.ties.sampled = "first"
-  with pytest.raises(ValueError, match="eval.ties"):
-    stage.eval_section(config)
+  with pytest.raises(ValueError, match="eval.ties.sampled='first'"):
+    check_config(config)
 
 
 # --------------------------------------------------------------------------------------------------

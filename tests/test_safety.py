@@ -115,9 +115,16 @@ def _fake_pipeline(monkeypatch, fail_in=None):
     a_value = (stages.output_dir(workdir, "a") / "value.txt").read_text()
     (out_dir / "model.txt").write_text(f"model x={a_value} y={config.y}")
     return {}
-  fake = {"a": stages.Stage("a", ("x",), (), run_a, ""), "b": stages.Stage("b", ("y",), ("a",), run_b, "")}
+  fake = {"a": stages.Stage("a", (), run_a, ""), "b": stages.Stage("b", ("a",), run_b, "")}
   monkeypatch.setattr(stages, "STAGES", fake)
+  monkeypatch.setattr(stages, "root_schema", _fake_schema)
   return fake
+
+
+def _fake_schema():
+  """Stage `a` reads config field x, stage `b` reads y."""
+  from gensar_jax.config_schema import Field, Section, whole
+  return Section({"x": Field(0, whole(), read_by=("a",)), "y": Field(0, whole(), read_by=("b",))})
 
 
 def _cfg(x, y):
@@ -167,8 +174,9 @@ def test_failed_stage_without_checkpoints_leaves_nothing_behind(store, monkeypat
   def boom(config, workdir, out_dir):
     (out_dir / "half.txt").write_text("half")
     raise RuntimeError("disk went away")
-  stage = stages.Stage("a", ("x",), (), boom, "")
+  stage = stages.Stage("a", (), boom, "")
   monkeypatch.setattr(stages, "STAGES", {"a": stage})
+  monkeypatch.setattr(stages, "root_schema", _fake_schema)
   with pytest.raises(RuntimeError):
     stages.run_stage(stage, _cfg(1, 0), store)
   assert stages.read_record(store / "a") is None and _names(store / "a") == []
@@ -179,13 +187,15 @@ import os, signal, sys
 import ml_collections
 from etils import epath
 from gensar_jax import stages
+from gensar_jax.config_schema import Field, Section, whole
 
 def run_a(config, workdir, out_dir):
   (out_dir / "value.txt").write_text(str(config.x))
   return {}
 
-stage = stages.Stage("a", ("x",), (), run_a, "")
+stage = stages.Stage("a", (), run_a, "")
 stages.STAGES = {"a": stage}
+stages.root_schema = lambda: Section({"x": Field(0, whole(), read_by=("a",))})
 if sys.argv[2] == "kill":     # after the output is written, before its record
   stages._commit = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
 stages.run_stage(stage, ml_collections.ConfigDict({"x": int(sys.argv[3])}), epath.Path(sys.argv[1]))
@@ -274,7 +284,7 @@ def test_speed_only_settings_leave_the_fingerprint_alone(tmp_path, dependency_re
 
 
 def test_late_fields_at_their_default_leave_the_fingerprint_alone(tmp_path, dependency_records):
-  """Fields absent from the recorded results' fingerprints (`stages.LATE_FIELD_DEFAULTS`) are left out of a
+  """Fields absent from the recorded results' fingerprints (`Field.unrecorded`) are left out of a
   record while they hold the value that reproduces those results, so recorded runs stay current; any other
   value, a changed default included (train.dropout_rng is "hash" now), is recorded."""
   train = stages.STAGES["train"]

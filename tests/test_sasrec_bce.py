@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gensar_jax.config import load_config
 from gensar_jax.embed import sasrec
 
 from test_embed_sasrec import NUM_ITEMS, _cyclic_sequences, _tiny_cfg
@@ -95,8 +96,8 @@ def test_bce_loss_falls_and_differs_from_softmax(caplog):
   assert len(losses) == 4 and losses[-1] < losses[0]
   softmax = sasrec.train_sasrec(sequences, NUM_ITEMS, _tiny_cfg(epochs=4), seed=0, progress=False)
   assert not np.allclose(sasrec.item_embeddings(bce), sasrec.item_embeddings(softmax))
-  with pytest.raises(ValueError, match="sasrec.loss"):
-    sasrec.train_sasrec(sequences, NUM_ITEMS, _tiny_cfg(loss="bpr"), progress=False)
+  with pytest.raises(ValueError, match=r"embed.sasrec.loss='bpr': expected one of \['softmax', 'bce'\]"):
+    load_config("tiny", ["embed.sasrec.loss=bpr"])             # refused when the config loads
 
 
 @pytest.mark.parametrize("loss", ["softmax", "bce"])

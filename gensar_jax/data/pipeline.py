@@ -80,9 +80,6 @@ class MixtureSource:
                pseudo_queries: Sequence[Sequence[np.ndarray]] | None = None, with_replacement: Sequence[str] = ()):
     self.builder, self.fetch, self.seed = builder, fetch, seed
     self.available, self.sizes, self.num_epochs = dict(available), dict(sizes), num_epochs
-    unknown = sorted(set(with_replacement) - set(TASKS))
-    if unknown:
-      raise ValueError(f"tasks.with_replacement: unknown tasks {unknown}; expected some of {TASKS}")
     self.with_replacement = tuple(with_replacement)
     self.pseudo_queries = pseudo_queries
     self.epoch_len = len(self._plan(0)[0])

@@ -21,10 +21,13 @@ from gensar_jax.data.prompts import template_texts
 from gensar_jax.data.schema import Catalog, SARDataset
 from gensar_jax.data.storage import array_samples, open_samples, write_samples
 from gensar_jax.data.tokenizer import train_sentencepiece
+from gensar_jax.config_schema import (Field, Section, at_least, between, boolean, one_of, positive, text,
+                                      whole_at_least, wholes_at_least)
 from gensar_jax.io_utils import DataError, as_path, is_uri, load_arrays, read_json, save_arrays, write_bytes, write_json
 
 log = logging.getLogger(__name__)
 TASK_SOURCES = ("rec", "search")
+SOURCES = ("synthetic", "lcrec", "amazon2014", "amazon2018")     # data.source
 # Sources whose event times are real timestamps (lcrec has none: the position in a user's list is the time).
 SOURCES_WITH_TIMESTAMPS = ("synthetic", "amazon2014", "amazon2018")
 
@@ -46,7 +49,7 @@ def load_dataset(cfg: ml_collections.ConfigDict, seed: int) -> SARDataset:
   elif source == "amazon2018":
     raw = loaders.load_amazon2018(cfg.raw_dir, cfg.name)
   else:
-    raise ValueError(f"data.source {source!r}: expected synthetic, lcrec, amazon2014 or amazon2018")
+    raise ValueError(f"data.source {source!r}: expected one of {SOURCES}")
   user_item_queries = None
   if query_source(cfg) == "real":
     qrels_lines: dict[tuple[str, str], list] = {}
@@ -67,8 +70,6 @@ def query_source(cfg) -> str:
   test qrels (the reference joins both), so a partial download is an error, not a silent subset.
   """
   mode = cfg.get("queries", "auto")
-  if mode not in QUERY_SOURCES:
-    raise ValueError(f"data.queries {mode!r}: expected one of {QUERY_SOURCES}")
   if mode == "generated" or (mode == "auto" and not cfg.query_dir):
     return "generated"
   if not cfg.query_dir:
@@ -88,11 +89,65 @@ SEARCH_NEGATIVE_TOPUPS = ("popularity", "uniform")
 NEGATIVE_POOLS = ("kept_rows", "all_events")
 
 
-def _choice(cfg, field: str, options: tuple[str, ...]) -> str:
-  value = cfg[field]
-  if value not in options:
-    raise ValueError(f"data.{field} {value!r}: expected one of {options}")
-  return value
+
+# The `data` section, read by the `prepare` stage.
+DATA_SCHEMA = Section(dict(
+    source=Field("synthetic", one_of(*SOURCES)),
+    raw_dir=Field("", text()),              # directory of the raw files (the TFDS manual_dir role)
+    name=Field("", text()),                 # lcrec file prefix, or the Amazon category (e.g. Electronics)
+    # lcrec: 2014 (", " joined, root dropped) | 2018 ("," joined) | auto
+    category_dialect=Field("auto", one_of("auto", "2014", "2018")),
+    category_root=Field("", text()),        # lcrec 2014: root level to restore (e.g. "Office Products")
+    query_dir=Field("", text()),            # Ai et al. query files (query_text.txt.gz + train/test .qrels.gz)
+    # real (the files in query_dir) | generated (category paths) | auto: real iff query_dir
+    queries=Field("auto", one_of(*QUERY_SOURCES)),
+    # singularize + de-duplicate query words (the reference's query handling)
+    singular_queries=Field(True, boolean()),
+    search_fraction=Field(1.0, between(0.0, 1.0)),   # share of query-bearing purchases that become search sessions
+    history_len=Field(5, at_least(1)),      # last N rec items and last N search sessions
+    min_events=Field(3, at_least(1)),       # per task, users need >= this many kept events
+    split=Field("leave_one_out", one_of(*splits.SPLIT_METHODS)),   # leave_one_out | chronological (8:1:1)
+    # True: the authors' history building with its leaks, to measure them (docs/differences.md, History
+    # leakage (a)-(c)); False closes them (a search session never sees its own purchase; no cross-task
+    # train/test overlap).
+    reference_history=Field(False, boolean()),
+    num_negatives=Field(99, at_least(1)),
+    # Evaluation negatives, the reference's by default (docs/differences.md); rec_negatives=uniform,
+    # rec_negative_exclusion=all, search_negative_topup=uniform, bm25_k1=1.5, bm25_b=0.75,
+    # bm25_analyzer=plain give the protocol of results/synthetic (docs/reproduction.md).
+    # kept_rows (the reference): popularity counted over the kept rec rows for rec negatives and over the
+    # kept search rows for search top-ups, which skip the user's purchases up to the session |
+    # all_events: popularity over all rec events for both, top-ups skipping only the target.
+    negative_pools=Field("kept_rows", one_of(*NEGATIVE_POOLS)),
+    rec_negatives=Field("popularity", one_of(*REC_NEGATIVES)),   # popularity (share of the pool's rows) | uniform
+    # history: the user's items up to the event | all: every item they bought
+    rec_negative_exclusion=Field("history", one_of(*REC_NEGATIVE_EXCLUSIONS)),
+    # fills BM25 lists shorter than num_negatives: popularity | uniform
+    search_negative_topup=Field("popularity", one_of(*SEARCH_NEGATIVE_TOPUPS)),
+    bm25_k1=Field(0.9, at_least(0.0)),      # Pyserini / Lucene defaults
+    bm25_b=Field(0.4, between(0.0, 1.0)),
+    # english: Lucene stopwords + Porter stemming | plain: lowercase words
+    bm25_analyzer=Field("english", one_of(*negatives.ANALYZERS)),
+    vocab_size=Field(8000, at_least(100)),  # SentencePiece vocabulary
+    synthetic=Section(dict(                 # data/synthetic.py
+        num_items=Field(3000, whole_at_least(1)),
+        num_users=Field(6000, whole_at_least(1)),
+        mean_sequence_length=Field(12.0, positive()),
+        min_sequence_length=Field(5, whole_at_least(1)),
+        max_sequence_length=Field(60, whole_at_least(1)),
+        tree=Field((6, 4, 4), wholes_at_least(1)),
+        num_communities=Field(48, whole_at_least(1)),
+        alignment=Field(0.5, between(0.0, 1.0)),
+        communities_per_user=Field(2, whole_at_least(1)),
+        stay_in_community=Field(0.8, between(0.0, 1.0)),
+        follow_complement=Field(0.5, between(0.0, 1.0)),
+        complements_per_item=Field(3, whole_at_least(0)),
+        words_per_category=Field(12, whole_at_least(1)),
+        num_brands=Field(200, whole_at_least(1)),
+        query_title_words=Field(1, whole_at_least(0)),
+        query_noise=Field(0.2, between(0.0, 1.0)),
+    )),
+))
 
 
 def negative_pools(data: SARDataset, samples: dict[str, splits.TaskSamples], pools: str
@@ -126,12 +181,12 @@ def build_negatives(data: SARDataset, samples: dict[str, splits.TaskSamples], cf
   (uniform over the catalogue), `data.bm25_{k1,b,analyzer}`.
   """
   rng = np.random.default_rng([seed, 7])
-  pools = _choice(cfg, "negative_pools", NEGATIVE_POOLS)
+  pools = cfg.negative_pools
   rec_popularity, topup_popularity = negative_pools(data, samples, pools)
-  rec_weights = rec_popularity if _choice(cfg, "rec_negatives", REC_NEGATIVES) == "popularity" else None
-  topup_weights = (topup_popularity if _choice(cfg, "search_negative_topup", SEARCH_NEGATIVE_TOPUPS) == "popularity"
+  rec_weights = rec_popularity if cfg.rec_negatives == "popularity" else None
+  topup_weights = (topup_popularity if cfg.search_negative_topup == "popularity"
                    else None)
-  exclusion = _choice(cfg, "rec_negative_exclusion", REC_NEGATIVE_EXCLUSIONS)
+  exclusion = cfg.rec_negative_exclusion
   everything = negatives.interacted_keys(data.rec_user, data.rec_item, data.num_items) if exclusion == "all" else None
   order = (splits.reference_purchase_order(data.rec_user, data.rec_time, data.rec_rating)
            if cfg.get("reference_history", False) else None)

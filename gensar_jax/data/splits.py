@@ -99,6 +99,9 @@ def _merge_histories(rec_idx, rec_valid, src_idx, src_valid, data: SARDataset):
   return kind, item, query
 
 
+SPLIT_METHODS = ("leave_one_out", "chronological")
+
+
 def _assign_splits(user: np.ndarray, time: np.ndarray, method: str) -> np.ndarray:
   """int8[n] split per kept row (rows sorted by user, time)."""
   n = len(user)

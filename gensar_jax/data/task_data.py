@@ -11,9 +11,10 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
+from gensar_jax.config_schema import Field, Section, at_least, boolean, one_of, satisfies, subset_of, wholes_at_least
 from gensar_jax.data import pipeline
 from gensar_jax.data.prepare import Prepared, load_prepared
-from gensar_jax.data.tasks import ExampleBuilder
+from gensar_jax.data.tasks import TASKS, ExampleBuilder
 from gensar_jax.data.tokenizer import GenSARTokenizer, levels_from_config
 from gensar_jax.decode.trie import NO_BEHAVIOUR_TOKEN
 from gensar_jax.io_utils import DataError, as_path, load_arrays
@@ -66,6 +67,37 @@ class TaskData:
 
 
 ITEM_POOLS = ("interacted", "catalogue")
+
+# The `tasks` section, read by the `train` stage (doc2query reads max_text_tokens).
+TASKS_SCHEMA = Section(dict(
+    # Rows per task per epoch: -1 = every row once. Reference: all rec rows, 100k search, 2,000 each of
+    # desc2id / id2desc (docs/differences.md), ~1k of the others.
+    sizes=Section({task: Field(size, satisfies(lambda v: v == -1 or v >= 0, "-1 (every row) or >= 0"))
+                   for task, size in dict(nrip=-1, nsip=100_000, nsqp=1000, desc2id=2000, id2desc=2000,
+                                          adhoc=1000).items()}),
+    # Tasks whose per-epoch rows are drawn with replacement (the reference: every task it samples, i.e.
+    # NSIP's 100k rows, NSQP's rows and a random item per Desc2ID / ID2Desc / ad-hoc sample); the others
+    # are sampled without replacement.
+    with_replacement=Field(("nsip", "nsqp", "desc2id", "id2desc", "adhoc"), subset_of(*TASKS, non_empty=False)),
+    # Items the item tasks draw from: interacted (the reference: Desc2ID / ID2Desc the items of the kept
+    # rec and search rows, ad-hoc those of the kept search rows) | catalogue (every item).
+    item_pool=Field("interacted", one_of(*ITEM_POOLS)),
+    max_input_len=Field(256, at_least(8)),
+    max_target_len=Field(64, at_least(2)),
+    max_text_tokens=Field(96, at_least(1), read_by=("doc2query",)),   # item text tokens in desc2id / id2desc
+    behaviour_tokens=Field(True, boolean()),
+    # Length-bucketed training batches (data/pipeline.py BucketedBatches): within windows of
+    # `bucket_window` global batches, examples are grouped by input length and each batch is padded to the
+    # smallest bucket (max_input_len / max_target_len always included) that holds it. () pads every batch
+    # to the maximum. Each distinct (input, target) width compiles its own train step.
+    length_buckets=Field((), wholes_at_least(1, non_empty=False)),    # and <= max_input_len (check_config)
+    target_buckets=Field((), wholes_at_least(1, non_empty=False)),    # and <= max_target_len
+    bucket_window=Field(16, at_least(1)),
+    # grain worker processes building training batches (data/pipeline.py make_train_iterator); 0 builds
+    # them in background threads of the training process. A pod host must feed its chips at the step
+    # rate (`gensar plan`'s pipeline line); bucketed batches take no workers. The same batches either way.
+    pipeline_workers=Field(0, at_least(0), speed_only=True),
+))
 
 
 def item_pools(samples: dict, num_items: int, rule: str) -> dict[str, np.ndarray]:

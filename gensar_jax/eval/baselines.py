@@ -34,6 +34,7 @@ import numpy as np
 import scipy.sparse
 from tqdm.auto import tqdm
 
+from gensar_jax.config_schema import Field, Section, at_least, subset_of
 from gensar_jax.data.negatives import BM25Index
 from gensar_jax.data.prepare import Prepared, load_prepared
 from gensar_jax.stages import output_dir
@@ -50,12 +51,16 @@ METHOD_TASKS = {"popularity": ("rec", "search"), "bm25": ("search",), "dense": (
                 "sasrec_bce": ("rec",)}
 
 
+# The `baselines` section (`gensar reproduce`; read by no stage).
+BASELINES_SCHEMA = Section(dict(
+    methods=Field(tuple(METHOD_TASKS), subset_of(*METHOD_TASKS)),   # popularity, bm25, dense, sasrec, sasrec_bce
+    batch_size=Field(256, at_least(1)),   # queries or histories per full-catalogue scoring batch
+))
+
+
 def baselines_config() -> ml_collections.ConfigDict:
-  """Defaults of the `baselines` config section."""
-  cfg = ml_collections.ConfigDict()
-  cfg.methods = tuple(METHOD_TASKS)  # popularity, bm25, dense, sasrec, sasrec_bce
-  cfg.batch_size = 256               # queries or histories per full-catalogue scoring batch
-  return cfg
+  """Defaults of the `baselines` section."""
+  return BASELINES_SCHEMA.defaults()
 
 
 # ---------------------------------------------------------------- ranking on both protocols

@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from gensar_jax import parallel
 from gensar_jax.config import section_with_defaults
+from gensar_jax.config_schema import Field, Section, at_least, one_of, satisfies, subset_of
 from gensar_jax.data.pipeline import eval_features
 from gensar_jax.data.task_data import MAIN_TASKS, TaskData, load_task_data
 from gensar_jax.decode import trie as trie_lib
@@ -40,21 +41,29 @@ logger = logging.getLogger(__name__)
 SPLITS = ("validation", "test")
 
 
+# The `eval` section, read by the `eval` stage; the training stage's validation reads num_beams,
+# validation_rows and the sampled protocol's tie rule.
+EVAL_SCHEMA = Section(dict(
+    # reference beam width; a target outside the beams is a miss
+    num_beams=Field(30, at_least(10), read_by=("train",)),   # >= 10: HR@10 and NDCG@10 rank the 10 best beams
+    batch_size=Field(32, at_least(1)),       # queries per jitted search (a multiple of the mesh's data axis)
+    protocols=Field(PROTOCOLS, subset_of(*PROTOCOLS)),   # candidate lists (paper) and the whole catalogue
+    split=Field("test", one_of(*SPLITS)),    # split evaluated by the stage: "validation" or "test"
+    # Validation hook: N validation rows per task, the most recent by time (reference) where the source has
+    # timestamps, else a seeded random sample.
+    validation_rows=Field(10_000, at_least(1), read_by=("train",)),
+    # stage: N rows per task, same rule (None = all)
+    limit=Field(None, satisfies(lambda v: v is None or v >= 1, "None (every row) or >= 1"), placeholder=int),
+    # Tie rule per protocol: "identifier" (reference: one position per identifier) or "item" (ours: the
+    # target ranks after every item sharing its identifier).
+    ties=Section(dict(sampled=Field("identifier", one_of(*TIE_RULES), read_by=("train",)),
+                      full=Field("item", one_of(*TIE_RULES)))),
+))
+
+
 def eval_section_config() -> ml_collections.ConfigDict:
-  """Defaults of the `eval` config section."""
-  config = ml_collections.ConfigDict()
-  config.num_beams = 30                    # reference beam width; a target outside the beams is a miss
-  config.batch_size = 32                   # queries per jitted search (a multiple of the mesh's data axis)
-  config.protocols = PROTOCOLS             # candidate lists (paper) and the whole catalogue
-  config.split = "test"                    # split evaluated by the stage: "validation" or "test"
-  # Validation hook: N validation rows per task, the most recent by time (reference) where the source has
-  # timestamps, else a seeded random sample.
-  config.validation_rows = 10_000
-  config.limit = ml_collections.config_dict.placeholder(int)  # stage: N rows per task, same rule (None = all)
-  # Tie rule per protocol: "identifier" (reference: one position per identifier) or "item" (ours: the
-  # target ranks after every item sharing its identifier).
-  config.ties = ml_collections.ConfigDict(dict(sampled="identifier", full="item"))
-  return config
+  """Defaults of the `eval` section."""
+  return EVAL_SCHEMA.defaults()
 
 
 def subset_rule(task_data: TaskData) -> str:
@@ -127,7 +136,7 @@ def catalogue_tables(queries: EvalQueries, mesh: jax.sharding.Mesh | None = None
   return jax.device_put(tables, None if mesh is None else NamedSharding(mesh, PartitionSpec()))
 
 
-DEFAULT_TIES = {"sampled": "identifier", "full": "item"}
+DEFAULT_TIES = EVAL_SCHEMA.defaults().ties.to_dict()     # {protocol: tie rule}
 
 
 def check_ties(ties: Mapping[str, str]) -> dict[str, str]:
@@ -246,9 +255,6 @@ def make_validation_fn(task_data: TaskData, model_cfg: T5Config, eval_cfg: ml_co
   prepared once here); model selection uses "val/ndcg5_mean", NDCG@5 averaged over `selection_tasks`
   (both tasks, as the reference; a single-task model is selected on its own task).
   """
-  unknown = [t for t in selection_tasks if t not in TASKS]
-  if unknown or not selection_tasks:
-    raise ValueError(f"train.selection_tasks: expected a non-empty subset of {TASKS}, got {tuple(selection_tasks)}")
   rows = eval_cfg.validation_rows
   queries = {task: eval_queries(task_data, task, "validation", rows) for task in TASKS}
   num_beams, batch_size, ties = int(eval_cfg.num_beams), int(eval_cfg.batch_size), _ties(eval_cfg)
@@ -282,12 +288,7 @@ def format_metrics_table(metrics: Mapping[str, Mapping[str, Mapping[str, float]]
 
 def eval_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config.eval` over the defaults of `eval_section_config()` (unknown fields are an error)."""
-  section = section_with_defaults(config, "eval", eval_section_config())
-  section.protocols = _check_protocols(section.protocols)
-  _ties(section)
-  if section.split not in SPLITS:
-    raise ValueError(f"config.eval.split: expected one of {SPLITS}, got {section.split!r}")
-  return section
+  return section_with_defaults(config, "eval", eval_section_config())
 
 
 def run_eval(config: ml_collections.ConfigDict, workdir: Path, out_dir: Path) -> dict:

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gensar_jax.config_schema import (Field, Section, at_least, boolean, one_of, positive, whole_at_least,
+                                      wholes_at_least)
 from gensar_jax.identifiers import kmeans as kmeans_lib
 from gensar_jax.identifiers.sinkhorn import sinkhorn_assign
 
@@ -34,41 +36,50 @@ MODES = ("dual", "semantic", "collab")
 SINKHORN_LEVELS = ("last_specific", "all_specific", "all", "none")
 
 
+# The `identifiers` section, read by the `index` stage; defaults equal to the reference code's settings
+# (docs/method.md, Identifiers).
+IDENTIFIERS_SCHEMA = Section(dict(
+    # "dual" (GenSAR), or "semantic" / "collab" for single-view identifiers (TIGER-style baselines).
+    mode=Field("dual", one_of(*MODES)),
+    # encoder d -> 512 -> 256 -> 128 -> 64 -> latent_dim
+    hidden_dims=Field((512, 256, 128, 64), wholes_at_least(1, non_empty=False)),
+    latent_dim=Field(32, whole_at_least(1)),   # per view; the shared levels quantize the 2 * latent_dim concatenation
+    num_shared_levels=Field(2, at_least(0)),     # L_m
+    num_specific_levels=Field(2, at_least(1)),   # L_n
+    codebook_size=Field(256, at_least(2)),
+    beta=Field(0.25, at_least(0.0)),           # commitment weight
+    quant_loss_weight=Field(1.0, at_least(0.0)),
+    sinkhorn_epsilon=Field(0.003, positive()),
+    sinkhorn_iters=Field(50, whole_at_least(1)),
+    sinkhorn_levels=Field("last_specific", one_of(*SINKHORN_LEVELS)),
+    kmeans_iters=Field(100, whole_at_least(0)),
+    # Training (reference: AdamW, linear decay after warm-up; paper text: Adam -> optimizer="adam").
+    epochs=Field(500, at_least(1)),
+    batch_size=Field(1024, at_least(1)),
+    learning_rate=Field(1e-3, positive()),
+    weight_decay=Field(1e-5, at_least(0.0)),
+    # "adamw" (decoupled decay) or "adam" (L2 added to the gradient, torch Adam)
+    optimizer=Field("adamw", one_of("adamw", "adam")),
+    # "linear" (warm-up then linear decay to 0) or "constant" (after warm-up)
+    lr_schedule=Field("linear", one_of("linear", "constant")),
+    warmup_epochs=Field(50, whole_at_least(0)),
+    grad_clip_norm=Field(1.0, at_least(0.0)),
+    eval_every_epochs=Field(10, whole_at_least(1)),
+    # keep the parameters with the lowest collision rate ("collision") or loss ("loss")
+    select_by=Field("collision", one_of("collision", "loss")),
+    seed=Field(2024, whole_at_least(0)),
+    # Assignment: argmin, then up to resolve_rounds rounds of Sinkhorn re-encoding of colliding groups
+    # on the last specific level, per view (0 disables). disambiguation_level appends one more code
+    # (the item's rank among the items sharing its ID) so every ID is unique.
+    resolve_rounds=Field(20, whole_at_least(0)),
+    resolve_sinkhorn_epsilon=Field(0.003, positive()),
+    disambiguation_level=Field(False, boolean()),
+))
+
+
 def identifiers_config() -> ml_collections.ConfigDict:
-  """Defaults equal to the reference code's settings (docs/method.md, Identifiers)."""
-  c = ml_collections.ConfigDict()
-  # "dual" (GenSAR), or "semantic" / "collab" for single-view identifiers (TIGER-style baselines).
-  c.mode = "dual"
-  c.hidden_dims = (512, 256, 128, 64)  # encoder d -> 512 -> 256 -> 128 -> 64 -> latent_dim
-  c.latent_dim = 32  # per view; the shared levels quantize the 2 * latent_dim concatenation
-  c.num_shared_levels = 2  # L_m
-  c.num_specific_levels = 2  # L_n
-  c.codebook_size = 256
-  c.beta = 0.25  # commitment weight
-  c.quant_loss_weight = 1.0
-  c.sinkhorn_epsilon = 0.003
-  c.sinkhorn_iters = 50
-  c.sinkhorn_levels = "last_specific"  # one of SINKHORN_LEVELS
-  c.kmeans_iters = 100
-  # Training (reference: AdamW, linear decay after warm-up; paper text: Adam -> optimizer="adam").
-  c.epochs = 500
-  c.batch_size = 1024
-  c.learning_rate = 1e-3
-  c.weight_decay = 1e-5
-  c.optimizer = "adamw"  # "adamw" (decoupled decay) or "adam" (L2 added to the gradient, torch Adam)
-  c.lr_schedule = "linear"  # "linear" (warm-up then linear decay to 0) or "constant" (after warm-up)
-  c.warmup_epochs = 50
-  c.grad_clip_norm = 1.0
-  c.eval_every_epochs = 10
-  c.select_by = "collision"  # keep the parameters with the lowest collision rate ("collision"/"loss")
-  c.seed = 2024
-  # Assignment: argmin, then up to resolve_rounds rounds of Sinkhorn re-encoding of colliding groups
-  # on the last specific level, per view (0 disables). disambiguation_level appends one more code
-  # (the item's rank among the items sharing its ID) so every ID is unique.
-  c.resolve_rounds = 20
-  c.resolve_sinkhorn_epsilon = 0.003
-  c.disambiguation_level = False
-  return c
+  """Defaults of the `identifiers` section."""
+  return IDENTIFIERS_SCHEMA.defaults()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,16 +136,8 @@ def level_names(spec: RQVAESpec) -> dict[str, list[str]]:
 
 def spec_from_config(config: ml_collections.ConfigDict, semantic_dim: int | None,
                      collab_dim: int | None) -> RQVAESpec:
-  """Validates the identifiers config section and the embedding widths it will be applied to."""
-  if config.mode not in MODES:
-    raise ValueError(f"identifiers.mode={config.mode!r}: expected one of {MODES}")
-  if config.sinkhorn_levels not in SINKHORN_LEVELS:
-    raise ValueError(f"identifiers.sinkhorn_levels={config.sinkhorn_levels!r}: expected one of {SINKHORN_LEVELS}")
-  if config.num_specific_levels < 1 or config.num_shared_levels < 0:
-    raise ValueError("identifiers: need num_specific_levels >= 1 and num_shared_levels >= 0, got "
-                     f"{config.num_specific_levels} and {config.num_shared_levels}")
-  if config.codebook_size < 2 or config.latent_dim < 1:
-    raise ValueError(f"identifiers: codebook_size ({config.codebook_size}) must be >= 2 and latent_dim >= 1")
+  """The RQ-VAE of an `identifiers` section (its values checked when the config loaded) for these embedding
+  widths; a view the mode needs without embeddings is an error."""
   dims = {"semantic": semantic_dim, "collab": collab_dim}
   views = ("semantic", "collab") if config.mode == "dual" else (config.mode,)
   for view in views:

@@ -174,10 +174,6 @@ def train_rqvae(inputs: dict[str, np.ndarray], config: ml_collections.ConfigDict
   num_items = next(iter(inputs.values())).shape[0]
   batch_size = int(config.batch_size)
   steps_per_epoch = math.ceil(num_items / batch_size)
-  if config.select_by not in ("collision", "loss"):
-    raise ValueError(f"identifiers.select_by={config.select_by!r}: expected 'collision' or 'loss'")
-  if config.epochs < config.eval_every_epochs:
-    raise ValueError(f"identifiers.epochs ({config.epochs}) must be >= eval_every_epochs ({config.eval_every_epochs})")
   key = jax.random.PRNGKey(config.seed)
   init_key, kmeans_key, shuffle_key = jax.random.split(key, 3)
   params = rqvae.init_params(init_key, spec)

@@ -40,7 +40,7 @@ import numpy as np
 
 from gensar_jax.inputs import resolve_model_dir
 from gensar_jax.io_utils import DataError, as_path
-from gensar_jax.model.t5 import T5Config, init_params, t5_config_from_section
+from gensar_jax.model.t5 import NEW_TOKEN_INITS, T5Config, init_params, t5_config_from_section
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +49,6 @@ DEFAULT_EXTRA_IDS = 100
 
 # Variance scale of HF's mean-resizing: new rows ~ N(mean, 1e-9 * covariance) of the old rows.
 MEAN_RESIZING_EPSILON = 1e-9
-
-# How `resize_vocab` initialises added rows (`model.new_token_init`; see the module docstring).
-NEW_TOKEN_INITS = ("torch_default", "mean_resizing")
 
 
 def t5_config_from_hf(hf_config: Mapping, **overrides) -> T5Config:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gensar_jax.config_schema import ABSENT, Field, Section, between, boolean, one_of, positive, text, whole_at_least
 from gensar_jax.model import fused_attention
 from gensar_jax.model.hash_dropout import hash_keep_mask  # noqa: F401 -- the dense masks, named here too
 
@@ -119,39 +120,46 @@ class T5Config:
     return dataclasses.replace(self, **changes)
 
 
+PRESETS = ("small", "tiny")     # T5Config.small (t5-small shape, the paper's backbone), T5Config.tiny (tests)
+# Added token rows of a pretrained checkpoint (`hf_import.resize_vocab`).
+NEW_TOKEN_INITS = ("torch_default", "mean_resizing")
+SHAPE_FIELDS = ("d_model", "num_heads", "d_kv", "d_ff", "num_encoder_layers", "num_decoder_layers",
+                "relative_attention_num_buckets", "relative_attention_max_distance")
+
+# The `model` section (`t5_config_from_section`, `hf_import.build_model`), read by the doc2query and train stages.
+MODEL_SCHEMA = Section(dict(
+    preset=Field("small", one_of(*PRESETS)),
+    feed_forward=Field("relu", one_of("relu", "gated-gelu")),   # "relu" (T5 v1.0) or "gated-gelu" (v1.1)
+    tie_word_embeddings=Field(True, boolean()),
+    dropout_rate=Field(0.1, between(0.0, 1.0)),
+    # compute dtype; train.bf16=True switches training to bfloat16
+    dtype=Field("float32", one_of("float32", "bfloat16")),
+    # "dense" or "fused" (T5Config.attention): the same attention, the fused kernel without probabilities in HBM.
+    attention=Field("dense", one_of(*ATTENTIONS), unrecorded="dense"),
+    # A Hugging Face T5 checkpoint directory (config.json + model.safetensors or pytorch_model.bin) to start
+    # from; "" trains from a random initialisation. Its shape overrides preset/feed_forward/tie_word_embeddings.
+    pretrained_dir=Field("", text()),
+    # Added token rows of a pretrained checkpoint (hf_import.resize_vocab): "torch_default" as the reference's
+    # transformers 4.45.2 (embedding N(0, 1), untied head U(+-1/sqrt(d_model))) | "mean_resizing" (later releases).
+    new_token_init=Field("torch_default", one_of(*NEW_TOKEN_INITS)),
+    # `</s>` closes every encoder input, as the reference's HF T5 tokenizer appends it (kept under truncation).
+    input_eos=Field(True, boolean()),
+    # Shape overrides on top of the preset, e.g. {"d_model": 128, "num_encoder_layers": 2} (CPU budgets).
+    shape=Section({**{name: Field(ABSENT, whole_at_least(1)) for name in SHAPE_FIELDS},
+                   "layer_norm_epsilon": Field(ABSENT, positive())}),
+))
+
+
 def model_config() -> ml_collections.ConfigDict:
-  """Defaults of the `model` config section (see `t5_config_from_section`, `hf_import.build_model`)."""
-  config = ml_collections.ConfigDict()
-  config.preset = "small"  # "small" (t5-small shape, the paper's backbone) or "tiny" (tests)
-  config.feed_forward = "relu"  # "relu" (T5 v1.0) or "gated-gelu" (v1.1)
-  config.tie_word_embeddings = True
-  config.dropout_rate = 0.1
-  config.dtype = "float32"  # compute dtype; train.bf16=True switches training to bfloat16
-  # "dense" or "fused" (T5Config.attention): the same attention, the fused kernel without probabilities in HBM.
-  config.attention = "dense"
-  # A Hugging Face T5 checkpoint directory (config.json + model.safetensors or pytorch_model.bin) to start
-  # from; "" trains from a random initialisation. Its shape overrides preset/feed_forward/tie_word_embeddings.
-  config.pretrained_dir = ""
-  # Added token rows of a pretrained checkpoint (hf_import.resize_vocab): "torch_default" as the reference's
-  # transformers 4.45.2 (embedding N(0, 1), untied head U(+-1/sqrt(d_model))) | "mean_resizing" (later releases).
-  config.new_token_init = "torch_default"
-  # `</s>` closes every encoder input, as the reference's HF T5 tokenizer appends it (kept under truncation).
-  config.input_eos = True
-  # Shape overrides on top of the preset, e.g. {"d_model": 128, "num_encoder_layers": 2} (CPU budgets).
-  config.shape = ml_collections.ConfigDict()
-  return config
+  """Defaults of the `model` section."""
+  return MODEL_SCHEMA.defaults()
 
 
 def t5_config_from_section(section: ml_collections.ConfigDict, vocab_size: int) -> T5Config:
   """`T5Config` for a `model` config section and the tokenizer's vocabulary size."""
-  presets = {"small": T5Config.small, "tiny": T5Config.tiny}
-  if section.preset not in presets:
-    raise ValueError(f"model.preset: expected one of {sorted(presets)}, got {section.preset!r}")
+  preset = {"small": T5Config.small, "tiny": T5Config.tiny}[section.preset]
   shape = section.shape.to_dict() if "shape" in section else {}
-  unknown = sorted(set(shape) - {f.name for f in dataclasses.fields(T5Config)})
-  if unknown:
-    raise ValueError(f"model.shape: unknown T5Config fields {unknown}")
-  return presets[section.preset](vocab_size, feed_forward=section.feed_forward,
+  return preset(vocab_size, feed_forward=section.feed_forward,
                                  tie_word_embeddings=bool(section.tie_word_embeddings),
                                  dropout_rate=float(section.dropout_rate), dtype=section.dtype,
                                  attention=str(section.get("attention", "dense")), **shape)

@@ -12,6 +12,7 @@ import ml_collections
 
 from gensar_jax import parallel
 from gensar_jax.config import section_with_defaults
+from gensar_jax.config_schema import Field, Section, fraction, subset_of, text, whole_at_least
 from gensar_jax.data.tokenizer import BEHAVIOUR_TOKENS, levels_from_config
 from gensar_jax.io_utils import as_path, write_json
 from gensar_jax.model.t5 import DROPOUT_RNGS, t5_config_from_section
@@ -24,35 +25,35 @@ from gensar_jax.plan import cache
 from gensar_jax.plan.topology import libtpu_available, plan_mesh, slice_hosts, topology_devices
 
 
+# The `plan` section (`gensar plan`; read by no stage). The pod presets set `topology`.
+PLAN_SCHEMA = Section(dict(
+    topology=Field("", text()),   # e.g. "v5e:8x8" (64 chips); `gensar plan --topology` overrides
+    # The paper's Electronics counts (docs/method.md, Data), used when <workdir>/prepare/stats.json is absent.
+    **{name: Field(count, whole_at_least(1)) for name, count in dict(
+        num_items=62_882, num_users=192_403, rec_train_rows=930_387, rec_validation_rows=168_258,
+        rec_test_rows=168_258, search_train_rows=698_802, search_validation_rows=191_566,
+        search_test_rows=191_566).items()},
+    num_candidates=Field(100, whole_at_least(2)),   # sampled protocol: target + 99 negatives
+    tight_fraction=Field(0.9, fraction(False, True)),   # a program above this share of HBM is reported as tight
+    # The train step is compiled under each of these dropout-mask generators (train.dropout_rng); the
+    # config's own is always compiled and is the one the estimate uses. () compiles only the config's.
+    dropout_rngs=Field(DROPOUT_RNGS, subset_of(*DROPOUT_RNGS, non_empty=False)),
+    # Encoder and decoder layers of the comparison's train steps (0: the config's model). Fewer layers
+    # compare the same per-layer masks in a fraction of the compile time (every generator, the config's
+    # included, is then compiled at that depth); the estimate always uses the config's full train step.
+    dropout_compare_layers=Field(0, whole_at_least(0)),
+    # SASRec trains on windows cut to length buckets; its step is compiled at this width (0: the bucket
+    # holding the mean training window, rec_train_rows / num_users - 1 items).
+    sasrec_window=Field(0, whole_at_least(0)),
+    # The plan's cache of compiled programs (`plan.cache`): a second plan of the same programs loads what it
+    # needs instead of compiling. "" uses $GENSAR_COMPILATION_CACHE, else ~/.cache/gensar/plan; "off" disables it.
+    compilation_cache=Field("", text()),
+))
+
+
 def plan_config() -> ml_collections.ConfigDict:
-  """Defaults of the `plan` config section (the pod presets set `topology`)."""
-  c = ml_collections.ConfigDict()
-  c.topology = ""                 # e.g. "v5e:8x8" (64 chips); `gensar plan --topology` overrides
-  # The paper's Electronics counts (docs/method.md, Data), used when <workdir>/prepare/stats.json is absent.
-  c.num_items = 62_882
-  c.num_users = 192_403
-  c.rec_train_rows = 930_387
-  c.rec_validation_rows = 168_258
-  c.rec_test_rows = 168_258
-  c.search_train_rows = 698_802
-  c.search_validation_rows = 191_566
-  c.search_test_rows = 191_566
-  c.num_candidates = 100          # sampled protocol: target + 99 negatives
-  c.tight_fraction = 0.9          # a program above this share of HBM is reported as tight
-  # The train step is compiled under each of these dropout-mask generators (train.dropout_rng); the
-  # config's own is always compiled and is the one the estimate uses. () compiles only the config's.
-  c.dropout_rngs = DROPOUT_RNGS
-  # Encoder and decoder layers of the comparison's train steps (0: the config's model). Fewer layers
-  # compare the same per-layer masks in a fraction of the compile time (every generator, the config's
-  # included, is then compiled at that depth); the estimate always uses the config's full train step.
-  c.dropout_compare_layers = 0
-  # SASRec trains on windows cut to length buckets; its step is compiled at this width (0: the bucket
-  # holding the mean training window, rec_train_rows / num_users - 1 items).
-  c.sasrec_window = 0
-  # The plan's cache of compiled programs (`plan.cache`): a second plan of the same programs loads what it
-  # needs instead of compiling. "" uses $GENSAR_COMPILATION_CACHE, else ~/.cache/gensar/plan; "off" disables it.
-  c.compilation_cache = ""
-  return c
+  """Defaults of the `plan` section."""
+  return PLAN_SCHEMA.defaults()
 
 
 def vocab_size(config: ml_collections.ConfigDict) -> int:

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from gensar_jax import parallel
+from gensar_jax.config_schema import Field, Section, at_least, fraction, one_of, positive, whole_at_least
 from gensar_jax.stages import output_dir
 from gensar_jax.data.pipeline import expected_target_tokens, host_block, make_train_iterator
 from gensar_jax.data.task_data import load_task_data, stack_padded
@@ -117,11 +118,7 @@ def run_train(config: ml_collections.ConfigDict, workdir: Path, out_dir: Path) -
   log.info("train: %d steps of %d examples (%.2f epochs of %d examples), vocabulary %d, model d=%d %d+%d layers",
            num_steps, batch, num_steps * batch / source.epoch_len, source.epoch_len, td.vocab_size,
            model_cfg.d_model, model_cfg.num_encoder_layers, model_cfg.num_decoder_layers)
-  if config.train.get("loss_normalizer", "batch_tokens") == "expected_tokens":
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.train.loss_tokens_per_example = expected_target_tokens(source, seed=seed)
-    log.info("train: loss normalised by %d x %.3f expected target tokens per example", batch,
-             config.train.loss_tokens_per_example)
+  config = with_expected_tokens(config, source, seed)
   selected, stats = _fit(config, model_cfg, params, it, num_steps, out_dir, eval_fn, mesh, probe, "train")
   save_model(out_dir / "model", selected, model_cfg, extra={"selected_step": stats["selected_step"]})
   stats.update(epoch_examples=source.epoch_len, batch_size=batch, seconds=round(time.time() - t0, 1),
@@ -141,23 +138,42 @@ def loop_iterator(source, global_batch: int, tasks_cfg: ml_collections.ConfigDic
                              int(tasks_cfg.get("bucket_window", 16)), int(tasks_cfg.get("pipeline_workers", 0)))
 
 
+def with_expected_tokens(config: ml_collections.ConfigDict, source, seed: int) -> ml_collections.ConfigDict:
+  """`config` with `train.loss_tokens_per_example` measured on `source` (a `MixtureSource`) when the loss is
+  normalised by the expected target tokens (`train.loss_normalizer`); else `config` itself."""
+  if config.train.get("loss_normalizer", "batch_tokens") != "expected_tokens":
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.train.loss_tokens_per_example = expected_target_tokens(source, seed=seed)
+  log.info("train: loss normalised by %d x %.3f expected target tokens per example", int(config.train.batch_size),
+           config.train.loss_tokens_per_example)
+  return config
+
+
 # ------------------------------------------------------------------------------------------ doc2query
 
+# The `doc2query` section, read by the `doc2query` stage: pseudo-queries for the ad-hoc search task.
+DOC2QUERY_SCHEMA = Section(dict(
+    num_pseudo_queries=Field(20, at_least(1)),   # per item (reference code: 20, one drawn per sample; paper: 1)
+    max_input_len=Field(96, whole_at_least(1)),   # item text tokens
+    max_query_len=Field(24, whole_at_least(2)),
+    # its (text -> query) batches are drawn at random, never bucketed: a per-batch token mean
+    train=state_lib.TRAIN_SCHEMA.without("selection_tasks").with_defaults(
+        num_steps=-1, num_epochs=10, batch_size=64, eval_every=0, learning_rate=1e-3, loss_normalizer="batch_tokens"),
+    sampling=Section(dict(
+        method=Field("sample", one_of("sample", "greedy")),
+        temperature=Field(1.0, positive()),
+        top_k=Field(0, at_least(0)),
+        top_p=Field(0.9, fraction(False, True)),
+        batch_size=Field(64, whole_at_least(1)),
+        seed=Field(0, whole_at_least(0)),
+    )),
+))
+
+
 def doc2query_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.num_pseudo_queries = 20      # per item (reference code: 20, one drawn per sample; paper: 1)
-  c.max_input_len = 96           # item text tokens
-  c.max_query_len = 24
-  c.train = state_lib.train_config()
-  c.train.num_steps = -1
-  c.train.num_epochs = 10
-  c.train.batch_size = 64
-  c.train.eval_every = 0
-  c.train.learning_rate = 1e-3
-  c.train.loss_normalizer = "batch_tokens"   # its (text -> query) batches are drawn at random, never bucketed
-  c.sampling = ml_collections.ConfigDict(dict(method="sample", temperature=1.0, top_k=0, top_p=0.9, batch_size=64,
-                                              seed=0))
-  return c
+  """Defaults of the `doc2query` section."""
+  return DOC2QUERY_SCHEMA.defaults()
 
 
 class _PairSource:

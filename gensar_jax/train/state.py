@@ -13,49 +13,65 @@ import optax
 from jax.sharding import Mesh
 
 from gensar_jax import parallel
-from gensar_jax.model.t5 import T5Config, init_params, param_logical_axes
+from gensar_jax.config_schema import (Field, Section, at_least, between, boolean, fraction, one_of, positive,
+                                      subset_of, whole, whole_at_least)
+from gensar_jax.eval.metrics import TASKS, VALIDATION_METRICS
+from gensar_jax.model.t5 import DROPOUT_RNGS, T5Config, init_params, param_logical_axes
+
+
+SCHEDULES = ("cosine", "linear", "constant")
+LOSS_NORMALIZERS = ("expected_tokens", "batch_tokens")
+
+# The `train` section (reference code of GenSAR: HF Trainer settings), also `doc2query.train`.
+TRAIN_SCHEMA = Section(dict(
+    num_steps=Field(1000, whole()),   # <= 0: num_epochs decides (check_config)
+    num_epochs=Field(200, whole_at_least(0)),   # used when num_steps <= 0 (reference: 200 epochs)
+    batch_size=Field(256, at_least(1)),   # global batch (reference effective batch: 8192)
+    seed=Field(2024, whole_at_least(0)),
+    learning_rate=Field(1e-3, positive()),
+    # "cosine" (linear warm-up, cosine to 0), "linear" or "constant" (after warm-up)
+    schedule=Field("cosine", one_of(*SCHEDULES)),
+    warmup_fraction=Field(0.01, between(0.0, 1.0)),   # warm-up steps = ceil(fraction * num_steps), as HF's warmup_ratio
+    weight_decay=Field(1e-7, at_least(0.0)),   # AdamW, decoupled; not applied to layer-norm scales (as HF Trainer)
+    adam_b1=Field(0.9, fraction(True, False)),
+    adam_b2=Field(0.999, fraction(True, False)),
+    adam_eps=Field(1e-8, positive()),
+    max_grad_norm=Field(1.0, at_least(0.0)),
+    label_smoothing=Field(0.0, fraction(True, False)),
+    # The loss over this many slices of the target positions, each slice's logits recomputed in the backward
+    # pass (`step.chunked_cross_entropy`): 1 = the whole [B, T, V] logits at once.
+    loss_chunks=Field(1, at_least(1), unrecorded=1),
+    # What the summed token losses of a step are divided by: "expected_tokens" (global batch x the mixture's
+    # mean target tokens per example, measured once by the stage: every token weighs the same whatever batch
+    # it lands in, so length bucketing leaves each task's share of the objective as random batches give it)
+    # or "batch_tokens" (the step's own target tokens: a per-batch token mean).
+    loss_normalizer=Field("expected_tokens", one_of(*LOSS_NORMALIZERS), unrecorded="batch_tokens"),
+    bf16=Field(False, boolean()),   # bfloat16 compute (params and optimizer state stay float32)
+    grad_accum_steps=Field(1, at_least(1)),   # micro-batches per step (the global batch is split row-strided)
+    # Dropout mask generator (T5Config.dropout_rng): "hash" (`model.hash_dropout`: a counter hash of each
+    # element's index, the masks fused attention draws too, several times cheaper than threefry on CPU) or
+    # "threefry" (flax's nn.Dropout: jax.random.bernoulli). Same keep probability, other masks.
+    dropout_rng=Field("hash", one_of(*DROPOUT_RNGS), unrecorded="threefry"),
+    log_every=Field(50, at_least(1)),
+    eval_every=Field(1000, at_least(0)),
+    checkpoint_every=Field(1000, at_least(1)),
+    keep_checkpoints=Field(3, at_least(1)),   # latest N kept ...
+    keep_best=Field(1, whole_at_least(0)),   # ... plus the best N by `best_metric` (when an eval_fn reports it)
+    # A name the trainer's validation reports (else no best checkpoint and no early stopping).
+    best_metric=Field("val/ndcg5_mean", one_of(*VALIDATION_METRICS)),
+    best_mode=Field("max", one_of("max", "min")),
+    # Early stopping: stop once `best_metric` has not improved for this many evaluations in a row (0: never).
+    # The learning-rate schedule still spans num_steps; the run keeps the best checkpoint.
+    early_stopping_patience=Field(0, at_least(0), unrecorded=0),
+    async_checkpointing=Field(True, boolean()),
+    # Model selection: the mean validation NDCG@5 of these tasks.
+    selection_tasks=Field(("rec", "search"), subset_of(*TASKS)),
+))
 
 
 def train_config() -> ml_collections.ConfigDict:
-  """Defaults of the `train` config section (reference code of GenSAR: HF Trainer settings)."""
-  config = ml_collections.ConfigDict()
-  config.num_steps = 1000
-  config.seed = 2024
-  config.learning_rate = 1e-3
-  config.schedule = "cosine"  # "cosine" (linear warm-up, cosine to 0), "linear" or "constant" (after warm-up)
-  config.warmup_fraction = 0.01  # warm-up steps = ceil(fraction * num_steps), as HF's warmup_ratio
-  config.weight_decay = 1e-7  # AdamW, decoupled; not applied to layer-norm scales (as HF Trainer)
-  config.adam_b1 = 0.9
-  config.adam_b2 = 0.999
-  config.adam_eps = 1e-8
-  config.max_grad_norm = 1.0
-  config.label_smoothing = 0.0
-  # The loss over this many slices of the target positions, each slice's logits recomputed in the backward
-  # pass (`step.chunked_cross_entropy`): 1 = the whole [B, T, V] logits at once.
-  config.loss_chunks = 1
-  # What the summed token losses of a step are divided by: "expected_tokens" (global batch x the mixture's
-  # mean target tokens per example, measured once by the stage: every token weighs the same whatever batch
-  # it lands in, so length bucketing leaves each task's share of the objective as random batches give it)
-  # or "batch_tokens" (the step's own target tokens: a per-batch token mean).
-  config.loss_normalizer = "expected_tokens"
-  config.bf16 = False  # bfloat16 compute (params and optimizer state stay float32)
-  config.grad_accum_steps = 1  # micro-batches per step (the global batch is split row-strided)
-  # Dropout mask generator (T5Config.dropout_rng): "hash" (`model.hash_dropout`: a counter hash of each
-  # element's index, the masks fused attention draws too, several times cheaper than threefry on CPU) or
-  # "threefry" (flax's nn.Dropout: jax.random.bernoulli). Same keep probability, other masks.
-  config.dropout_rng = "hash"
-  config.log_every = 50
-  config.eval_every = 1000
-  config.checkpoint_every = 1000
-  config.keep_checkpoints = 3  # latest N kept ...
-  config.keep_best = 1  # ... plus the best N by `best_metric` (when an eval_fn reports it)
-  config.best_metric = "val/ndcg5_mean"
-  config.best_mode = "max"
-  # Early stopping: stop once `best_metric` has not improved for this many evaluations in a row (0: never).
-  # The learning-rate schedule still spans num_steps; the run keeps the best checkpoint.
-  config.early_stopping_patience = 0
-  config.async_checkpointing = True
-  return config
+  """Defaults of the `train` section."""
+  return TRAIN_SCHEMA.defaults()
 
 
 @flax.struct.dataclass
@@ -83,7 +99,7 @@ def learning_rate_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedu
   if train_cfg.schedule == "constant":
     return optax.join_schedules([optax.linear_schedule(0.0, peak, max(warm, 1)), optax.constant_schedule(peak)],
                                 [warm])
-  raise ValueError(f"train.schedule: expected 'cosine', 'linear' or 'constant', got {train_cfg.schedule!r}")
+  raise ValueError(f"train.schedule: expected one of {SCHEDULES}, got {train_cfg.schedule!r}")
 
 
 def _decay_mask(params) -> Any:

@@ -53,9 +53,6 @@ def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.A
   return jnp.sum(nll * weights), jnp.sum(weights), jnp.sum(correct * weights)
 
 
-LOSS_NORMALIZERS = ("expected_tokens", "batch_tokens")
-
-
 def loss_denominator(weight_sum: jax.Array, global_batch: int, tokens_per_example: float | None) -> jax.Array:
   """What a step's summed token losses (and gradients) are divided by: global_batch x tokens_per_example
   when given (a constant: each token weighs the same in every batch), else the batch's own target tokens
