@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Training throughput of the CPU budget model on Office-shaped data: batches padded to the maximum
-with flax's threefry dropout masks (no buckets, the default masks), length-bucketed batches
-(`tasks.length_buckets`, the budget configs' default), and bucketed batches with hash dropout masks
-(`train.dropout_rng=hash`, configs/office_plateau.py); same model, same batches. A fourth side without
-dropout is the floor that tells what the masks cost; a fifth adds target buckets (8 and max_target_len:
-identifier targets are 7 tokens, only id2desc's text needs 20).
+with flax's threefry dropout masks (no buckets), length-bucketed batches (`tasks.length_buckets`, the
+budget configs' default) with threefry masks, and bucketed batches with counter-hash masks
+(`train.dropout_rng=hash`, the default); same model, same batches, the config's loss normalisation
+(`train.loss_normalizer`). A fourth side without dropout is the floor that tells what the masks cost; a
+fifth adds target buckets (8 and max_target_len: identifier targets are 7 tokens, only id2desc's text
+needs 20).
 
 One call = `--steps` training steps, each taking the next batch from the grain iterator (host-side batch
 building included) and running the jitted train step (forward, backward, clipping, AdamW). The data is the
@@ -66,6 +67,7 @@ def make_side(spec: dict) -> harness.Workload:
   from gensar_jax.model.hf_import import build_model
   from gensar_jax.train import state as state_lib
   from gensar_jax.train import step as step_lib
+  from gensar_jax.train.stage import with_expected_tokens
   config, td = _task_data(spec["workdir"], spec["config"])
   config.train.dropout_rng = spec.get("dropout_rng", "threefry")
   config.model.dropout_rate = spec.get("dropout_rate", config.model.dropout_rate)
@@ -74,6 +76,7 @@ def make_side(spec: dict) -> harness.Workload:
   buckets = (tuple(tasks.length_buckets), tuple(tasks.target_buckets)) if spec["bucketed"] else ((), ())
   batch = int(config.train.batch_size)
   source = td.mixture(tasks.sizes.to_dict(), 2, int(config.seed))
+  config = with_expected_tokens(config, source, int(config.seed))
 
   def iterator():
     return make_train_iterator(source, batch, 0, 1, *buckets, int(tasks.bucket_window))
