@@ -16,16 +16,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks import harness
+from benchmarks.prepared import random_code_task_data
 from gensar_jax.config import load_config
 from gensar_jax.data import pipeline
 from gensar_jax.data.events import sar_from_purchase_queries
-from gensar_jax.data.prepare import load_prepared, prepare
+from gensar_jax.data.prepare import prepare
 from gensar_jax.data.splits import build_task_samples
 from gensar_jax.data.synthetic import WorldSpec, generate_world
-from gensar_jax.data.task_data import load_task_data
 
 BATCH = 64
 PARTS = ("world", "prepare_tiny", "prepare_synthetic", "grain_batches", "record_reads")
@@ -56,10 +54,7 @@ def _task_data(workdir: Path):
   """The prepared synthetic config's task data with random identifiers (workdir removed at exit)."""
   atexit.register(shutil.rmtree, workdir, True)
   config = load_config("synthetic")
-  prepare(config, workdir / "prepare")
-  n = load_prepared(workdir / "prepare").dataset.num_items
-  codes = np.random.default_rng(0).integers(0, config.identifiers.codebook_size, (n, 4)).astype(np.int32)
-  return config, load_task_data(workdir, config, codes={"semantic": codes, "collab": codes})
+  return config, random_code_task_data(workdir, config)
 
 
 def make_batches(spec: dict) -> harness.Workload:

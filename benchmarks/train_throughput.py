@@ -24,11 +24,9 @@ results/benchmarks/train_throughput.json.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-import numpy as np
 
 from benchmarks import harness
+from benchmarks.prepared import random_code_task_data
 
 TARGET_BUCKETS = (8,)   # identifiers need 6 tokens + EOS; only text targets (id2desc) need max_target_len
 
@@ -36,19 +34,8 @@ TARGET_BUCKETS = (8,)   # identifiers need 6 tokens + EOS; only text targets (id
 def _task_data(workdir: str, config_name: str):
   """(config, TaskData) of a prepared workdir with random identifier codes."""
   from gensar_jax.config import load_config
-  from gensar_jax.data.prepare import load_prepared, prepare
-  from gensar_jax.data.task_data import load_task_data
-  from gensar_jax.data.tokenizer import levels_from_config
   config = load_config(config_name)
-  if not (Path(workdir) / "prepare" / "stats.json").exists():
-    prepare(config, Path(workdir) / "prepare")
-  n = load_prepared(Path(workdir) / "prepare").dataset.num_items
-  _, semantic, collab = levels_from_config(config.identifiers)
-  rng = np.random.default_rng(0)
-  size = int(config.identifiers.codebook_size)
-  codes = {"semantic": rng.integers(0, size, (n, len(semantic))).astype(np.int32),
-           "collab": rng.integers(0, size, (n, len(collab))).astype(np.int32)}
-  return config, load_task_data(workdir, config, codes=codes)
+  return config, random_code_task_data(workdir, config)
 
 
 def padding_counts(batch: dict) -> dict:
