@@ -4,7 +4,7 @@ import pytest
 
 from gensar_jax.config import load_config
 from gensar_jax.embed import sasrec
-from gensar_jax.eval import baselines
+from gensar_jax.eval import baselines, metrics
 from gensar_jax.io_utils import write_json
 from gensar_jax import reproduce
 
@@ -31,8 +31,8 @@ def test_sasrec_bce_baseline_runs_on_tiny_with_the_bce_loss(tiny_workdir, monkey
   results = baselines.evaluate_baselines(workdir, config, split="validation", methods=["sasrec_bce"])
   assert set(results) == {"sasrec_bce"} and set(results["sasrec_bce"]) == {"rec"}
   per_protocol = results["sasrec_bce"]["rec"]
-  for metrics in per_protocol.values():
-    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+  for values in per_protocol.values():
+    assert all(0.0 <= v <= 1.0 for v in values.values())
   for key in ("HR@1", "HR@5", "HR@10"):
     assert per_protocol["full"][key] <= per_protocol["sampled"][key]
   # One training: the embed.sasrec section with loss=bce, nothing else changed; the config is untouched.
@@ -47,7 +47,7 @@ def test_sasrec_bce_row_is_cached_apart_from_sasrec(tmp_path, monkeypatch):
   def fake_evaluate(workdir, config, split="test", methods=None):
     calls.append(tuple(methods))
     value = 0.25 if methods == ["sasrec_bce"] else 0.5
-    return {methods[0]: {"rec": {p: {"NDCG@10": value} for p in reproduce.PROTOCOLS}}}
+    return {methods[0]: {"rec": {p: {"NDCG@10": value} for p in metrics.PROTOCOLS}}}
 
   monkeypatch.setattr(baselines, "evaluate_baselines", fake_evaluate)
   for stage in ("prepare", "embed"):

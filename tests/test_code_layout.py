@@ -2,7 +2,7 @@
 import ast
 from pathlib import Path
 
-from gensar_jax import parallel, reproduce
+from gensar_jax import parallel
 from gensar_jax.eval import baselines, metrics
 from gensar_jax.eval import stage as eval_stage
 
@@ -35,9 +35,10 @@ def test_no_module_imports_another_modules_private_names():
 
 
 def test_evaluation_constants_have_one_definition():
-  assert eval_stage.TASKS is reproduce.TASKS is metrics.TASKS
-  assert eval_stage.PROTOCOLS is reproduce.PROTOCOLS is baselines.PROTOCOLS is metrics.PROTOCOLS
-  assert eval_stage.TABLE_METRICS is reproduce.TABLE_METRICS is metrics.TABLE_METRICS
+  from gensar_jax.reproduce import run, tables
+  assert eval_stage.TASKS is run.TASKS is tables.TASKS is metrics.TASKS
+  assert eval_stage.PROTOCOLS is tables.PROTOCOLS is baselines.PROTOCOLS is metrics.PROTOCOLS
+  assert eval_stage.TABLE_METRICS is tables.TABLE_METRICS is metrics.TABLE_METRICS
 
 
 def test_decoders_use_the_mesh_axes_of_parallel():

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from gensar_jax import reproduce, stages
+from gensar_jax.eval import metrics
 from gensar_jax.config import load_config
 from gensar_jax.io_utils import DataError, read_json, write_json
 
-METRICS = reproduce.TABLE_METRICS
+METRICS = metrics.TABLE_METRICS
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +179,7 @@ def test_baselines_are_cached_by_their_inputs(tmp_path, tiny_config, monkeypatch
 
   def fake_evaluate(workdir, config, split="test", methods=None):
     calls.append((split, tuple(methods)))
-    return {methods[0]: {"search": {p: {m: 0.5 for m in METRICS} for p in reproduce.PROTOCOLS}}}
+    return {methods[0]: {"search": {p: {m: 0.5 for m in METRICS} for p in metrics.PROTOCOLS}}}
 
   monkeypatch.setattr(baselines, "evaluate_baselines", fake_evaluate)
   for stage in ("prepare", "embed"):
@@ -206,7 +207,7 @@ def test_eval_limit_is_refused(tmp_path, tiny_config):
 # ------------------------------------------------------------------------------- tables, plot
 
 def _metrics(rng):
-  return {p: {m: float(v) for m, v in zip(METRICS, rng.uniform(size=len(METRICS)))} for p in reproduce.PROTOCOLS}
+  return {p: {m: float(v) for m, v in zip(METRICS, rng.uniform(size=len(METRICS)))} for p in metrics.PROTOCOLS}
 
 
 def _identifiers(rng, num_levels):
@@ -256,7 +257,7 @@ def test_main_tables_match_the_results(tmp_path):
   text = reproduce.format_tables(results)
   assert "63,776 parameters" in text and "124 steps x 16 examples (1,984 examples)" in text and "seed 7" in text
   sections = _sections(text)
-  titles = {(t, p): f"{reproduce.TASK_TITLES[t]} ({title})" for t in reproduce.TASKS
+  titles = {(t, p): f"{reproduce.TASK_TITLES[t]} ({title})" for t in metrics.TASKS
             for p, title in (("sampled", "sampled protocol: target + 19 negatives"),
                              ("full", "full catalogue: 1,234 items"))}
   assert set(sections) == set(titles.values())
@@ -364,9 +365,9 @@ def test_reproduce_main_suite_on_tiny(tmp_path):
   methods = [m.name for m in reproduce.suite_methods("main")]
   assert [r["name"] for r in saved["methods"]] == methods
   for row in saved["methods"]:
-    for task in reproduce.TASKS:
+    for task in metrics.TASKS:
       if task in row["tasks"]:
-        for protocol in reproduce.PROTOCOLS:
+        for protocol in metrics.PROTOCOLS:
           assert all(0.0 <= row["metrics"][task][protocol][m] <= 1.0 for m in METRICS), (row["name"], task)
       else:
         assert task not in row["metrics"]
