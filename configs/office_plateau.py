@@ -4,9 +4,8 @@ validation checkpoint selected for the test, and early stopping once the mean va
 and search (sampled protocol) has not improved for 3 epochs. Checkpoints let an interrupted run continue
 where it stopped (`gensar run` again with the same workdir).
 
-Why 5 epochs: it is what a 2-core CPU finishes in about 1.5 hours (1.55 s per step with hash dropout
-masks); a 20-epoch horizon (11,320 steps, about 5.5 hours) was still rising at 4 epochs when its machine
-was recycled (`results/office/plateau_horizon20_partial.json`, drawn beside this curve).
+Why 5 epochs: a budget a 2-core CPU finishes in a session; `results/office/plateau_horizon20_partial.json`
+(drawn beside this curve) holds the first 4 epochs of a 20-epoch horizon, still rising there.
 
   gensar run --config configs/office_plateau.py --workdir runs/office_plateau
   python -m benchmarks.plateau_report --workdir runs/office_plateau   # results/office/learning_curve.png

@@ -183,8 +183,8 @@ class _CountingSource:
 
 
 def test_batches_read_stored_samples_in_one_batched_read_per_task(setup):
-  """A single ArrayRecord read costs time that grows with the file (~1.5 ms per record at Electronics
-  size): a batch must read each task's samples in one batched read, with the same examples as one by one."""
+  """A single ArrayRecord read costs time that grows with the file: a batch must read each task's samples in
+  one batched read, with the same examples as one by one."""
   _, builder, _, _, prepared = setup
   sources = dict(open_samples(prepared.tfds_dir))
   counted = {name: _CountingSource(sources[name]) for name in ("rec_train", "search_train")}

@@ -175,8 +175,8 @@ def _batched_reader(source) -> Callable[[Sequence[int]], list]:
   return lambda rows: [source[row] for row in rows]
 
 
-# Batches built ahead by background threads: a few suffice (building one is ~1 ms per example, a small
-# part of a step) and more threads only compete with the step's own threads for the cores.
+# Batches built ahead by background threads: a few suffice (building a batch is a small part of a step,
+# benchmarks/data_pipeline.py) and more threads only compete with the step's own threads for the cores.
 PREFETCH = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
 
 
