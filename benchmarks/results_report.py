@@ -6,7 +6,10 @@
 Each config's table sits between `<!-- results:<config>:start -->` and `<!-- results:<config>:end -->`:
 a caption (catalogue, test queries, seed, commit-independent config fingerprint, date, wall time) and one
 row per method of the main suite with HR@10 / NDCG@10 of both tasks (sampled protocol) and NDCG@10 on the
-full catalogue; the best value of each column in bold. Nothing is typed by hand.
+full catalogue; the best value of each column in bold. Where the results hold the ablations suite, its
+tables (GenSAR and each ablation; one GenSAR per identifier length; sampled protocol, as tables.md writes
+them) sit between `<!-- ablations:<config>:start -->` and `<!-- ablations:<config>:end -->`. Nothing is
+typed by hand.
 """
 from __future__ import annotations
 
@@ -24,8 +27,8 @@ COLUMNS = (("Rec HR@10", "rec", "sampled", "HR@10"), ("Rec NDCG@10", "rec", "sam
            ("Rec NDCG@10 (full)", "rec", "full", "NDCG@10"), ("Search NDCG@10 (full)", "search", "full", "NDCG@10"))
 
 
-def markers(name: str) -> tuple[str, str]:
-  return f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"
+def markers(name: str, part: str = "results") -> tuple[str, str]:
+  return f"<!-- {part}:{name}:start -->", f"<!-- {part}:{name}:end -->"
 
 
 def metric(method: dict, task: str, protocol: str, key: str) -> float | None:
@@ -95,18 +98,44 @@ def render(name: str) -> str:
   return out
 
 
+def ablations(report: dict) -> str | None:
+  """The ablation and identifier-length tables (sampled protocol) of a report that ran the ablations suite."""
+  from gensar_jax.reproduce import GENSAR
+  from gensar_jax.reproduce.tables import ablation_table, identifier_length_table
+  rows = report["methods"]
+  reference = [r for r in rows if r["slug"] == GENSAR.slug]
+  ablated = [r for r in rows if r.get("group") == "ablation"]
+  lengths = [r for r in rows if r.get("group") == "identifier_length"]
+  if not ablated and not lengths:
+    return None
+  parts = []
+  if ablated:
+    parts.append("Ablations (sampled protocol):\n\n" + ablation_table(reference + ablated, "sampled").strip())
+  if lengths:
+    parts.append("Identifier length (sampled protocol):\n\n" + identifier_length_table(lengths, "sampled").strip())
+  return "\n\n".join(parts)
+
+
+def rendered_parts(name: str) -> dict[tuple[str, str], str]:
+  """{(start, end) markers: body} of a config's results: the main table and, when they ran, the ablations."""
+  out = {markers(name): render(name)}
+  ablation_body = ablations(json.loads((RESULTS / name / "results.json").read_text()))
+  if ablation_body is not None:
+    out[markers(name, "ablations")] = ablation_body
+  return out
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--write", action="store_true", help=f"write the tables into {PAGE.relative_to(ROOT)}")
   args = parser.parse_args()
   names = sorted(p.parent.name for p in RESULTS.glob("*/results.json"))
-  rendered = {name: render(name) for name in names}
+  rendered = {key: body for name in names for key, body in rendered_parts(name).items()}
   if args.write:
     shown = PAGE.read_text()
-    write_between_markers(PAGE, {markers(name): body + "\n" for name, body in rendered.items()
-                                 if markers(name)[0] in shown})
-  for name, body in rendered.items():
-    print(f"## {name}\n\n{body}\n")
+    write_between_markers(PAGE, {key: body + "\n" for key, body in rendered.items() if key[0] in shown})
+  for (start, _), body in rendered.items():
+    print(f"## {start}\n\n{body}\n")
 
 
 if __name__ == "__main__":

@@ -159,17 +159,34 @@ def test_thread_env_pins_every_library():
 
 
 def test_docs_results_tables_are_the_recorded_results():
-  """Every Results table of docs/reproduction.md is what benchmarks/results_report.py renders from
-  results/<config>/results.json."""
+  """Every Results table of docs/reproduction.md (and, where a report holds the ablations suite, its ablation
+  tables) is what benchmarks/results_report.py renders from results/<config>/results.json."""
   from benchmarks import results_report
   page = results_report.PAGE.read_text()
   names = sorted(p.parent.name for p in results_report.RESULTS.glob("*/results.json"))
   assert names
   for name in names:
-    start, end = results_report.markers(name)
-    assert start in page, f"{results_report.PAGE} lacks the {name} results table"
-    shown = page.split(start, 1)[1].split(end, 1)[0].strip()
-    assert shown == results_report.render(name)
+    for (start, end), body in results_report.rendered_parts(name).items():
+      assert start in page, f"{results_report.PAGE} lacks {start}"
+      assert page.split(start, 1)[1].split(end, 1)[0].strip() == body
+
+
+def test_ablation_tables_show_gensar_beside_each_ablation_and_identifier_length():
+  from benchmarks import results_report
+  metrics = lambda v: {t: {"sampled": {"HR@10": v, "NDCG@10": v / 2}} for t in ("rec", "search")}  # noqa: E731
+  views = {"semantic": {"collision_rate_before": 0.5, "collision_rate_after": 0.0}}
+  report = {"methods": [
+      {"name": "GenSAR", "slug": "gensar", "group": "main", "metrics": metrics(0.4)},
+      {"name": "Popularity", "slug": "popularity", "group": "main", "metrics": metrics(0.1)},
+      {"name": "w/o desc<->ID", "slug": "wo-desc-id", "group": "ablation", "metrics": metrics(0.3)},
+      {"name": "GenSAR (L_m, L_n) = (1, 1)", "slug": "ids-1-1", "group": "identifier_length",
+       "identifier_lengths": [1, 1], "identifiers": {"num_levels": 3, "views": views}, "metrics": metrics(0.2)}]}
+  text = results_report.ablations(report)
+  assert "| GenSAR | **0.4000** | **0.2000** | **0.4000** | **0.2000** |" in text
+  assert "| w/o desc<->ID | 0.3000 | 0.1500 | 0.3000 | 0.1500 |" in text
+  assert "| (1, 1) | 3 | 0.5000 → 0.0000 | – | **0.2000** | **0.1000** | **0.2000** | **0.1000** |" in text
+  assert "Popularity" not in text
+  assert results_report.ablations({"methods": report["methods"][:2]}) is None
 
 
 def test_results_table_bolds_the_best_and_dashes_missing():
