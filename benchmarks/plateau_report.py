@@ -167,7 +167,8 @@ def earlier_comparison(summary: dict) -> str:
   here = {e["step"]: e for e in summary["history"]}
   common = [e for e in earlier["history"] if e["step"] in here]
   text = (f" The grey curve is an earlier run of the same model and data with a cosine horizon of "
-          f"{earlier['planned_steps']:,} steps (`results/office/{earlier['file']}`, {earlier['status']} at step {earlier['last_step']:,})")
+          f"{earlier['planned_steps']:,} steps (`results/office/{earlier['file']}`, recorded up to step "
+          f"{earlier['last_step']:,})")
   if not common:
     return text + "."
   step = common[-1]["step"]

@@ -54,7 +54,7 @@ def test_an_earlier_run_is_compared_at_its_last_common_step(tmp_path):
   assert set(summary["earlier"]["history"][0]) == {"step", "val/rec_NDCG@10", "val/search_NDCG@10", "val/ndcg10_mean"}
   body = plateau_report.render(summary)
   assert ("an earlier run of the same model and data with a cosine horizon of 4,000 steps (`results/office/earlier.json`, "
-          "in progress at step 250); at step 200, its last step in common with this run, its mean validation "
+          "recorded up to step 250); at step 200, its last step in common with this run, its mean validation "
           "NDCG@10 was 0.1100 against 0.1300 here.") in body
   plateau_report.plot_curve(summary, tmp_path / "curve.png")
   assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
