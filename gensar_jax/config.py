@@ -118,6 +118,19 @@ def parse_override(raw: str, like, where: str):
   return coerce_like(value, like, where)
 
 
+def field_parent(config: ml_collections.ConfigDict, key: str, where: str) -> tuple[ml_collections.ConfigDict, str]:
+  """(the section holding dotted `key`, its last part); KeyError naming `where` and the missing section or field."""
+  *parents, leaf = key.split(".")
+  node = config
+  for i, part in enumerate(parents):
+    if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+      raise KeyError(f"{where}: no config section {'.'.join(parents[:i + 1])!r}")
+    node = node[part]
+  if leaf not in node:
+    raise KeyError(f"{where}: no config field {key!r}")
+  return node, leaf
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> ml_collections.ConfigDict:
   """Applies `a.b.c=value` assignments, each parsed as the default's type; unknown keys and values of the
   wrong type are errors (typos must not pass silently)."""
@@ -126,14 +139,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
     if not sep:
       raise ValueError(f"override {item!r}: expected KEY=VALUE, e.g. data.num_negatives=49")
     key = key.strip()
-    *parents, leaf = key.split(".")
-    node = config
-    for i, part in enumerate(parents):
-      if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-        raise KeyError(f"override {item!r}: no config section {'.'.join(parents[:i + 1])!r}")
-      node = node[part]
-    if leaf not in node:
-      raise KeyError(f"override {item!r}: no config field {key!r}")
+    node, leaf = field_parent(config, key, f"override {item!r}")
     old = node[leaf]
     if isinstance(old, ml_collections.ConfigDict):
       raise ValueError(f"override {item!r}: {key!r} is a config section; set its fields (e.g. {key}.<field>=...)")

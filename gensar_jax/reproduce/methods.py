@@ -8,7 +8,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import ml_collections
 
-from gensar_jax.config import section_with_defaults
+from gensar_jax.config import field_parent, section_with_defaults
 from gensar_jax.config_schema import Field, Rule, Section, one_of, satisfies, whole_at_least
 from gensar_jax.eval.metrics import TASKS
 
@@ -133,17 +133,10 @@ def with_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, An
   """A deep copy of `config` with dotted-key overrides; unknown keys and shared sections are errors."""
   out = copy.deepcopy(config)
   for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    if (parents or [leaf])[0] in SHARED_SECTIONS:
+    if key.split(".")[0] in SHARED_SECTIONS:
       raise ValueError(f"method override {key!r}: the sections {SHARED_SECTIONS} are shared by every method "
                        "(same data and protocol)")
-    node = out
-    for i, part in enumerate(parents):
-      if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-        raise KeyError(f"method override {key!r}: no config section {'.'.join(parents[:i + 1])!r}")
-      node = node[part]
-    if leaf not in node:
-      raise KeyError(f"method override {key!r}: no config field {key!r}")
+    node, leaf = field_parent(out, key, f"method override {key!r}")
     with node.ignore_type():
       node[leaf] = value
   return out
