@@ -1,15 +1,18 @@
-"""The Results tables of docs/reproduction.md, rendered from `results/<config>/results.json` (written by `gensar reproduce`).
+"""The Results tables of docs/reproduction.md and the README's main-job table, rendered from
+`results/<config>/results.json` (written by `gensar reproduce`).
 
   python -m benchmarks.results_report           # print the tables
-  python -m benchmarks.results_report --write   # replace them in docs/reproduction.md between their markers
+  python -m benchmarks.results_report --write   # replace them in docs/reproduction.md and README.md between their markers
 
 Each config's table sits between `<!-- results:<config>:start -->` and `<!-- results:<config>:end -->`:
 a caption (catalogue, test queries, seed, commit-independent config fingerprint, date, wall time) and one
 row per method of the main suite with HR@10 / NDCG@10 of both tasks (sampled protocol) and NDCG@10 on the
 full catalogue; the best value of each column in bold. Where the results hold the ablations suite, its
 tables (GenSAR and each ablation; one GenSAR per identifier length; sampled protocol, as tables.md writes
-them) sit between `<!-- ablations:<config>:start -->` and `<!-- ablations:<config>:end -->`. Nothing is
-typed by hand.
+them) sit between `<!-- ablations:<config>:start -->` and `<!-- ablations:<config>:end -->`. The README's
+quick start shows, between `<!-- main_job:<config>:start -->` and its end marker, the table the main job
+(`gensar run --config configs/<config>.py`) prints: the suite's GenSAR row is that run (the reference
+workdir). Nothing is typed by hand.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from benchmarks.report import write_between_markers
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
 PAGE = ROOT / "docs" / "reproduction.md"
+README = ROOT / "README.md"
+MAIN_JOB = "synthetic"   # the config the README's quick start runs
 COLUMNS = (("Rec HR@10", "rec", "sampled", "HR@10"), ("Rec NDCG@10", "rec", "sampled", "NDCG@10"),
            ("Search HR@10", "search", "sampled", "HR@10"), ("Search NDCG@10", "search", "sampled", "NDCG@10"),
            ("Rec NDCG@10 (full)", "rec", "full", "NDCG@10"), ("Search NDCG@10 (full)", "search", "full", "NDCG@10"))
@@ -116,6 +121,20 @@ def ablations(report: dict) -> str | None:
   return "\n\n".join(parts)
 
 
+def main_job(report: dict) -> str:
+  """The metrics table `gensar run` prints (the eval stage's metrics.md), from the report's GenSAR row."""
+  from gensar_jax.eval.metrics import PROTOCOLS
+  from gensar_jax.eval.stage import format_metrics_table
+  from gensar_jax.reproduce import GENSAR
+  gensar = next(m for m in report["methods"] if m["slug"] == GENSAR.slug)
+  order = lambda key: (PROTOCOLS.index(key.partition(",")[0]), key)  # noqa: E731  (a tie rule's figures after its protocol)
+  metrics = {task: {key: by_key[key] for key in sorted(by_key, key=order)} for task, by_key in gensar["metrics"].items()}
+  h = report["header"]
+  minutes = sum(stage.get("seconds", 0.0) for stage in report.get("timings", {}).get("reference", {}).values()) / 60
+  return (f"GenSAR, {h['split']} split; config fingerprint `{h['config_fingerprint']}`, {h['date']}, "
+          f"{minutes:.0f} min of stage wall time (`results/{h['config']}`):\n\n{format_metrics_table(metrics).strip()}")
+
+
 def rendered_parts(name: str) -> dict[tuple[str, str], str]:
   """{(start, end) markers: body} of a config's results: the main table and, when they ran, the ablations."""
   out = {markers(name): render(name)}
@@ -131,10 +150,12 @@ def main() -> None:
   args = parser.parse_args()
   names = sorted(p.parent.name for p in RESULTS.glob("*/results.json"))
   rendered = {key: body for name in names for key, body in rendered_parts(name).items()}
+  job = {markers(MAIN_JOB, "main_job"): main_job(json.loads((RESULTS / MAIN_JOB / "results.json").read_text()))}
   if args.write:
     shown = PAGE.read_text()
     write_between_markers(PAGE, {key: body + "\n" for key, body in rendered.items() if key[0] in shown})
-  for (start, _), body in rendered.items():
+    write_between_markers(README, {key: body + "\n" for key, body in job.items()})
+  for (start, _), body in {**rendered, **job}.items():
     print(f"## {start}\n\n{body}\n")
 
 

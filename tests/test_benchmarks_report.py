@@ -171,6 +171,33 @@ def test_docs_results_tables_are_the_recorded_results():
       assert page.split(start, 1)[1].split(end, 1)[0].strip() == body
 
 
+def test_readme_main_job_table_is_the_recorded_gensar_row():
+  """The README's quick start runs `configs/<MAIN_JOB>.py` and shows the table that run prints, rendered from
+  the recorded suite's GenSAR row (the suite's reference workdir is that run)."""
+  from benchmarks import results_report
+  readme = results_report.README.read_text()
+  assert f"gensar run --config configs/{results_report.MAIN_JOB}.py" in readme
+  start, end = results_report.markers(results_report.MAIN_JOB, "main_job")
+  assert start in readme and end in readme
+  report = json.loads((results_report.RESULTS / results_report.MAIN_JOB / "results.json").read_text())
+  assert readme.split(start, 1)[1].split(end, 1)[0].strip() == results_report.main_job(report)
+
+
+def test_main_job_table_is_what_the_eval_stage_prints():
+  """Protocols in evaluation order, a tie rule's figures after its protocol, as the eval stage's metrics.md."""
+  from benchmarks import results_report
+  from gensar_jax.eval.stage import format_metrics_table
+  values = lambda v: {m: v for m in ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")}  # noqa: E731
+  as_evaluated = {"rec": {"sampled": values(0.5), "sampled, one position per item": values(0.4), "full": values(0.1)},
+                  "search": {"sampled": values(0.3), "full": values(0.2)}}
+  stored = {task: dict(sorted(by.items())) for task, by in as_evaluated.items()}   # results.json sorts its keys
+  report = {"header": {"split": "test", "config": "synthetic", "config_fingerprint": "abc", "date": "today"},
+            "methods": [{"slug": "popularity", "metrics": {}}, {"slug": "gensar", "metrics": stored}]}
+  text = results_report.main_job(report)
+  assert text.startswith("GenSAR, test split; config fingerprint `abc`, today, 0 min of stage wall time")
+  assert text.endswith(format_metrics_table(as_evaluated).strip())
+
+
 def test_ablation_tables_show_gensar_beside_each_ablation_and_identifier_length():
   from benchmarks import results_report
   metrics = lambda v: {t: {"sampled": {"HR@10": v, "NDCG@10": v / 2}} for t in ("rec", "search")}  # noqa: E731
