@@ -8,7 +8,7 @@ Each config's table sits between `<!-- results:<config>:start -->` and `<!-- res
 a caption (catalogue, test queries, seed, commit-independent config fingerprint, date, wall time) and one
 row per method of the main suite with HR@10 / NDCG@10 of both tasks (sampled protocol) and NDCG@10 on the
 full catalogue; the best value of each column in bold. Where the results hold the ablations suite, its
-tables (GenSAR and each ablation; one GenSAR per identifier length; sampled protocol, as tables.md writes
+tables (GenSAR and each ablation; one GenSAR per identifier length; each protocol, as tables.md writes
 them) sit between `<!-- ablations:<config>:start -->` and `<!-- ablations:<config>:end -->`. The README's
 quick start shows, between `<!-- main_job:<config>:start -->` and its end marker, the table the main job
 (`gensar run --config configs/<config>.py`) prints: the suite's GenSAR row is that run (the reference
@@ -104,7 +104,8 @@ def render(name: str) -> str:
 
 
 def ablations(report: dict) -> str | None:
-  """The ablation and identifier-length tables (sampled protocol) of a report that ran the ablations suite."""
+  """The ablation and identifier-length tables (sampled protocol, then the full catalogue) of a report that ran
+  the ablations suite."""
   from gensar_jax.reproduce import GENSAR
   from gensar_jax.reproduce.tables import ablation_table, identifier_length_table
   rows = report["methods"]
@@ -114,10 +115,11 @@ def ablations(report: dict) -> str | None:
   if not ablated and not lengths:
     return None
   parts = []
-  if ablated:
-    parts.append("Ablations (sampled protocol):\n\n" + ablation_table(reference + ablated, "sampled").strip())
-  if lengths:
-    parts.append("Identifier length (sampled protocol):\n\n" + identifier_length_table(lengths, "sampled").strip())
+  for protocol, title in (("sampled", "sampled protocol"), ("full", "full catalogue")):
+    if ablated:
+      parts.append(f"Ablations ({title}):\n\n" + ablation_table(reference + ablated, protocol).strip())
+    if lengths:
+      parts.append(f"Identifier length ({title}):\n\n" + identifier_length_table(lengths, protocol).strip())
   return "\n\n".join(parts)
 
 

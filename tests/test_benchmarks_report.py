@@ -200,7 +200,8 @@ def test_main_job_table_is_what_the_eval_stage_prints():
 
 def test_ablation_tables_show_gensar_beside_each_ablation_and_identifier_length():
   from benchmarks import results_report
-  metrics = lambda v: {t: {"sampled": {"HR@10": v, "NDCG@10": v / 2}} for t in ("rec", "search")}  # noqa: E731
+  metrics = lambda v: {t: {"sampled": {"HR@10": v, "NDCG@10": v / 2}, "full": {"HR@10": v / 4, "NDCG@10": v / 8}}  # noqa: E731
+                       for t in ("rec", "search")}
   views = {"semantic": {"collision_rate_before": 0.5, "collision_rate_after": 0.0}}
   report = {"methods": [
       {"name": "GenSAR", "slug": "gensar", "group": "main", "metrics": metrics(0.4)},
@@ -212,6 +213,8 @@ def test_ablation_tables_show_gensar_beside_each_ablation_and_identifier_length(
   assert "| GenSAR | **0.4000** | **0.2000** | **0.4000** | **0.2000** |" in text
   assert "| w/o desc<->ID | 0.3000 | 0.1500 | 0.3000 | 0.1500 |" in text
   assert "| (1, 1) | 3 | 0.5000 → 0.0000 | – | **0.2000** | **0.1000** | **0.2000** | **0.1000** |" in text
+  sampled, full = text.split("Ablations (full catalogue):")
+  assert "| w/o desc<->ID | 0.0750 | 0.0375 | 0.0750 | 0.0375 |" in full and "0.0750" not in sampled
   assert "Popularity" not in text
   assert results_report.ablations({"methods": report["methods"][:2]}) is None
 
