@@ -12,7 +12,9 @@ tables (GenSAR and each ablation; one GenSAR per identifier length; each protoco
 them) sit between `<!-- ablations:<config>:start -->` and `<!-- ablations:<config>:end -->`. The README's
 quick start shows, between `<!-- main_job:<config>:start -->` and its end marker, the table the main job
 (`gensar run --config configs/<config>.py`) prints: the suite's GenSAR row is that run (the reference
-workdir). Nothing is typed by hand.
+workdir). Where `results/<config>/variation/<run>/` holds the eval stage's config.json and metrics.json
+of GenSAR retrained with other settings (one run named `defaults`), their table sits between
+`<!-- variation:<config>:start -->` and its end marker. Nothing is typed by hand.
 """
 from __future__ import annotations
 
@@ -137,12 +139,47 @@ def main_job(report: dict) -> str:
           f"{minutes:.0f} min of stage wall time (`results/{h['config']}`):\n\n{format_metrics_table(metrics).strip()}")
 
 
+VARIATION_COLUMNS = tuple(c for c in COLUMNS if c[3] == "NDCG@10")
+
+
+def variation(runs: dict[str, dict]) -> str:
+  """GenSAR retrained with other settings on the same prepared data, beside the defaults' run.
+
+  `runs`: {name: {"config": the eval stage's config.json, "metrics": its metrics.json}}, one named
+  "defaults"; each other row lists the config fields where it differs from that one.
+  """
+  from gensar_jax.stages import flat_config
+  defaults = flat_config(runs["defaults"]["config"])
+  lines = ["| run | differs from the defaults in | " + " | ".join(c[0] for c in VARIATION_COLUMNS) + " |",
+           "| --- | --- |" + " ---: |" * len(VARIATION_COLUMNS)]
+  for name in ["defaults"] + sorted(set(runs) - {"defaults"}):
+    fields = flat_config(runs[name]["config"])
+    changed = ", ".join(f"`{key}={json.dumps(fields[key])}`" for key in sorted(fields) if fields[key] != defaults.get(key))
+    cells = [f"{metric({'metrics': runs[name]['metrics']}, task, protocol, key):.4f}"
+             for _, task, protocol, key in VARIATION_COLUMNS]
+    lines.append(f"| {name} | {changed or '–'} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def recorded_variation(name: str) -> dict[str, dict] | None:
+  """`results/<name>/variation/<run>/{config,metrics}.json`, or None where none are recorded."""
+  dirs = sorted(p for p in (RESULTS / name / "variation").glob("*") if p.is_dir())
+  if not dirs:
+    return None
+  return {d.name: {"config": json.loads((d / "config.json").read_text()),
+                   "metrics": json.loads((d / "metrics.json").read_text())} for d in dirs}
+
+
 def rendered_parts(name: str) -> dict[tuple[str, str], str]:
-  """{(start, end) markers: body} of a config's results: the main table and, when they ran, the ablations."""
+  """{(start, end) markers: body} of a config's results: the main table and, when they ran, the ablations and
+  the retrained variations."""
   out = {markers(name): render(name)}
   ablation_body = ablations(json.loads((RESULTS / name / "results.json").read_text()))
   if ablation_body is not None:
     out[markers(name, "ablations")] = ablation_body
+  runs = recorded_variation(name)
+  if runs is not None:
+    out[markers(name, "variation")] = variation(runs)
   return out
 
 

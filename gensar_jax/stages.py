@@ -306,11 +306,15 @@ def _flat(prefix: str, value) -> dict:
   return {prefix: value}
 
 
+def flat_config(config: dict) -> dict:
+  """A nested config dict (a record's or a config.json's) as {dotted field: value}."""
+  return {k: v for key, value in config.items() for k, v in _flat(key, value).items()}
+
+
 def diff_records(old: dict, new: dict) -> list[str]:
   """Human-readable differences between two records of one stage (config values, outside files, inputs)."""
   changes = []
-  old_cfg = {k: v for key, value in (old.get("config") or {}).items() for k, v in _flat(key, value).items()}
-  new_cfg = {k: v for key, value in (new.get("config") or {}).items() for k, v in _flat(key, value).items()}
+  old_cfg, new_cfg = flat_config(old.get("config") or {}), flat_config(new.get("config") or {})
   for key in sorted(set(old_cfg) | set(new_cfg)):
     if old_cfg.get(key, "<unset>") != new_cfg.get(key, "<unset>"):
       changes.append(f"config {key}: {_short(old_cfg.get(key, '<unset>'))} -> {_short(new_cfg.get(key, '<unset>'))}")

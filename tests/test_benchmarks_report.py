@@ -159,8 +159,8 @@ def test_thread_env_pins_every_library():
 
 
 def test_docs_results_tables_are_the_recorded_results():
-  """Every Results table of docs/reproduction.md (and, where a report holds the ablations suite, its ablation
-  tables) is what benchmarks/results_report.py renders from results/<config>/results.json."""
+  """Every Results table of docs/reproduction.md (and, where recorded, the ablation and variation tables) is what
+  benchmarks/results_report.py renders from results/<config>/."""
   from benchmarks import results_report
   page = results_report.PAGE.read_text()
   names = sorted(p.parent.name for p in results_report.RESULTS.glob("*/results.json"))
@@ -217,6 +217,19 @@ def test_ablation_tables_show_gensar_beside_each_ablation_and_identifier_length(
   assert "| w/o desc<->ID | 0.0750 | 0.0375 | 0.0750 | 0.0375 |" in full and "0.0750" not in sampled
   assert "Popularity" not in text
   assert results_report.ablations({"methods": report["methods"][:2]}) is None
+
+
+def test_variation_table_lists_each_runs_changed_fields_beside_the_defaults():
+  from benchmarks import results_report
+  metrics = lambda v: {t: {p: {"NDCG@10": v} for p in ("sampled", "full")} for t in ("rec", "search")}  # noqa: E731
+  config = lambda seed, eos: {"train": {"seed": seed, "steps": 400}, "model": {"input_eos": eos}}  # noqa: E731
+  text = results_report.variation({"seed-2": {"config": config(2, True), "metrics": metrics(0.2)},
+                                   "defaults": {"config": config(1, True), "metrics": metrics(0.3)},
+                                   "old": {"config": config(1, False), "metrics": metrics(0.1)}})
+  rows = text.splitlines()[2:]
+  assert rows == ["| defaults | – | 0.3000 | 0.3000 | 0.3000 | 0.3000 |",
+                  "| old | `model.input_eos=false` | 0.1000 | 0.1000 | 0.1000 | 0.1000 |",
+                  "| seed-2 | `train.seed=2` | 0.2000 | 0.2000 | 0.2000 | 0.2000 |"]
 
 
 def test_results_table_bolds_the_best_and_dashes_missing():
