@@ -42,9 +42,22 @@ def metric(method: dict, task: str, protocol: str, key: str) -> float | None:
   return method.get("metrics", {}).get(task, {}).get(protocol, {}).get(key)
 
 
-def wall_seconds(report: dict) -> float:
-  """Every stage's wall time, summed over the methods (shared stages count once: they record 0 s)."""
-  return sum(stage.get("seconds", 0.0) for stages in report.get("timings", {}).values() for stage in stages.values())
+def wall_seconds(report: dict, method: str | None = None) -> tuple[float, int]:
+  """Every stage's wall time, summed over the methods (shared stages count once: they record 0 s), or over
+  one method's stages; and how many stages have no recorded time (outputs made before the suite ran)."""
+  timings = report.get("timings", {})
+  entries = [stage for key, stages in timings.items() if method in (None, key) for stage in stages.values()]
+  seconds = [e.get("seconds") for e in entries]
+  return sum(s for s in seconds if s is not None), sum(s is None for s in seconds)
+
+
+def wall_time_text(report: dict, method: str | None = None) -> str:
+  """"N min of stage wall time", saying how many stages were not timed; "" for one method with untimed stages."""
+  seconds, untimed = wall_seconds(report, method)
+  if method is not None and untimed:
+    return ""
+  text = f"{seconds / 60:.0f} min of stage wall time"
+  return text + (f" ({untimed} stages made before the suite ran, not timed)" if untimed else "")
 
 
 def caption(report: dict) -> str:
@@ -54,7 +67,7 @@ def caption(report: dict) -> str:
   return (f"{h['num_items']:,} items; {queries['rec']:,} rec / {queries['search']:,} search test queries; "
           f"seed {h['seed']}; beam {h['num_beams']}; generative models: {train.get('steps', '?')} steps of "
           f"{train.get('batch_size', '?')} examples; config fingerprint `{h['config_fingerprint']}`, "
-          f"{h['date']}; {wall_seconds(report) / 60:.0f} min of stage wall time")
+          f"{h['date']}; {wall_time_text(report)}")
 
 
 def table(report: dict) -> str:
@@ -134,9 +147,9 @@ def main_job(report: dict) -> str:
   order = lambda key: (PROTOCOLS.index(key.partition(",")[0]), key)  # noqa: E731  (a tie rule's figures after its protocol)
   metrics = {task: {key: by_key[key] for key in sorted(by_key, key=order)} for task, by_key in gensar["metrics"].items()}
   h = report["header"]
-  minutes = sum(stage.get("seconds", 0.0) for stage in report.get("timings", {}).get("reference", {}).values()) / 60
-  return (f"GenSAR, {h['split']} split; config fingerprint `{h['config_fingerprint']}`, {h['date']}, "
-          f"{minutes:.0f} min of stage wall time (`results/{h['config']}`):\n\n{format_metrics_table(metrics).strip()}")
+  when = ", ".join(filter(None, [h["date"], wall_time_text(report, "reference")]))
+  return (f"GenSAR, {h['split']} split; config fingerprint `{h['config_fingerprint']}`, {when} "
+          f"(`results/{h['config']}`):\n\n{format_metrics_table(metrics).strip()}")
 
 
 VARIATION_COLUMNS = tuple(c for c in COLUMNS if c[3] == "NDCG@10")

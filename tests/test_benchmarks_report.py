@@ -196,6 +196,19 @@ def test_main_job_table_is_what_the_eval_stage_prints():
   text = results_report.main_job(report)
   assert text.startswith("GenSAR, test split; config fingerprint `abc`, today, 0 min of stage wall time")
   assert text.endswith(format_metrics_table(as_evaluated).strip())
+  report["timings"] = {"reference": {"train": {"action": "up to date", "seconds": None}}}
+  assert results_report.main_job(report).startswith("GenSAR, test split; config fingerprint `abc`, today (")
+
+
+def test_wall_time_counts_the_stages_without_a_recorded_time():
+  from benchmarks import results_report
+  report = {"timings": {"reference": {"train": {"action": "up to date", "seconds": None},
+                                      "eval": {"action": "ran", "seconds": 120.0}},
+                        "collab-ids": {"train": {"action": "ran", "seconds": 600.0}}}}
+  assert results_report.wall_seconds(report) == (720.0, 1)
+  assert results_report.wall_seconds(report, "collab-ids") == (600.0, 0)
+  assert results_report.wall_time_text(report) == "12 min of stage wall time (1 stages made before the suite ran, not timed)"
+  assert results_report.wall_time_text(report, "reference") == ""
 
 
 def test_ablation_tables_show_gensar_beside_each_ablation_and_identifier_length():
